@@ -1,0 +1,5 @@
+"""`python -m memory_tiers` runs the CLI."""
+
+from .cli import main
+
+main()

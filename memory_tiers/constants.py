@@ -1,0 +1,52 @@
+"""Every Redis key, stream, index and lock name, all under one prefix ('mt' by default).
+
+No other module spells a key: they ask a `Keys` built from the configured prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "mt"
+"""Namespace of every key this service writes; an ACL user limited to `mt:*` suffices."""
+
+TIERS = ("stm", "im", "ltm")
+"""The memory tiers, from the freshest and largest vectors to the oldest and smallest."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one deployment, derived from its prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def stream(self) -> str:
+        """Stream agents XADD their states to."""
+        return f"{self.prefix}:states"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of entries that failed validation, with the reason."""
+        return f"{self.prefix}:states:dead"
+
+    @property
+    def group(self) -> str:
+        """Consumer group the daemons share."""
+        return f"{self.prefix}:ingest"
+
+    def index(self, tier: str) -> str:
+        """RediSearch index name of one tier."""
+        return f"{self.prefix}:idx:{tier}"
+
+    def record_prefix(self, tier: str) -> str:
+        """Key prefix of one tier's record hashes (the index covers this prefix)."""
+        return f"{self.prefix}:{tier}:"
+
+    def record(self, tier: str, entry_id: str) -> str:
+        """Record key of one memory in one tier, derived from its stream entry id."""
+        return f"{self.record_prefix(tier)}{entry_id}"
+
+    def lock(self, job: str) -> str:
+        """Lock held by whichever daemon runs a scheduled job."""
+        return f"{self.prefix}:lock:{job}"

