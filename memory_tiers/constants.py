@@ -47,6 +47,14 @@ class Keys:
         """Record key of one memory in one tier, derived from its stream entry id."""
         return f"{self.record_prefix(tier)}{entry_id}"
 
+    def time_index(self, tier: str) -> str:
+        """Sorted set of one tier's record keys scored by ts (ms): oldest first, no scan."""
+        return f"{self.prefix}:{tier}:by_ts"
+
+    def agent_time_index(self, tier: str, agent_id: str) -> str:
+        """Sorted set of one agent's record keys in one tier, scored by ts (ms)."""
+        return f"{self.prefix}:{tier}:agent:{agent_id}:by_ts"
+
     def lock(self, job: str) -> str:
         """Lock held by whichever daemon runs a scheduled job."""
         return f"{self.prefix}:lock:{job}"

@@ -37,7 +37,7 @@ DEFAULT_START_TIMEOUT_S = 20.0
 """How long start() waits for FT._LIST to answer before giving up."""
 
 DEFAULT_STOP_TIMEOUT_S = 10.0
-"""How long stop() waits after SHUTDOWN before it kills the process."""
+"""How long stop() waits for a graceful shutdown before it kills the process."""
 
 _MODULE_NAMES = ("redisearch.so", "rejson.so")
 _PR_SET_PDEATHSIG = 1
@@ -209,15 +209,18 @@ class EmbeddedRedis:
         )
 
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """SHUTDOWN the server (AOF is fsynced), kill it after timeout_s, remove a temp data dir."""
+        """Shut the server down (AOF fsynced), kill it after timeout_s, remove a temp data dir.
+
+        SIGTERM runs Redis's SHUTDOWN path; the SHUTDOWN command itself lingers ~4 s on exit
+        with these modules loaded, the signal does not.
+        """
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis(port=self.port, socket_timeout=timeout_s).shutdown()
+            process.terminate()
             try:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("redis-server pid=%d ignored SHUTDOWN; killing it", process.pid)
+                log.warning("redis-server pid=%d ignored SIGTERM; killing it", process.pid)
                 process.kill()
                 process.wait()
         if self._owns_data_dir and self._data_dir is not None:
