@@ -49,11 +49,11 @@ class Keys:
 
     def time_index(self, tier: str) -> str:
         """Sorted set of one tier's record keys scored by ts (ms): oldest first, no scan."""
-        return f"{self.prefix}:{tier}:by_ts"
+        return f"{self.prefix}:ts:{tier}"
 
     def agent_time_index(self, tier: str, agent_id: str) -> str:
         """Sorted set of one agent's record keys in one tier, scored by ts (ms)."""
-        return f"{self.prefix}:{tier}:agent:{agent_id}:by_ts"
+        return f"{self.prefix}:ts:{tier}:agent:{agent_id}"
 
     def lock(self, job: str) -> str:
         """Lock held by whichever daemon runs a scheduled job."""
