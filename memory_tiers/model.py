@@ -1,0 +1,162 @@
+"""The state autoencoder: one encoder, three nested bottlenecks (STM > IM > LTM), one decoder.
+
+The architecture is the design's, layer for layer and name for name, so its checkpoints load
+here. The bottlenecks are chained: IM = im_bottleneck(STM) and LTM = ltm_bottleneck(IM). That
+is what lets a memory move down a tier from its stored vector alone (`stm_to_im`,
+`im_to_ltm`), and `encode_im` / `encode_ltm` are written through those same functions so the
+equality holds by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import Tensor, nn
+
+from .errors import ConfigError, ModelError
+
+ENCODER_HIDDEN = (512, 256)
+"""Widths of the encoder's hidden layers (the decoder mirrors them), fixed by the design."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Dimensions of a StateAutoencoder; stored in every checkpoint."""
+
+    input_dim: int
+    stm_dim: int = 384
+    im_dim: int = 128
+    ltm_dim: int = 32
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model config {f.name}: expected a positive int, got {value!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ConfigError: unknown or missing keys, or a dimension that is not a positive int.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown or "input_dim" not in data:
+            raise ConfigError(
+                f"model config: unknown keys {unknown}, input_dim given: {'input_dim' in data}"
+            )
+        return cls(**data)
+
+
+class StateAutoencoder(nn.Module):
+    """Autoencoder from feature vectors in [0, 1] to STM/IM/LTM embeddings and back."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, stm, im, ltm = config.input_dim, config.stm_dim, config.im_dim, config.ltm_dim
+        h1, h2 = ENCODER_HIDDEN
+        self.encoder = nn.Sequential(
+            nn.Linear(dim, h1),
+            nn.ReLU(),
+            nn.Linear(h1, h2),
+            nn.ReLU(),
+        )
+        # nested bottlenecks: each tier is computed from the one above it, never from x
+        self.stm_bottleneck = nn.Linear(h2, stm)
+        self.im_bottleneck = nn.Linear(stm, im)
+        self.ltm_bottleneck = nn.Linear(im, ltm)
+        # expansions back up, so every tier decodes through the one decoder
+        self.ltm_to_im = nn.Linear(ltm, im)
+        self.im_to_stm = nn.Linear(im, stm)
+        self.decoder = nn.Sequential(
+            nn.Linear(stm, h2),
+            nn.ReLU(),
+            nn.Linear(h2, h1),
+            nn.ReLU(),
+            nn.Linear(h1, dim),
+            nn.Sigmoid(),  # features are normalized to [0, 1]
+        )
+
+    @classmethod
+    def from_dims(
+        cls, input_dim: int, stm_dim: int = 384, im_dim: int = 128, ltm_dim: int = 32
+    ) -> StateAutoencoder:
+        """The design's signature: StateAutoencoder(input_dim, stm_dim, im_dim, ltm_dim)."""
+        return cls(ModelConfig(input_dim, stm_dim, im_dim, ltm_dim))
+
+    # --- encoding ---
+
+    def encode_stm(self, x: Tensor) -> Tensor:
+        """Features to STM embeddings: (B, input_dim) -> (B, stm_dim)."""
+        _check_width(x, self.config.input_dim, "features")
+        stm: Tensor = self.stm_bottleneck(self.encoder(x))  # (B, D) -> (B, 256) -> (B, 384)
+        return stm
+
+    def stm_to_im(self, stm: Tensor) -> Tensor:
+        """STM embeddings to IM, the bottleneck only (consolidation): (B, 384) -> (B, 128)."""
+        _check_width(stm, self.config.stm_dim, "STM vectors")
+        im: Tensor = self.im_bottleneck(stm)
+        return im
+
+    def im_to_ltm(self, im: Tensor) -> Tensor:
+        """IM embeddings to LTM, the bottleneck only (consolidation): (B, 128) -> (B, 32)."""
+        _check_width(im, self.config.im_dim, "IM vectors")
+        ltm: Tensor = self.ltm_bottleneck(im)
+        return ltm
+
+    def encode_im(self, x: Tensor) -> Tensor:
+        """Features to IM embeddings: (B, input_dim) -> (B, im_dim)."""
+        return self.stm_to_im(self.encode_stm(x))
+
+    def encode_ltm(self, x: Tensor) -> Tensor:
+        """Features to LTM embeddings: (B, input_dim) -> (B, ltm_dim)."""
+        return self.im_to_ltm(self.encode_im(x))
+
+    def encode_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All three embeddings with one encoder pass: (B, D) -> (B, 384), (B, 128), (B, 32)."""
+        stm = self.encode_stm(x)
+        im = self.stm_to_im(stm)
+        return stm, im, self.im_to_ltm(im)
+
+    # --- decoding ---
+
+    def decode_from_stm(self, z: Tensor) -> Tensor:
+        """STM embeddings to features in [0, 1]: (B, 384) -> (B, input_dim)."""
+        _check_width(z, self.config.stm_dim, "STM vectors")
+        features: Tensor = self.decoder(z)
+        return features
+
+    def decode_from_im(self, z: Tensor) -> Tensor:
+        """IM embeddings to features: (B, 128) -> (B, 384) -> (B, input_dim)."""
+        _check_width(z, self.config.im_dim, "IM vectors")
+        return self.decode_from_stm(self.im_to_stm(z))
+
+    def decode_from_ltm(self, z: Tensor) -> Tensor:
+        """LTM embeddings to features: (B, 32) -> (B, 128) -> (B, input_dim)."""
+        _check_width(z, self.config.ltm_dim, "LTM vectors")
+        return self.decode_from_im(self.ltm_to_im(z))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Reconstruction through STM, and the STM embedding: (B, D) -> (B, D), (B, 384)."""
+        stm = self.encode_stm(x)
+        return self.decode_from_stm(stm), stm
+
+
+def _check_width(t: Tensor, width: int, what: str) -> None:
+    """Refuse a tensor whose last dimension is not `width`, before torch fails deep inside."""
+    if t.dim() == 0 or t.shape[-1] != width:
+        raise ModelError(f"{what}: expected last dimension {width}, got shape {tuple(t.shape)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
