@@ -23,3 +23,7 @@ class ModelError(MemoryTiersError):
 
 class StoreError(MemoryTiersError):
     """A Redis operation on the tier indexes or records failed."""
+
+
+class EntryError(MemoryTiersError, ValueError):
+    """A stream entry breaks the protocol (missing agent_id, state not a JSON object, ...)."""

@@ -1,0 +1,161 @@
+"""The stream protocol: what agents XADD to `mt:states`, and how an entry is read back.
+
+An entry's fields (all strings on the wire):
+    agent_id    required; who the memory belongs to
+    state       required; a JSON object (the agent's state, or an action for kind=action)
+    step        optional integer; the agent's step counter (-1 when absent)
+    ts          optional integer, milliseconds since the epoch (default: the entry id's time)
+    kind        optional, 'state' (default) or 'action'
+    importance  optional number (default 0), stored for filters and retention
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import EntryError
+
+KINDS = ("state", "action")
+"""What an entry's state field holds: an agent state, or an action to map to state form."""
+
+UNKNOWN_STEP = -1
+"""step stored for an entry that gave none."""
+
+MAX_AGENT_ID_LENGTH = 256
+"""Longest agent_id accepted; ids are TAG values and key parts."""
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One validated stream entry."""
+
+    entry_id: str
+    agent_id: str
+    state: dict[str, Any]
+    step: int = UNKNOWN_STEP
+    ts: int = 0
+    kind: str = "state"
+    importance: float = 0.0
+
+
+def encode_entry(
+    agent_id: str,
+    state: Mapping[str, Any],
+    step: int | None = None,
+    ts: int | None = None,
+    kind: str = "state",
+    importance: float | None = None,
+) -> dict[str, str]:
+    """The XADD fields of one memory; validated the way the daemon will read them.
+
+    Raises:
+        EntryError: the agent_id, state or an option would be refused by the daemon.
+    """
+    fields = {"agent_id": agent_id, "state": _dumps(state), "kind": kind}
+    for name, value in (("step", step), ("ts", ts), ("importance", importance)):
+        if value is not None:
+            fields[name] = str(value)
+    decode_entry("0-0", fields)  # refuse here what the daemon would dead-letter
+    return fields
+
+
+def _dumps(state: Mapping[str, Any]) -> str:
+    if not isinstance(state, Mapping):
+        raise EntryError(f"state must be a dict, got {type(state).__name__}")
+    try:
+        return json.dumps(state, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise EntryError(f"state is not JSON-serialisable without NaN/inf: {e}") from e
+
+
+def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
+    """A StreamEntry from XREADGROUP/XRANGE fields (bytes or str).
+
+    Raises:
+        EntryError: naming the field that is missing or malformed.
+    """
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    agent_id = text.get("agent_id", "")
+    if not agent_id:
+        raise EntryError("agent_id is missing or empty")
+    if len(agent_id) > MAX_AGENT_ID_LENGTH:
+        raise EntryError(f"agent_id is {len(agent_id)} characters, over {MAX_AGENT_ID_LENGTH}")
+    problem = tag_problem(agent_id)
+    if problem:
+        raise EntryError(f"agent_id {agent_id!r} {problem}")
+    kind = text.get("kind", "state")
+    if kind not in KINDS:
+        raise EntryError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
+    return StreamEntry(
+        entry_id=entry_id,
+        agent_id=agent_id,
+        state=_state(text.get("state")),
+        step=_number(text, "step", int, UNKNOWN_STEP),
+        ts=_number(text, "ts", int, entry_time_ms(entry_id)),
+        kind=kind,
+        importance=_number(text, "importance", float, 0.0),
+    )
+
+
+def tag_problem(value: object) -> str | None:
+    """Why `value` cannot be stored as a TAG value, or None when it can.
+
+    RediSearch trims TAG values and cannot match an empty one, so ' a' would show up in searches
+    for 'a' and '' would match nothing; control characters include the separator.
+    """
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value:
+        return "is empty"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "contains a control character"
+    return None
+
+
+def entry_time_ms(entry_id: str) -> int:
+    """The millisecond time part of a stream entry id ('1732600000000-3' -> 1732600000000)."""
+    return int(entry_id.split("-", 1)[0])
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EntryError(f"field is not UTF-8: {value[:40]!r}") from e
+    return str(value)
+
+
+def _state(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        raise EntryError("state is missing")
+    try:
+        state = json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
+    if not isinstance(state, dict):
+        raise EntryError(f"state must be a JSON object, got {type(state).__name__}")
+    return state
+
+
+def _refuse_constant(name: str) -> Any:
+    raise EntryError(f"state holds {name}: numbers must be finite")
+
+
+def _number(text: Mapping[str, str], name: str, kind: type[int] | type[float], default: Any) -> Any:
+    raw = text.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError as e:
+        raise EntryError(f"{name}={raw[:40]!r}: expected {kind.__name__}") from e
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EntryError(f"{name}={raw!r}: must be finite")
+    return value

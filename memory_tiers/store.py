@@ -1,0 +1,561 @@
+"""Tier indexes (declared redisvl schemas) and the records in them: write, read, delete, KNN.
+
+One HASH per memory under `Keys.record(tier, entry_id)`, so replaying a stream entry overwrites
+its record instead of adding one. Every record write also ZADDs the record key to the tier's
+time index and the agent's time index (scored by ts, ms) in the same pipeline, so consolidation
+picks the oldest records without scanning.
+
+Decisions:
+- Distance metric L2. RediSearch reports L2 as the *squared* Euclidean distance; a record found
+  by its own vector is at exactly 0, and unlike COSINE the vector's length counts, which matters
+  for autoencoder codes (IP has no fixed self-distance at all).
+- Protocol: the store parses no reply by its wire shape alone. FT.INFO is read raw and both the
+  RESP2 flat list and the RESP3 map are handled; HGETALL uses NEVER_DECODE, so vectors come back
+  as bytes whatever `decode_responses` is; KNN goes through redisvl, which parses RESP2
+  (`protocol=2`) and redis-py 8's default (`Redis.from_url`: protocol unset, RESP3 on the wire,
+  RESP2-shaped search replies). A client made with an explicit `protocol=3` is refused: redisvl
+  0.28 cannot read its native FT.SEARCH maps.
+- TAG fields are case sensitive and split on `TAG_SEPARATOR` (a control character) instead of
+  ',', so an agent id is always exactly one tag; query values are escaped by redisvl's `Tag`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
+from redisvl.exceptions import RedisVLError
+from redisvl.index import SearchIndex
+from redisvl.query import VectorQuery
+from redisvl.query.filter import FilterExpression, Num, Tag
+from redisvl.schema import IndexSchema
+
+from .constants import TIERS, Keys
+from .errors import ConfigError, StoreError
+from .protocol import tag_problem
+from .settings import Settings, TierSettings, env_var
+
+log = logging.getLogger(__name__)
+
+VECTOR_FIELD = "vec"
+"""Hash field holding the vector, as raw bytes of the tier's datatype."""
+
+STATE_FIELD = "state"
+"""Hash field holding the raw state JSON (STM records); stored, not indexed."""
+
+DISTANCE_METRIC = "L2"
+"""Vector distance of every tier index; RediSearch reports it squared."""
+
+TAG_SEPARATOR = "\x1f"
+"""TAG separator of the indexes: a control character that `tag_problem` refuses in values."""
+
+TAG_FIELDS = ("agent_id", "agent_type", "model_version")
+"""Indexed TAG fields of every record."""
+
+NUMERIC_FIELDS = ("step", "ts", "importance")
+"""Indexed NUMERIC fields of every record."""
+
+_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
+_DISTANCE = VectorQuery.DISTANCE_ID
+_MISSING_INDEX_ERRORS = ("unknown index name", "no such index")
+
+Vector = npt.NDArray[np.float32]
+_Queue = Callable[[Pipeline, str, Sequence["MemoryRecord"]], None]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MemoryRecord:
+    """One memory in one tier, as written to and read from its record hash."""
+
+    entry_id: str
+    """Stream entry id (`1732600000000-0`); the record key derives from it."""
+    agent_id: str
+    agent_type: str
+    step: int
+    ts: int
+    """Milliseconds since the epoch; scores the time indexes."""
+    model_version: str
+    vector: Vector
+    """(dim,) float32 vector of the record's tier."""
+    importance: float = 0.0
+    state_json: str | None = None
+    """The raw state JSON; kept in STM, dropped by consolidation."""
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Hit:
+    """One KNN result."""
+
+    tier: str
+    key: str
+    entry_id: str
+    agent_id: str
+    agent_type: str
+    step: int
+    ts: int
+    importance: float
+    model_version: str
+    distance: float
+    """Squared Euclidean distance to the query vector (RediSearch's L2)."""
+    vector: Vector | None = None
+    """(dim,) float32, only when the search asked for vectors."""
+    state: dict[str, Any] | None = None
+    """The parsed state JSON, when the record kept it (STM)."""
+
+
+def tier_schema(keys: Keys, tier: TierSettings) -> IndexSchema:
+    """The declared index of one tier: prefix, TAG/NUMERIC fields and the vector field."""
+    tag_attrs = {"case_sensitive": True, "separator": TAG_SEPARATOR}
+    vector_attrs = {
+        "dims": tier.dim,
+        "algorithm": tier.algorithm.lower(),
+        "datatype": tier.datatype,
+        "distance_metric": DISTANCE_METRIC.lower(),
+    }
+    fields: list[dict[str, Any]] = [
+        *({"name": name, "type": "tag", "attrs": tag_attrs} for name in TAG_FIELDS),
+        *({"name": name, "type": "numeric"} for name in NUMERIC_FIELDS),
+        {"name": VECTOR_FIELD, "type": "vector", "attrs": vector_attrs},
+    ]
+    index = {"name": keys.index(tier.name), "prefix": keys.record_prefix(tier.name)}
+    schema: IndexSchema = IndexSchema.from_dict(
+        {"index": {**index, "storage_type": "hash"}, "fields": fields}
+    )
+    return schema
+
+
+class TierStore:
+    """The three tier indexes and their records, on one Redis client.
+
+    Args:
+        client: any sync redis-py client except one made with `protocol=3` (see module doc);
+            `decode_responses` may be either.
+        settings: dimensions, algorithm and datatype of each tier, and the key prefix.
+
+    Raises:
+        ConfigError: the client speaks native RESP3 search replies.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        _check_client(client)
+        self.client = client
+        self.keys = Keys(settings.prefix)
+        self.tiers = {name: settings.tier(name) for name in TIERS}
+        self._indexes = {
+            name: SearchIndex(tier_schema(self.keys, tier), redis_client=client)
+            for name, tier in self.tiers.items()
+        }
+
+    def key(self, tier: str, entry_id: str) -> str:
+        """Record key of one entry in one tier."""
+        return self.keys.record(self._tier(tier).name, entry_id)
+
+    # -- indexes -------------------------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Create each missing tier index, then check every index against the settings.
+
+        Raises:
+            ConfigError: an existing index differs from the settings; the message names both.
+            StoreError: Redis failed.
+        """
+        for name in TIERS:
+            index = self._indexes[name]
+            if self._index_info(name) is None:
+                try:
+                    index.create(overwrite=False)
+                except RedisVLError as e:
+                    # Another process may have created it since; the check below decides.
+                    log.warning("creating index %s failed: %s", index.name, e)
+                else:
+                    tier = self.tiers[name]
+                    log.info(
+                        "created index %s: dim %d %s %s %s",
+                        index.name, tier.dim, tier.algorithm, tier.datatype, DISTANCE_METRIC,
+                    )  # fmt: skip
+            info = self._index_info(name)
+            if info is None:
+                raise StoreError(f"index {index.name} could not be created")
+            problems = _index_problems(self.keys, self.tiers[name], info)
+            if problems:
+                raise ConfigError(
+                    f"index {index.name} has {'; '.join(problems)}. Drop it "
+                    f"(FT.DROPINDEX {index.name}; its records stay) or change the settings"
+                )
+
+    def _index_info(self, tier: str) -> Any:
+        """The raw FT.INFO reply of one tier's index (RESP2 list or RESP3 map), None if absent."""
+        name = self.keys.index(tier)
+        try:
+            return self.client.execute_command("FT.INFO", name)
+        except redis.ResponseError as e:
+            if any(text in str(e).lower() for text in _MISSING_INDEX_ERRORS):
+                return None
+            raise StoreError(f"FT.INFO {name} failed: {e}") from e
+        except redis.RedisError as e:
+            raise StoreError(f"FT.INFO {name} failed: {e}") from e
+
+    # -- writes and deletes --------------------------------------------------------------------
+
+    def add_records(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
+        """Queue the HSETs of `records` and their time index ZADDs on the caller's pipeline.
+
+        Raises:
+            ValueError: a record does not fit the tier (vector shape, TAG value, number).
+        """
+        settings = self._tier(tier)
+        # Encode all first: a bad record leaves nothing queued on the caller's pipeline.
+        encoded = [(record, _encode_record(settings, record)) for record in records]
+        scores: dict[str, int] = {}
+        by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        for record, mapping in encoded:
+            key = self.keys.record(settings.name, record.entry_id)
+            pipe.hset(key, mapping=mapping)
+            scores[key] = by_agent[record.agent_id][key] = int(record.ts)
+        if not scores:
+            return
+        pipe.zadd(self.keys.time_index(settings.name), scores)
+        for agent_id, agent_scores in by_agent.items():
+            pipe.zadd(self.keys.agent_time_index(settings.name, agent_id), agent_scores)
+
+    def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
+        """Queue removing `records`' hashes and their members of both time indexes."""
+        settings = self._tier(tier)
+        by_agent: defaultdict[str, list[str]] = defaultdict(list)
+        for record in records:
+            by_agent[record.agent_id].append(self.keys.record(settings.name, record.entry_id))
+        if not by_agent:
+            return
+        keys = [key for agent_keys in by_agent.values() for key in agent_keys]
+        pipe.delete(*keys)
+        pipe.zrem(self.keys.time_index(settings.name), *keys)
+        for agent_id, agent_keys in by_agent.items():
+            pipe.zrem(self.keys.agent_time_index(settings.name, agent_id), *agent_keys)
+
+    def write(self, tier: str, records: Sequence[MemoryRecord]) -> None:
+        """Write `records` and their time index entries in one MULTI/EXEC."""
+        self._transaction(tier, records, self.add_records, "write")
+
+    def delete(self, tier: str, records: Sequence[MemoryRecord]) -> None:
+        """Delete `records` and their time index entries in one MULTI/EXEC."""
+        self._transaction(tier, records, self.queue_delete, "delete")
+
+    def _transaction(
+        self, tier: str, records: Sequence[MemoryRecord], queue: _Queue, what: str
+    ) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            queue(pipe, tier, records)
+            try:
+                pipe.execute()
+            except redis.RedisError as e:
+                first = self.key(tier, records[0].entry_id) if records else "-"
+                raise StoreError(
+                    f"{what} of {len(records)} {tier} records ({first}, ...) failed: {e}"
+                ) from e
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, tier: str, keys: Sequence[str]) -> list[MemoryRecord]:
+        """The records under `keys`, in order, vectors as float32; missing keys are skipped.
+
+        Raises:
+            ValueError: a key is not a record key of `tier`.
+            StoreError: Redis failed, or a record hash is incomplete or corrupt.
+        """
+        settings = self._tier(tier)
+        prefix = self.keys.record_prefix(settings.name)
+        for key in keys:
+            if not key.startswith(prefix):
+                raise ValueError(f"{key!r} is not a {settings.name} record key ({prefix}...)")
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            # NEVER_DECODE: the vector is binary even when the client decodes replies.
+            pipe.execute_command("HGETALL", key, NEVER_DECODE=True)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as e:
+            raise StoreError(f"reading {len(keys)} {tier} records failed: {e}") from e
+        return [
+            _decode_record(settings, key, key[len(prefix) :], fields)
+            for key, fields in zip(keys, replies, strict=True)
+            if fields
+        ]
+
+    def count(self, tier: str, agent_id: str | None = None) -> int:
+        """Records in one tier (or of one agent there): ZCARD of the time index.
+
+        The time index is written in the same transaction as the records, so it is exact and
+        O(1); FT.INFO num_docs is neither per agent nor free of indexing failures.
+        """
+        name = self._tier(tier).name
+        key = (
+            self.keys.time_index(name)
+            if agent_id is None
+            else self.keys.agent_time_index(name, agent_id)
+        )
+        try:
+            return int(self.client.zcard(key))
+        except redis.RedisError as e:
+            raise StoreError(f"ZCARD {key} failed: {e}") from e
+
+    def oldest_keys(
+        self, tier: str, limit: int, *, agent_id: str | None = None, max_ts: int | None = None
+    ) -> list[str]:
+        """Up to `limit` record keys of a tier (or of one agent), oldest first, ts <= max_ts."""
+        name = self._tier(tier).name
+        key = (
+            self.keys.time_index(name)
+            if agent_id is None
+            else self.keys.agent_time_index(name, agent_id)
+        )
+        high = "+inf" if max_ts is None else max_ts
+        try:
+            members = self.client.zrangebyscore(key, "-inf", high, start=0, num=limit)
+        except redis.RedisError as e:
+            raise StoreError(f"ZRANGEBYSCORE {key} failed: {e}") from e
+        return [_text(m) for m in members]
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        tier: str,
+        vector: npt.ArrayLike,
+        k: int = 10,
+        *,
+        agent_id: str | None = None,
+        step_range: tuple[int, int] | None = None,
+        filters: FilterExpression | None = None,
+        return_vectors: bool = False,
+    ) -> list[Hit]:
+        """The `k` records of `tier` nearest to `vector`, nearest first.
+
+        Args:
+            vector: (dim,) query vector of the tier.
+            agent_id: only this agent's records (an exact TAG match, escaped).
+            step_range: only records with lo <= step <= hi.
+            filters: any further redisvl filter, ANDed with the above.
+            return_vectors: fill `Hit.vector` (float32).
+
+        Raises:
+            ValueError: bad vector, k, agent_id or step_range.
+            StoreError: the query failed.
+        """
+        settings = self._tier(tier)
+        if k < 1:
+            raise ValueError(f"k={k}: must be at least 1")
+        query = VectorQuery(
+            vector=_vector_bytes(settings, vector, "query vector"),
+            vector_field_name=VECTOR_FIELD,
+            filter_expression=_filter(agent_id, step_range, filters),
+            dtype=settings.datatype,
+            num_results=k,
+        )
+        returned = [*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, _DISTANCE]
+        if return_vectors:
+            returned.append(VECTOR_FIELD)
+        query.return_fields(*returned, skip_decode=[VECTOR_FIELD])
+        index = self._indexes[settings.name]
+        try:
+            docs = index.query(query)
+        except (RedisVLError, redis.RedisError) as e:
+            raise StoreError(f"KNN on {index.name} ({query.filter}) failed: {e}") from e
+        hits = [_decode_hit(settings, self.keys, doc) for doc in docs]
+        leaked = [h.key for h in hits if agent_id is not None and h.agent_id != agent_id]
+        if leaked:
+            # Never hand one agent another's memories, even if the TAG filter were to widen.
+            log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
+            hits = [h for h in hits if h.agent_id == agent_id]
+        return hits
+
+    def _tier(self, tier: str) -> TierSettings:
+        try:
+            return self.tiers[tier]
+        except KeyError:
+            raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}") from None
+
+
+# -- helpers: client, FT.INFO ------------------------------------------------------------------
+
+
+def _check_client(client: redis.Redis) -> None:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    protocol = kwargs.get("protocol")
+    if str(protocol) == "3" or not kwargs.get("legacy_responses", True):
+        raise ConfigError(
+            f"TierStore needs a client with protocol=2 or redis-py's default, got protocol="
+            f"{protocol}: redisvl cannot parse native RESP3 FT.SEARCH replies"
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _lookup(reply: Any, key: str) -> Any:
+    """`key`'s value in a RESP3 map or a RESP2 flat key/value list (flags may trail), else None."""
+    if isinstance(reply, dict):
+        return next((v for k, v in reply.items() if _text(k).lower() == key), None)
+    if isinstance(reply, (list, tuple)):
+        for i in range(0, len(reply) - 1, 2):
+            if _text(reply[i]).lower() == key:
+                return reply[i + 1]
+    return None
+
+
+def _index_problems(keys: Keys, tier: TierSettings, info: Any) -> list[str]:
+    """What in an FT.INFO reply differs from the index the store declares for `tier`."""
+    problems = []
+    prefixes = [_text(p) for p in _lookup(_lookup(info, "index_definition"), "prefixes") or []]
+    if prefixes != [keys.record_prefix(tier.name)]:
+        problems.append(f"prefixes {prefixes}, the store writes {keys.record_prefix(tier.name)!r}")
+    attributes = {_text(_lookup(a, "attribute")): a for a in _lookup(info, "attributes") or []}
+    expected = {**dict.fromkeys(TAG_FIELDS, "TAG"), **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC")}
+    for name, kind in {**expected, VECTOR_FIELD: "VECTOR"}.items():
+        actual = _text(_lookup(attributes.get(name), "type")).upper()
+        if actual != kind:
+            problems.append(f"field {name} of type {actual}, the store needs {kind}")
+    vec = attributes.get(VECTOR_FIELD)
+    if vec is None:
+        return problems
+    settings_say = [
+        ("DIM", "dim", str(tier.dim), f"{tier.name}_dim"),
+        ("ALGORITHM", "algorithm", tier.algorithm, f"{tier.name}_algorithm"),
+        ("TYPE", "data_type", tier.datatype, f"{tier.name}_datatype"),
+    ]
+    for label, key, wanted, setting in settings_say:
+        actual = _text(_lookup(vec, key)).upper()
+        if actual != wanted.upper():
+            problems.append(
+                f"{VECTOR_FIELD} {label} {actual}, settings say {wanted} ({env_var(setting)})"
+            )
+    metric = _text(_lookup(vec, "distance_metric")).upper()
+    if metric != DISTANCE_METRIC:
+        problems.append(
+            f"{VECTOR_FIELD} DISTANCE_METRIC {metric}, the store needs {DISTANCE_METRIC}"
+        )
+    return problems
+
+
+# -- helpers: records, vectors, filters --------------------------------------------------------
+
+
+def _vector_bytes(tier: TierSettings, vector: npt.ArrayLike, what: str) -> bytes:
+    """`vector` as bytes of the tier's datatype, after checking its shape and values."""
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not a numeric vector: {e}") from None
+    if array.shape != (tier.dim,):
+        raise ValueError(f"{what} has shape {array.shape}, tier {tier.name} needs ({tier.dim},)")
+    with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+        stored = array.astype(_DTYPES[tier.datatype])
+    if not np.isfinite(stored).all():
+        raise ValueError(f"{what} holds NaN or infinity (as {tier.datatype})")
+    return stored.tobytes()
+
+
+def _encode_record(tier: TierSettings, record: MemoryRecord) -> dict[FieldT, EncodableT]:
+    where = f"record {record.entry_id!r}"
+    if not isinstance(record.entry_id, str) or not record.entry_id:
+        raise ValueError(f"{where}: entry_id must be a non-empty string")
+    for name in TAG_FIELDS:
+        problem = tag_problem(getattr(record, name))
+        if problem:
+            raise ValueError(f"{where}: {name} {getattr(record, name)!r} {problem}")
+    if not math.isfinite(record.importance):
+        raise ValueError(f"{where}: importance {record.importance!r} must be finite")
+    mapping: dict[FieldT, EncodableT] = {
+        "agent_id": record.agent_id,
+        "agent_type": record.agent_type,
+        "model_version": record.model_version,
+        "step": int(record.step),
+        "ts": int(record.ts),
+        "importance": float(record.importance),
+        VECTOR_FIELD: _vector_bytes(tier, record.vector, f"{where} vector"),
+    }
+    if record.state_json is not None:
+        mapping[STATE_FIELD] = record.state_json
+    return mapping
+
+
+def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
+    dtype = _DTYPES[tier.datatype]
+    if len(raw) != tier.dim * np.dtype(dtype).itemsize:
+        raise StoreError(f"{key}: vec has {len(raw)} bytes, {tier.dim} x {tier.datatype} expected")
+    return np.frombuffer(raw, dtype=dtype).astype(np.float32)
+
+
+def _decode_record(
+    tier: TierSettings, key: str, entry_id: str, fields: Mapping[Any, Any]
+) -> MemoryRecord:
+    values = {_text(k): v for k, v in fields.items()}
+    try:
+        state = values.get(STATE_FIELD)
+        return MemoryRecord(
+            entry_id=entry_id,
+            agent_id=_text(values["agent_id"]),
+            agent_type=_text(values["agent_type"]),
+            step=int(values["step"]),
+            ts=int(values["ts"]),
+            importance=float(values["importance"]),
+            model_version=_text(values["model_version"]),
+            vector=_decode_vector(tier, values[VECTOR_FIELD], key),
+            state_json=None if state is None else _text(state),
+        )
+    except (KeyError, ValueError) as e:
+        raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
+
+
+def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:
+    key = _text(doc["id"])
+    try:
+        raw_vector = doc.get(VECTOR_FIELD)
+        state = doc.get(STATE_FIELD)
+        return Hit(
+            tier=tier.name,
+            key=key,
+            entry_id=key[len(keys.record_prefix(tier.name)) :],
+            agent_id=_text(doc["agent_id"]),
+            agent_type=_text(doc["agent_type"]),
+            step=int(doc["step"]),
+            ts=int(doc["ts"]),
+            importance=float(doc["importance"]),
+            model_version=_text(doc["model_version"]),
+            distance=float(doc[_DISTANCE]),
+            vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
+            state=None if state is None else json.loads(_text(state)),
+        )
+    except (KeyError, ValueError) as e:
+        raise StoreError(f"search hit {key} is incomplete or corrupt: {e!r}") from e
+
+
+def _filter(
+    agent_id: str | None, step_range: tuple[int, int] | None, extra: FilterExpression | None
+) -> FilterExpression | None:
+    parts: list[FilterExpression] = []
+    if agent_id is not None:
+        problem = tag_problem(agent_id)
+        if problem:
+            # Tag("agent_id") == "" would match every agent.
+            raise ValueError(f"agent_id {agent_id!r} {problem}")
+        parts.append(Tag("agent_id") == agent_id)
+    if step_range is not None:
+        low, high = step_range
+        if low > high:
+            raise ValueError(f"step_range {step_range}: low end above high end")
+        parts.append(Num("step").between(int(low), int(high)))
+    if extra is not None:
+        parts.append(extra)
+    return reduce(lambda a, b: a & b, parts) if parts else None
