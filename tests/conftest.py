@@ -1,13 +1,21 @@
-"""One embedded Redis per test session, flushed before each test that asks for it."""
+"""One embedded Redis per test session, flushed per test; one small trained model per session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, Settings
+from memory_tiers import (
+    EmbeddedRedis,
+    EmbeddingEngine,
+    Settings,
+    save_checkpoint,
+    simulate_states,
+    train_autoencoder_pipeline,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +38,18 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 def settings(redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Settings:
     """Settings pointing at the flushed session server."""
     return Settings(redis_url=redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small but really trained checkpoint (2k simulated states, 2 epochs), made once."""
+    _, checkpoint = train_autoencoder_pipeline(
+        simulate_states(2000, seed=11), epochs=2, progress=False, device="cpu"
+    )
+    return save_checkpoint(checkpoint, tmp_path_factory.mktemp("model") / "ae.pt")
+
+
+@pytest.fixture(scope="session")
+def engine(model_path: Path) -> EmbeddingEngine:
+    """An embedding engine over the session's trained checkpoint."""
+    return EmbeddingEngine.from_checkpoint(model_path)

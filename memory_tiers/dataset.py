@@ -1,0 +1,71 @@
+"""Where training states come from: a JSONL file, or the raw states already in the stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+from .constants import Keys
+from .errors import EntryError, MemoryTiersError
+from .protocol import decode_entry
+
+log = logging.getLogger(__name__)
+
+STREAM_PAGE = 1000
+"""Entries fetched per XRANGE call when reading states back from the stream."""
+
+
+def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """States from a file of one JSON object per line; blank lines are skipped.
+
+    Raises:
+        MemoryTiersError: a line is not a JSON object, naming the file and line number.
+    """
+    states: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                state = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MemoryTiersError(f"{path}:{number}: not JSON ({e.msg})") from e
+            if not isinstance(state, dict):
+                raise MemoryTiersError(f"{path}:{number}: expected a JSON object")
+            states.append(state)
+    return states
+
+
+def read_stream_states(
+    client: redis.Redis, keys: Keys, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The states agents XADDed (kind=state), oldest first; malformed entries are skipped."""
+    states: list[dict[str, Any]] = []
+    skipped = 0
+    start = "-"
+    while limit is None or len(states) < limit:
+        page = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            client.xrange(keys.stream, min=start, max="+", count=STREAM_PAGE),
+        )
+        for entry_id, fields in page:
+            try:
+                entry = decode_entry(_text(entry_id), fields)
+            except EntryError:
+                skipped += 1
+                continue
+            if entry.kind == "state":
+                states.append(entry.state)
+        if len(page) < STREAM_PAGE:
+            break
+        start = "(" + _text(page[-1][0])
+    log.info("read %d states from %s (%d malformed skipped)", len(states), keys.stream, skipped)
+    return states[:limit]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,307 @@
+"""Training the autoencoder: data split, weighted multi-tier loss, early stopping, checkpoints.
+
+A checkpoint is a plain dict of tensors and JSON-like values, so it loads with
+`torch.load(weights_only=True)`: no pickled code runs when a model file is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import ModelError
+from .features import FeatureSchema, default_schema
+from .model import ModelConfig, StateAutoencoder
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint dict layout; load_checkpoint refuses others."""
+
+LOSS_WEIGHTS = (0.5, 0.3, 0.2)
+"""Weights of the STM, IM and LTM reconstruction losses, higher on STM accuracy (the design)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run; saved in the checkpoint's metrics."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.2
+    patience: int = 5
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction}: must be between 0 and 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be at least 1")
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with everything needed to use it safely."""
+
+    model: StateAutoencoder
+    schema: FeatureSchema
+    version: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's dimensions."""
+        return self.model.config
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def split_data(features: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first (1 - val_fraction) rows for training, the rest for validation, in order.
+
+    Keeping time order (as designed) means validation states come from later in the run,
+    not from the same moments as training states, so the validation loss is not flattered.
+    """
+    n_train = round(len(features) * (1.0 - val_fraction))
+    if n_train < 1 or n_train >= len(features):
+        raise ValueError(
+            f"{len(features)} samples cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%}"
+        )
+    return features[:n_train], features[n_train:]
+
+
+def tier_losses(
+    model: StateAutoencoder, x: torch.Tensor, criterion: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reconstruction loss from each tier's embedding, the encoder run once."""
+    stm, im, ltm = model.encode_all(x)  # (B, 384), (B, 128), (B, 32)
+    return (
+        criterion(model.decode_from_stm(stm), x),
+        criterion(model.decode_from_im(im), x),
+        criterion(model.decode_from_ltm(ltm), x),
+    )
+
+
+class AutoencoderTrainer:
+    """Trains a StateAutoencoder on feature vectors with the design's weighted loss."""
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        model_config: ModelConfig | None = None,
+        config: TrainConfig | None = None,
+    ) -> None:
+        self.schema = schema
+        self.config = config or TrainConfig()
+        self.device = pick_device(self.config.device)
+        torch.manual_seed(self.config.seed)
+        model_config = model_config or ModelConfig(input_dim=schema.input_dim)
+        if model_config.input_dim != schema.input_dim:
+            raise ModelError(
+                f"model input_dim {model_config.input_dim} != schema input_dim {schema.input_dim}"
+            )
+        self.model = StateAutoencoder(model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
+        self.criterion = nn.MSELoss()
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+
+    def _tensor(self, features: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(features, dtype=torch.float32, device=self.device)
+
+    def train_epoch(self, x: torch.Tensor, generator: torch.Generator) -> float:
+        """One pass over shuffled mini-batches; returns the mean weighted loss."""
+        self.model.train()
+        order = torch.randperm(len(x), generator=generator).to(self.device)
+        total, batches = 0.0, 0
+        for start in range(0, len(x), self.config.batch_size):
+            batch = x[order[start : start + self.config.batch_size]]
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = tier_losses(self.model, batch, self.criterion)
+            loss = sum(w * part for w, part in zip(LOSS_WEIGHTS, losses, strict=True))
+            assert isinstance(loss, torch.Tensor)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+            batches += 1
+        return total / batches
+
+    @torch.no_grad()
+    def evaluate(self, features: np.ndarray | torch.Tensor) -> dict[str, float]:
+        """Reconstruction MSE from each tier's embedding, and their weighted sum as 'loss'."""
+        self.model.eval()
+        x = features if isinstance(features, torch.Tensor) else self._tensor(features)
+        mse = [part.item() for part in tier_losses(self.model, x, self.criterion)]
+        weighted = sum(w * m for w, m in zip(LOSS_WEIGHTS, mse, strict=True))
+        return {"stm": mse[0], "im": mse[1], "ltm": mse[2], "loss": weighted}
+
+    def train(self, train_features: np.ndarray, val_features: np.ndarray) -> dict[str, Any]:
+        """Train until `epochs` or until validation loss stops improving for `patience` epochs.
+
+        The best model by validation loss is kept in `self.model`. Returns the metrics.
+        """
+        x_train, x_val = self._tensor(train_features), self._tensor(val_features)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(self.model.state_dict())
+        started = time.perf_counter()
+        epochs = tqdm(
+            range(1, self.config.epochs + 1), desc="training", disable=not self.config.progress
+        )
+        for epoch in epochs:
+            train_loss = self.train_epoch(x_train, generator)
+            val_loss = self.evaluate(x_val)["loss"]
+            self.history["train_loss"].append(train_loss)
+            self.history["val_loss"].append(val_loss)
+            epochs.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+            if val_loss < best_loss:
+                best_loss, best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+            elif epoch - best_epoch >= self.config.patience:
+                log.info(
+                    "early stop at epoch %d: best val loss %.6f at %d", epoch, best_loss, best_epoch
+                )
+                break
+        seconds = time.perf_counter() - started
+        self.model.load_state_dict(best_state)
+        epochs_run = len(self.history["train_loss"])
+        return {
+            "trained": True,
+            "val_mse": self.evaluate(x_val),
+            "train_mse": self.evaluate(x_train),
+            "best_epoch": best_epoch,
+            "epochs_run": epochs_run,
+            "train_samples": len(train_features),
+            "val_samples": len(val_features),
+            "train_seconds": seconds,
+            "train_samples_per_s": len(train_features) * epochs_run / seconds,
+            "device": str(self.device),
+            "config": asdict(self.config),
+            **self.history,
+        }
+
+
+def train_autoencoder_pipeline(
+    training_data: Sequence[Mapping[str, Any]],
+    schema: FeatureSchema | None = None,
+    batch_size: int = 64,
+    epochs: int = 50,
+    **train_options: Any,
+) -> tuple[AutoencoderTrainer, Checkpoint]:
+    """The whole flow as designed: featurize, split 80/20, train, keep the best model.
+
+    Args:
+        training_data: agent state dicts, in time order.
+        schema: the feature schema; the default one covers the design's fields.
+        train_options: further TrainConfig fields (val_fraction, patience, seed, device, ...).
+
+    Returns:
+        The trainer and a checkpoint of its best model, ready for save_checkpoint().
+    """
+    schema = schema or default_schema()
+    features = schema.extract_batch(training_data)
+    config = TrainConfig(batch_size=batch_size, epochs=epochs, **train_options)
+    train_features, val_features = split_data(features, config.val_fraction)
+    trainer = AutoencoderTrainer(schema, config=config)
+    log.info(
+        "training on %d states (%d validation), input_dim=%d, device=%s",
+        len(train_features), len(val_features), schema.input_dim, trainer.device,
+    )  # fmt: skip
+    metrics = trainer.train(train_features, val_features)
+    model = trainer.model.to("cpu").eval()
+    return trainer, Checkpoint(model, schema, weights_version(model), metrics)
+
+
+def weights_version(model: nn.Module) -> str:
+    """A model version id: the first 12 hex digits of a hash of its weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
+    """Write a checkpoint that torch.load(weights_only=True) can read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": checkpoint.version,
+        "model_config": checkpoint.config.to_dict(),
+        "schema": checkpoint.schema.to_dict(),
+        "metrics": checkpoint.metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in checkpoint.model.state_dict().items()},
+    }
+    torch.save(payload, path)
+    log.info("checkpoint %s saved to %s", checkpoint.version, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    expect_schema: FeatureSchema | None = None,
+    expect_dims: tuple[int, int, int] | None = None,
+    device: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint with weights_only=True and check it fits what the caller expects.
+
+    Args:
+        expect_schema: refuse a checkpoint trained on another feature schema.
+        expect_dims: refuse a checkpoint whose (STM, IM, LTM) dimensions differ (the indexes').
+
+    Raises:
+        ModelError: missing, unreadable, of another format, or not matching expectations.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError as e:
+        raise ModelError(f"model checkpoint not found: {path}") from e
+    except Exception as e:
+        raise ModelError(f"cannot read model checkpoint {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a memory_tiers checkpoint (format {CHECKPOINT_FORMAT})")
+    schema = FeatureSchema.from_dict(payload["schema"])
+    config = ModelConfig.from_dict(payload["model_config"])
+    _check_expectations(path, schema, config, expect_schema, expect_dims)
+    model = StateAutoencoder(config)
+    model.load_state_dict(payload["state_dict"])
+    return Checkpoint(model.to(device).eval(), schema, payload["version"], payload["metrics"])
+
+
+def _check_expectations(
+    path: Path,
+    schema: FeatureSchema,
+    config: ModelConfig,
+    expect_schema: FeatureSchema | None,
+    expect_dims: tuple[int, int, int] | None,
+) -> None:
+    if expect_schema is not None and schema.to_dict() != expect_schema.to_dict():
+        raise ModelError(
+            f"{path} was trained on feature schema {schema.fingerprint()}, "
+            f"expected {expect_schema.fingerprint()}"
+        )
+    dims = (config.stm_dim, config.im_dim, config.ltm_dim)
+    if expect_dims is not None and dims != tuple(expect_dims):
+        raise ModelError(
+            f"{path} has tier dimensions STM/IM/LTM {dims}, expected {tuple(expect_dims)} "
+            "(MT_STM_DIM, MT_IM_DIM, MT_LTM_DIM and the indexes must match the model)"
+        )
