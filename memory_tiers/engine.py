@@ -94,12 +94,13 @@ class EmbeddingEngine:
         schema: FeatureSchema | None = None,
         dims: tuple[int, int, int] = (384, 128, 32),
         seed: int = 0,
+        device: str | torch.device | None = None,
     ) -> EmbeddingEngine:
         """An engine over freshly initialised weights, for tests and first runs."""
         schema = schema or default_schema()
         torch.manual_seed(seed)
         model = StateAutoencoder(ModelConfig(schema.input_dim, *dims))
-        return cls(model, schema, UNTRAINED_VERSION, trained=False)
+        return cls(model, schema, UNTRAINED_VERSION, trained=False, device=device)
 
     @property
     def dims(self) -> dict[str, int]:

@@ -618,6 +618,20 @@ def collect_training_data(simulation: Simulation, num_samples: int = 10_000) -> 
     return states
 
 
-def simulate_states(num_states: int, num_agents: int = 50, seed: int = 0) -> list[AgentState]:
-    """`num_states` states from a fresh simulation of `num_agents` agents seeded with `seed`."""
-    return collect_training_data(Simulation(num_agents=num_agents, seed=seed), num_states)
+def simulate_states(
+    num_states: int, num_agents: int = 50, seed: int = 0, worlds: int = 1
+) -> list[AgentState]:
+    """`num_states` states of `num_agents` agents, from `worlds` fresh worlds seeded seed, seed+1...
+
+    Each world contributes an equal share (the last one the remainder), world after world, so
+    a time-ordered validation split holds states of a world the model never trained on.
+    """
+    if worlds < 1:
+        raise ConfigError(f"worlds={worlds}: must be at least 1")
+    share = num_states // worlds
+    states: list[AgentState] = []
+    for world in range(worlds):
+        count = share if world < worlds - 1 else num_states - len(states)
+        simulation = Simulation(num_agents=num_agents, seed=seed + world)
+        states.extend(collect_training_data(simulation, count))
+    return states

@@ -251,3 +251,13 @@ def test_world_grid_holds_only_empty_resource_and_obstacle_cells() -> None:
 def test_bad_arguments_raise_config_error(make: object) -> None:
     with pytest.raises(ConfigError):
         make()  # type: ignore[operator]
+
+
+def test_simulate_states_from_several_worlds() -> None:
+    states = simulate_states(250, num_agents=10, seed=4, worlds=3)
+    assert len(states) == 250
+    assert states[:83] == simulate_states(83, num_agents=10, seed=4)
+    assert states[83:166] == simulate_states(83, num_agents=10, seed=5)
+    assert states[166:] == simulate_states(84, num_agents=10, seed=6)
+    with pytest.raises(ConfigError, match="worlds=0"):
+        simulate_states(10, worlds=0)
