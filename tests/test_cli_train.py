@@ -1,0 +1,72 @@
+"""`memory-tiers train` from each data source: checkpoint, metrics JSON and loss curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from memory_tiers import EmbeddedRedis, Keys, encode_entry, load_checkpoint, simulate_states
+from memory_tiers.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_train(args: list[str], env: dict[str, str] | None = None) -> str:
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", "train", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_outputs(model: Path, states: int, kind: str) -> None:
+    checkpoint = load_checkpoint(model)
+    assert checkpoint.metrics["data"]["kind"] == kind
+    assert checkpoint.metrics["data"]["states"] == states
+    metrics = json.loads(model.with_suffix(".metrics.json").read_text())
+    assert metrics["version"] == checkpoint.version
+    assert set(metrics["val_mse"]) == {"stm", "im", "ltm", "loss"}
+    assert metrics["epochs_run"] == len(metrics["val_loss"]) == 2
+    assert model.with_suffix(".loss.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_train_on_the_simulation(tmp_path: Path) -> None:
+    model = tmp_path / "sim" / "ae.pt"
+    output = run_train(["--simulate", "600", "--worlds", "2", "--epochs", "2", "--out", str(model)])
+    assert "held-out MSE stm=" in output and str(model) in output
+    assert_outputs(model, 600, "simulation")
+
+
+def test_train_on_a_jsonl_file(tmp_path: Path) -> None:
+    data = tmp_path / "states.jsonl"
+    data.write_text("\n".join(json.dumps(s) for s in simulate_states(300)) + "\n\n")
+    model = tmp_path / "ae.pt"
+    run_train(["--jsonl", str(data), "--epochs", "2", "--out", str(model)])
+    assert_outputs(model, 300, "jsonl")
+
+
+def test_train_from_the_stream(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    stream = Keys().stream
+    for i, state in enumerate(simulate_states(400, seed=6)):
+        redis_client.xadd(stream, encode_entry(str(state["agent_id"]), dict(state), step=i))
+    redis_client.xadd(stream, {"agent_id": "bad", "state": "{oops"})  # skipped, not fatal
+    redis_client.xadd(stream, encode_entry("a", {"action_type": "move"}, kind="action"))
+    model = tmp_path / "ae.pt"
+    run_train(
+        ["--from-stream", "--epochs", "2", "--out", str(model)],
+        env={"MT_REDIS_URL": redis_server.url},
+    )
+    assert_outputs(model, 400, "stream")
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--simulate", "10", "--from-stream"], ["--simulate", "10", "--jsonl", __file__]]
+)
+def test_train_needs_exactly_one_source(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 2
+    assert "exactly one of --simulate N, --jsonl FILE, --from-stream" in result.output
