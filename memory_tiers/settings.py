@@ -74,6 +74,9 @@ class Settings:
     ltm_max_per_agent: int | None = _setting(
         None, "over this many LTM memories per agent, the oldest go"
     )
+    consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
+    consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
+    keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
     redis_server: str | None = _setting(None, "redis-server binary for the embedded Redis")
     redis_modules: str | None = _setting(
         None, "module .so files for the embedded Redis, separated by ':'"
@@ -84,7 +87,8 @@ class Settings:
             allowed = _literal_choices(name)
             if allowed and value not in allowed:
                 raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-        for name in ("batch_size", "block_ms", "stm_dim", "im_dim", "ltm_dim"):
+        positive = ("batch_size", "block_ms", "stm_dim", "im_dim", "ltm_dim")
+        for name in (*positive, "consolidate_interval_s", "consolidate_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
 
@@ -172,7 +176,18 @@ def parse_value(name: str, hint: Any, raw: Any) -> Any:
         return None
     if get_origin(target) is Literal:
         return raw
+    if target is bool:
+        return _parse_bool(name, raw)
     try:
         return target(raw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{env_var(name)}={raw!r}: expected {target.__name__}") from e
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{env_var(name)}={raw!r}: expected true or false")

@@ -29,6 +29,7 @@ def test_from_env_parses_types_and_off() -> None:
         "MT_IM_MAX_PER_AGENT": "off",
         "MT_LTM_ALGORITHM": "HNSW",
         "MT_PREFIX": "sim7",
+        "MT_KEEP_STATE_AFTER_STM": "yes",
         "UNRELATED": "x",
     }
     settings = Settings.from_env(env, batch_size=128)
@@ -38,6 +39,8 @@ def test_from_env_parses_types_and_off() -> None:
     assert settings.im_max_per_agent is None
     assert settings.tier("ltm").algorithm == "HNSW"
     assert Keys(settings.prefix).stream == "sim7:states"
+    assert settings.keep_state_after_stm is True
+    assert Settings.from_env({"MT_KEEP_STATE_AFTER_STM": "off"}).keep_state_after_stm is False
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,8 @@ def test_from_env_parses_types_and_off() -> None:
         ({"MT_BATCH_SIZE": "0"}, "batch_size=0: must be positive"),
         ({"MT_STM_ALGORITHM": "IVF"}, "stm_algorithm='IVF': expected one of FLAT, HNSW"),
         ({"MT_IM_DATATYPE": "int4"}, "im_datatype='int4': expected one of float32, float16"),
+        ({"MT_KEEP_STATE_AFTER_STM": "maybe"}, "MT_KEEP_STATE_AFTER_STM='maybe': expected true"),
+        ({"MT_CONSOLIDATE_INTERVAL_S": "0"}, "consolidate_interval_s=0.0: must be positive"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], message: str) -> None:
