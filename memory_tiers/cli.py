@@ -126,6 +126,9 @@ def demo(settings: Settings) -> None:
 )
 @click.option("--jsonl", type=click.Path(exists=True, dir_okay=False), help="train on these states")
 @click.option("--from-stream", is_flag=True, help="train on the raw states in the Redis stream")
+@click.option(
+    "--worlds", default=1, show_default=True, help="with --simulate: spread over this many"
+)
 @click.option("--limit", type=int, default=None, help="with --from-stream: at most this many")
 @click.option(
     "--schema",
@@ -135,6 +138,7 @@ def demo(settings: Settings) -> None:
 )
 @click.option("--epochs", default=50, show_default=True)
 @click.option("--batch-size", "train_batch_size", default=64, show_default=True)
+@click.option("--learning-rate", default=1e-3, show_default=True)
 @click.option("--patience", default=5, show_default=True, help="epochs without improvement")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda [default: cuda when available]")
@@ -150,10 +154,12 @@ def train(
     simulate: int | None,
     jsonl: str | None,
     from_stream: bool,
+    worlds: int,
     limit: int | None,
     schema_path: str | None,
     epochs: int,
     train_batch_size: int,
+    learning_rate: float,
     patience: int,
     seed: int,
     device: str | None,
@@ -167,19 +173,23 @@ def train(
     if sum((simulate is not None, jsonl is not None, from_stream)) != 1:
         raise click.UsageError("give exactly one of --simulate N, --jsonl FILE, --from-stream")
     try:
-        states, source = _training_states(settings, simulate, jsonl, from_stream, limit, seed)
+        states, source = _training_states(
+            settings, simulate, worlds, jsonl, from_stream, limit, seed
+        )
         schema = FeatureSchema.from_file(schema_path) if schema_path else default_schema()
         _, checkpoint = train_autoencoder_pipeline(
             states, schema, batch_size=train_batch_size, epochs=epochs,
-            patience=patience, seed=seed, device=device,
+            learning_rate=learning_rate, patience=patience, seed=seed, device=device,
         )  # fmt: skip
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
-    checkpoint.metrics["source"] = source
+    checkpoint.metrics["data"] = source
     path = save_checkpoint(checkpoint, out or settings.model_path)
     metrics_path = path.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
-    plot_path = plot_loss_curve(checkpoint.metrics, path.with_suffix(".loss.png"), source)
+    plot_path = plot_loss_curve(
+        checkpoint.metrics, path.with_suffix(".loss.png"), f"trained on {source['description']}"
+    )
     mse = checkpoint.metrics["val_mse"]
     click.echo(
         f"model {checkpoint.version}: held-out MSE stm={mse['stm']:.5f} im={mse['im']:.5f} "
@@ -190,25 +200,35 @@ def train(
 def _training_states(
     settings: Settings,
     simulate: int | None,
+    worlds: int,
     jsonl: str | None,
     from_stream: bool,
     limit: int | None,
     seed: int,
-) -> tuple[Sequence[Mapping[str, Any]], str]:
+) -> tuple[Sequence[Mapping[str, Any]], dict[str, Any]]:
+    """The training states and a description of where they came from (kept in the metrics)."""
     from .dataset import load_jsonl, read_stream_states
     from .sim import simulate_states
 
     if simulate is not None:
-        return simulate_states(simulate, seed=seed), f"simulation: {simulate} states, seed {seed}"
-    if jsonl is not None:
-        return load_jsonl(jsonl), f"jsonl: {Path(jsonl).name}"
-    if not settings.redis_url:
+        states: Sequence[Mapping[str, Any]] = simulate_states(simulate, seed=seed, worlds=worlds)
+        source: dict[str, Any] = {"kind": "simulation", "seed": seed, "worlds": worlds}
+    elif jsonl is not None:
+        states, source = load_jsonl(jsonl), {"kind": "jsonl", "file": Path(jsonl).name}
+    elif not settings.redis_url:
         raise click.UsageError("--from-stream needs MT_REDIS_URL (the Redis the agents write to)")
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        return read_stream_states(client, Keys(settings.prefix), limit), "stream"
-    finally:
-        client.close()
+    else:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            states = read_stream_states(client, Keys(settings.prefix), limit)
+        finally:
+            client.close()
+        source = {"kind": "stream", "stream": Keys(settings.prefix).stream}
+    source["states"] = len(states)
+    source["description"] = f"{len(states)} states: " + ", ".join(
+        f"{key} {value}" for key, value in source.items() if key != "states"
+    )
+    return states, source
 
 
 def _metrics_summary(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -224,3 +244,181 @@ def _metrics_summary(checkpoint: Checkpoint) -> dict[str, Any]:
         },
         **checkpoint.metrics,
     }
+
+
+# -- query -------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from .client import MemoryClient, MergedHit
+
+QUERY_COLUMNS = ("rank", "tier", "feature_dist", "tier_dist", "step", "ts", "key", "state")
+"""Columns of the `query` table; feature_dist ranks across tiers, tier_dist is squared L2."""
+
+_QUERY_NUMERIC_COLUMNS = frozenset({0, 2, 3, 4})
+_QUERY_SUMMARY_FIELDS = ("agent_type", "status", "current_action")
+
+
+@main.command("query")
+@click.option("--agent", "agent_id", required=True, help="whose memories to search")
+@click.option("--state", "state_json", required=True, help="the query state, a JSON object")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="hits shown")
+@click.option(
+    "--tiers", default="stm,im,ltm", show_default=True, help="tiers to search, comma-separated"
+)
+@click.pass_obj
+def query_command(settings: Settings, agent_id: str, state_json: str, k: int, tiers: str) -> None:
+    """Recall an agent's memories nearest to a state; print them ranked across tiers.
+
+    feature_dist is the mean squared difference between a memory's decoded features and the
+    query's reconstruction, comparable across tiers; tier_dist is the squared L2 distance
+    within its tier. States marked '~' are reconstructed from IM/LTM vectors: approximate.
+    """
+    from .client import MemoryClient
+
+    if not settings.redis_url:
+        raise click.UsageError(
+            "query needs MT_REDIS_URL (or memory-tiers --redis-url URL query ...): the Redis "
+            "the daemon writes to. A fresh embedded Redis would be empty: nothing to recall."
+        )
+    state = _query_state(state_json)
+    searched = _query_tiers(tiers)
+    try:
+        with MemoryClient.from_settings(settings) as client:
+            recall = client.recall(agent_id, state, k=k, tiers=searched)
+            rows = [_query_row(rank, item, client) for rank, item in enumerate(recall.merged, 1)]
+    except MemoryTiersError as e:
+        raise click.ClickException(str(e)) from e
+    if not rows:
+        click.echo(f"no memories of agent {agent_id!r} in {', '.join(searched)}", err=True)
+        return
+    click.echo(_query_table(QUERY_COLUMNS, rows))
+
+
+def _query_state(text: str) -> dict[str, Any]:
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON ({e.msg} at {e.pos})", param_hint="--state") from e
+    if not isinstance(state, dict):
+        raise click.BadParameter(
+            f"must be a JSON object, got {type(state).__name__}", param_hint="--state"
+        )
+    return state
+
+
+def _query_tiers(text: str) -> list[str]:
+    from .constants import TIERS
+
+    tiers = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not tiers or any(t not in TIERS for t in tiers):
+        raise click.BadParameter(
+            f"{text!r}: expected some of {','.join(TIERS)}, comma-separated", param_hint="--tiers"
+        )
+    return tiers
+
+
+def _query_row(rank: int, item: MergedHit, client: MemoryClient) -> tuple[str, ...]:
+    """One table row; IM/LTM hits keep no state, so theirs is reconstructed ('~')."""
+    hit = item.hit
+    if hit.state is not None:
+        summary = _query_summary(hit.state)
+    else:
+        summary = "~" + _query_summary(client.reconstruct(hit).state)
+    return (
+        str(rank),
+        item.tier,
+        f"{item.feature_distance:.6f}",
+        f"{hit.distance:.4g}",
+        str(hit.step),
+        _query_time(hit.ts),
+        hit.key,
+        summary,
+    )
+
+
+def _query_summary(state: Mapping[str, Any]) -> str:
+    """'explorer/active/move/health=73' from whichever of those fields the state has."""
+    words = [state[f] for f in _QUERY_SUMMARY_FIELDS if isinstance(state.get(f), str)]
+    health = state.get("health")
+    if isinstance(health, (int, float)) and not isinstance(health, bool):
+        words.append(f"health={health:.0f}")
+    return "/".join(words) or "-"
+
+
+def _query_time(ts: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC, or the number if out of range."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _query_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns: numbers right, text left, two spaces apart."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in _QUERY_NUMERIC_COLUMNS else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+class _Refused(click.ClickException):
+    """The daemon refused to start (model or indexes do not fit): exit code 2."""
+
+    exit_code = 2
+
+
+@main.command()
+@click.option(
+    "--allow-untrained",
+    is_flag=True,
+    envvar="MT_ALLOW_UNTRAINED",
+    help="serve an untrained (or missing) model instead of refusing it",
+)
+@click.option(
+    "--consumer",
+    default=None,
+    envvar="MT_CONSUMER",
+    help="consumer name in the group [default: host-pid]; reuse it to resume after a crash",
+)
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    envvar="MT_TORCH_THREADS",
+    help="torch threads (Redis needs the other cores on a small box)",
+)
+@click.pass_obj
+def serve(
+    settings: Settings, allow_untrained: bool, consumer: str | None, torch_threads: int
+) -> None:
+    """Run the ingest daemon: stream states into STM until SIGTERM or Ctrl-C."""
+    from .daemon import Daemon, load_engine
+    from .errors import ConfigError, ModelError
+    from .server import redis_url
+
+    try:
+        engine = load_engine(settings, allow_untrained)  # refuse before starting anything
+        with redis_url(settings) as url:
+            if not settings.redis_url:
+                click.echo(url)
+                click.echo(f"export MT_REDIS_URL={url}   # embedded Redis, gone on exit", err=True)
+            daemon = Daemon(
+                dataclasses.replace(settings, redis_url=url),
+                consumer=consumer, engine=engine, torch_threads=torch_threads,
+            )  # fmt: skip
+            code = daemon.run()
+    except (ModelError, ConfigError) as e:
+        raise _Refused(str(e)) from e
+    except MemoryTiersError as e:
+        raise click.ClickException(str(e)) from e
+    raise SystemExit(code)
+

@@ -1,0 +1,549 @@
+"""MemoryClient: what agents use. remember() XADDs states to the stream, recall() runs KNN.
+
+Writes need only Redis: `remember` and `remember_many` validate each entry the way the daemon
+will (protocol.encode_entry) and XADD it, so an agent that only writes never loads the model.
+The embedding engine is loaded from `settings.model_path` on the first recall.
+
+Recall decisions:
+- A state query is featurized and encoded once, into every tier's space (one forward pass).
+- A vector query is told apart by its length (STM/IM/LTM sizes). Lower tiers are reached
+  exactly, through the bottleneck layers consolidation uses (`engine.compress`), so an STM
+  vector finds its consolidated IM/LTM memories at tier distance 0. Higher tiers are reached
+  approximately: the vector is decoded to features and those are encoded again.
+- Tier distances (`Hit.distance`, squared L2 in each tier's space) are not comparable across
+  tiers. The merged list ranks hits by `feature_distance`: the mean squared difference between
+  the hit's decoded features (`engine.decode` of its stored vector) and one reference feature
+  vector of the query. Mean, not sum, puts it on the scale of the model's reported
+  reconstruction MSE; the order is the same as squared L2.
+- The reference (`reference=`) is by default the query *reconstructed*: a vector query decoded,
+  a state query encoded to STM and decoded. Both sides then pass through the same decoder, so
+  its reconstruction error cancels; a state query and its STM vector rank identically, and the
+  stored memory of the query state is at 0. `reference="extracted"` compares with the state's
+  extracted features instead, which mostly measures how well each hit reconstructs: measured on
+  300 simulated states, a 30-epoch model puts a state's own STM memory first 14% of the time
+  that way (own 0.045 vs median other 0.068), and 100% against the reconstruction (own 0.0 vs
+  median 0.028; own IM copy 0.0003).
+- The first recall runs `TierStore.ensure_indexes`: missing indexes are created (a recall before
+  anything was ingested finds nothing instead of failing), and indexes that do not match the
+  settings are refused with ConfigError, as the daemon refuses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from .constants import TIERS, Keys
+from .errors import ConfigError, EntryError, StoreError
+from .protocol import MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
+from .settings import Settings, redact_url
+from .store import Hit, TierStore
+
+if TYPE_CHECKING:  # torch loads with the first recall, not with the client
+    from .engine import EmbeddingEngine, Reconstruction
+
+__all__ = [
+    "ITEM_KEYS",
+    "AgentMemory",
+    "MemoryClient",
+    "MemoryItem",
+    "MergedHit",
+    "Recall",
+    "Reference",
+    "check_agent_id",
+]
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+Reference = Literal["reconstructed", "extracted"]
+"""What a recall's merged ranking compares hits with: the query reconstructed, or extracted."""
+
+ITEM_KEYS = ("agent_id", "state", "step", "ts", "kind", "importance")
+"""Keys a `remember_many` item may have; agent_id and state are required."""
+
+
+class _RequiredItem(TypedDict):
+    agent_id: str
+    state: Mapping[str, Any]
+
+
+class MemoryItem(_RequiredItem, total=False):
+    """One memory for `remember_many`; a plain dict with these keys works as well."""
+
+    step: int | None
+    ts: int | None
+    kind: str
+    importance: float | None
+
+
+@dataclass(frozen=True)
+class MergedHit:
+    """One hit of the merged list: ranked by distance in the reconstructed feature space."""
+
+    tier: str
+    hit: Hit
+    feature_distance: float
+    """Mean squared difference between the hit's decoded features and `Recall.reference`."""
+
+
+@dataclass(frozen=True)
+class Recall:
+    """What one recall found: each tier's hits (nearest first) and one merged ranking."""
+
+    agent_id: str
+    query_tier: str | None
+    """The tier a vector query was identified as; None for a state query."""
+    reference: FloatArray
+    """(input_dim,) features the merged ranking compares against (see `recall(reference=)`)."""
+    by_tier: dict[str, list[Hit]]
+    """Searched tier -> its hits, nearest first by `Hit.distance` (squared L2 in that tier)."""
+    merged: list[MergedHit]
+    """Hits of every searched tier, nearest first by feature distance, at most k."""
+
+    def __len__(self) -> int:
+        return len(self.merged)
+
+
+@dataclass(frozen=True)
+class _Query:
+    tier: str | None
+    reference: FloatArray  # (input_dim,)
+    vectors: dict[str, FloatArray]  # tier -> (dim,)
+
+
+class MemoryClient:
+    """Writes agent memories to the stream and recalls them from the tier indexes.
+
+    Args:
+        redis_client: a sync redis-py client; recall needs one that redisvl can read (any
+            but `protocol=3`, see store.py).
+        settings: key prefix, tier dimensions and index types, model path.
+        engine: an embedding engine to use; default: loaded from `settings.model_path` on
+            the first recall, checked against the settings' dimensions.
+
+    Raises:
+        ConfigError: `engine`'s dimensions differ from the settings'.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        settings: Settings,
+        engine: EmbeddingEngine | None = None,
+    ) -> None:
+        self.redis = redis_client
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.dims = {tier: settings.tier(tier).dim for tier in TIERS}
+        if engine is not None:
+            _check_engine_dims(engine, self.dims)
+        self._engine = engine
+        self._store: TierStore | None = None
+        self._indexes_checked = False
+        self._lock = threading.Lock()
+        self._owns_client = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MemoryClient:
+        """A client on its own connection to `settings.redis_url`; close() closes it.
+
+        Raises:
+            ConfigError: redis_url is unset.
+        """
+        if not settings.redis_url:
+            raise ConfigError(
+                "MemoryClient needs settings.redis_url (MT_REDIS_URL): the Redis the daemon reads"
+            )
+        client = cls(redis.Redis.from_url(settings.redis_url), settings)
+        client._owns_client = True
+        return client
+
+    @classmethod
+    def from_url(cls, url: str, **settings_overrides: Any) -> MemoryClient:
+        """A client on `url`, with Settings defaults changed by keyword (`prefix="mt2"`)."""
+        return cls.from_settings(Settings(redis_url=url, **settings_overrides))
+
+    def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owns_client:
+            self.redis.close()
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- lazy parts ----------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> EmbeddingEngine:
+        """The embedding engine, loaded from settings.model_path on first use.
+
+        Raises:
+            ModelError: the checkpoint is missing, unreadable or of other dimensions.
+        """
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._load_engine()
+        return self._engine
+
+    def _load_engine(self) -> EmbeddingEngine:
+        from .engine import EmbeddingEngine  # torch is imported here, not by writers
+
+        started = time.perf_counter()
+        dims = (self.dims["stm"], self.dims["im"], self.dims["ltm"])
+        engine = EmbeddingEngine.from_checkpoint(self.settings.model_path, expect_dims=dims)
+        log.info(
+            "loaded model %s from %s in %.2fs",
+            engine.version,
+            self.settings.model_path,
+            time.perf_counter() - started,
+        )
+        return engine
+
+    @property
+    def store(self) -> TierStore:
+        """The tier indexes; built on first use (a writer never needs them)."""
+        if self._store is None:
+            self._store = TierStore(self.redis, self.settings)
+        return self._store
+
+    def _ready_store(self) -> TierStore:
+        store = self.store
+        if not self._indexes_checked:
+            store.ensure_indexes()
+            self._indexes_checked = True
+        return store
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def remember(
+        self,
+        agent_id: str,
+        state: Mapping[str, Any],
+        step: int | None = None,
+        ts: int | None = None,
+        kind: str = "state",
+        importance: float | None = None,
+    ) -> str:
+        """XADD one memory to the stream; returns its entry id.
+
+        Raises:
+            EntryError: the entry would be refused by the daemon; nothing was written.
+            StoreError: Redis failed.
+        """
+        fields = encode_entry(agent_id, state, step, ts, kind, importance)
+        stream = self.keys.stream
+        try:
+            entry_id = self.redis.xadd(stream, fields)  # type: ignore[arg-type]
+        except redis.RedisError as e:
+            raise StoreError(f"XADD to {stream} for agent {agent_id!r} failed: {e}") from e
+        return _text(entry_id)
+
+    def remember_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """XADD many memories in one pipelined round trip; returns their entry ids in order.
+
+        Args:
+            items: mappings (`MemoryItem`) with agent_id and state, and optionally step, ts,
+                kind and importance.
+
+        Raises:
+            EntryError: an item is invalid ("item 3: ..."); the whole batch is checked before
+                anything is written, so nothing was.
+            StoreError: Redis failed.
+        """
+        entries = [_item_fields(i, item) for i, item in enumerate(items)]
+        if not entries:
+            return []
+        stream = self.keys.stream
+        pipe = self.redis.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        try:
+            ids = pipe.execute()
+        except redis.RedisError as e:
+            raise StoreError(
+                f"pipelined XADD of {len(entries)} entries to {stream} failed: {e}"
+            ) from e
+        return [_text(entry_id) for entry_id in ids]
+
+    def agent(self, agent_id: str) -> AgentMemory:
+        """A handle that logs and recalls the memories of one agent.
+
+        Raises:
+            EntryError: the agent id would be refused by the daemon.
+        """
+        return AgentMemory(self, check_agent_id(agent_id))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def recall(
+        self,
+        agent_id: str,
+        query: Mapping[str, Any] | npt.ArrayLike,
+        k: int = 10,
+        tiers: Sequence[str] = TIERS,
+        step_range: tuple[int, int] | None = None,
+        filters: Any = None,
+        *,
+        reference: Reference = "reconstructed",
+    ) -> Recall:
+        """The memories of `agent_id` nearest to `query`, per tier and merged.
+
+        Args:
+            query: a state dict, or a vector of one tier's size (its tier is told by length).
+            k: hits per tier, and the length of the merged list at most.
+            tiers: which tiers to search.
+            step_range: only memories with lo <= step <= hi.
+            filters: a further redisvl FilterExpression (`Num("importance") > 0.5`), ANDed.
+            reference: what the merged list measures feature distances to: "reconstructed"
+                (the query decoded from its STM vector, or a vector query decoded) or
+                "extracted" (a state's features as extracted; for a vector, the same as
+                "reconstructed"). See the module doc for why the default.
+
+        Raises:
+            ValueError: bad k, tiers, step_range, or a vector of no tier's size.
+            FeatureError: the state cannot be featurized; the message names the field.
+            EntryError: the agent id would be refused by the daemon.
+            StoreError: Redis failed.
+        """
+        agent_id = check_agent_id(agent_id)
+        searched = _check_tiers(tiers)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r}: must be an integer of at least 1")
+        if reference not in get_args(Reference):
+            raise ValueError(f"reference={reference!r}: expected one of {get_args(Reference)}")
+        started = time.perf_counter()
+        prepared = self._prepare(query, searched, reference)
+        store = self._ready_store()
+        by_tier = {
+            tier: store.search(
+                tier,
+                prepared.vectors[tier],
+                k,
+                agent_id=agent_id,
+                step_range=step_range,
+                filters=filters,
+                return_vectors=True,
+            )
+            for tier in searched
+        }
+        merged = self._merge(prepared.reference, by_tier, k)
+        log.debug(
+            "recall agent=%r tiers=%s hits=%s in %.1fms",
+            agent_id,
+            ",".join(searched),
+            {tier: len(hits) for tier, hits in by_tier.items()},
+            1000 * (time.perf_counter() - started),
+        )
+        return Recall(agent_id, prepared.tier, prepared.reference, by_tier, merged)
+
+    def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
+        """An approximate readable state of a hit from any tier, decoded from its vector.
+
+        Raises:
+            ValueError: the hit carries no vector (searched without return_vectors).
+        """
+        found = hit.hit if isinstance(hit, MergedHit) else hit
+        if found.vector is None:
+            raise ValueError(f"hit {found.key} has no vector: search with return_vectors=True")
+        return self.engine.reconstruct_from_embedding(found.vector, found.tier)
+
+    def _prepare(
+        self, query: Mapping[str, Any] | npt.ArrayLike, tiers: Sequence[str], reference: Reference
+    ) -> _Query:
+        """The query's vector in each searched tier, and its reference features."""
+        engine = self.engine
+        if isinstance(query, Mapping):
+            features = engine.schema.extract(query)  # (input_dim,)
+            vectors = engine.encode_features(features[None, :])  # {tier: (1, dim)}
+            if reference == "reconstructed":
+                features = engine.decode(vectors["stm"], "stm")[0]  # (1, 384) -> (input_dim,)
+            return _Query(None, features, {tier: vectors[tier][0] for tier in tiers})
+        vector, tier = self._vector_tier(query)
+        features = engine.decode(vector[None, :], tier)[0]  # (dim,) -> (input_dim,)
+        vectors = {tier: vector}
+        level = TIERS.index(tier)
+        lowest = max(TIERS.index(t) for t in tiers)
+        for upper, lower in itertools.pairwise(TIERS[level : lowest + 1]):
+            vectors[lower] = engine.compress(vectors[upper][None, :], upper)[0]  # exact
+        if any(TIERS.index(t) < level for t in tiers):
+            # Approximate: the decoded features, encoded again into the higher tiers.
+            encoded = engine.encode_features(features[None, :])
+            vectors.update({t: encoded[t][0] for t in TIERS[:level]})
+        return _Query(tier, features.astype(np.float32), vectors)
+
+    def _vector_tier(self, query: npt.ArrayLike) -> tuple[FloatArray, str]:
+        """`query` as a float32 vector, and the tier its length belongs to."""
+        sizes = " or ".join(f"{dim} ({tier})" for tier, dim in self.dims.items())
+        try:
+            vector = np.asarray(query, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"query must be a state dict or a vector of {sizes}: {e}") from None
+        if vector.ndim != 1:
+            raise ValueError(f"query vector has shape {vector.shape}; expected a 1-D vector")
+        # Equal sizes in two tiers: the higher resolution one is assumed.
+        tier = next((t for t, dim in self.dims.items() if dim == vector.size), None)
+        if tier is None:
+            raise ValueError(
+                f"query vector has {vector.size} values; expected {sizes}, or a state dict"
+            )
+        if not np.isfinite(vector).all():
+            raise ValueError("query vector holds NaN or infinity")
+        return vector, tier
+
+    def _merge(
+        self, reference: FloatArray, by_tier: Mapping[str, list[Hit]], k: int
+    ) -> list[MergedHit]:
+        """All hits ranked by feature distance (ties: higher tier, then tier distance), k kept."""
+        merged: list[MergedHit] = []
+        for tier, hits in by_tier.items():
+            if not hits:
+                continue
+            stored = np.stack([_hit_vector(hit) for hit in hits])  # (n, dim)
+            decoded = self.engine.decode(stored, tier)  # (n, input_dim)
+            diff = decoded.astype(np.float64) - reference.astype(np.float64)
+            distances = np.mean(diff * diff, axis=1)
+            merged.extend(
+                MergedHit(tier, hit, float(d)) for hit, d in zip(hits, distances, strict=True)
+            )
+        merged.sort(key=lambda m: (m.feature_distance, TIERS.index(m.tier), m.hit.distance))
+        return merged[:k]
+
+
+class AgentMemory:
+    """One agent's memory logger: log states and actions, recall this agent's memories."""
+
+    def __init__(self, client: MemoryClient, agent_id: str) -> None:
+        self.client = client
+        self.agent_id = agent_id
+
+    def __repr__(self) -> str:
+        url = redact_url(self.client.settings.redis_url)
+        return f"AgentMemory(agent_id={self.agent_id!r}, redis_url={url!r})"
+
+    def log_state(
+        self,
+        state: Mapping[str, Any],
+        step: int | None = None,
+        ts: int | None = None,
+        importance: float | None = None,
+    ) -> str:
+        """Remember one state of this agent; returns the stream entry id."""
+        return self.client.remember(self.agent_id, state, step, ts, "state", importance)
+
+    def log_action(
+        self,
+        action: Mapping[str, Any],
+        step: int | None = None,
+        ts: int | None = None,
+        importance: float | None = None,
+    ) -> str:
+        """Remember one action (action_type, action_params, context, outcome); returns its id.
+
+        The daemon maps it to state form (engine.action_to_state) before encoding.
+        """
+        return self.client.remember(self.agent_id, action, step, ts, "action", importance)
+
+    def recall(
+        self,
+        query: Mapping[str, Any] | npt.ArrayLike,
+        k: int = 10,
+        tiers: Sequence[str] = TIERS,
+        step_range: tuple[int, int] | None = None,
+        filters: Any = None,
+        *,
+        reference: Reference = "reconstructed",
+    ) -> Recall:
+        """This agent's memories nearest to `query`; see MemoryClient.recall."""
+        return self.client.recall(
+            self.agent_id, query, k, tiers, step_range, filters, reference=reference
+        )
+
+    def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
+        """An approximate readable state of a hit; see MemoryClient.reconstruct."""
+        return self.client.reconstruct(hit)
+
+
+def check_agent_id(agent_id: object) -> str:
+    """`agent_id` if the daemon would accept it.
+
+    Raises:
+        EntryError: empty, too long, not a string, or not storable as a TAG value.
+    """
+    problem = tag_problem(agent_id)
+    if problem:
+        raise EntryError(f"agent_id {agent_id!r} {problem}")
+    assert isinstance(agent_id, str)
+    if len(agent_id) > MAX_AGENT_ID_LENGTH:
+        raise EntryError(f"agent_id is {len(agent_id)} characters, over {MAX_AGENT_ID_LENGTH}")
+    return agent_id
+
+
+def _item_fields(index: int, item: Mapping[str, Any]) -> dict[str, str]:
+    """The XADD fields of one remember_many item; EntryError names the item."""
+    if not isinstance(item, Mapping):
+        raise EntryError(f"item {index}: expected a mapping, got {type(item).__name__}")
+    unknown = sorted(str(key) for key in item if key not in ITEM_KEYS)
+    if unknown:
+        raise EntryError(f"item {index}: unknown keys {unknown}; expected {', '.join(ITEM_KEYS)}")
+    missing = [key for key in ("agent_id", "state") if key not in item]
+    if missing:
+        raise EntryError(f"item {index}: missing {', '.join(missing)}")
+    try:
+        return encode_entry(
+            item["agent_id"],
+            item["state"],
+            item.get("step"),
+            item.get("ts"),
+            item.get("kind", "state"),
+            item.get("importance"),
+        )
+    except EntryError as e:
+        raise EntryError(f"item {index}: {e}") from e
+
+
+def _check_tiers(tiers: Sequence[str]) -> list[str]:
+    if isinstance(tiers, str):
+        tiers = [tiers]
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown or not tiers:
+        raise ValueError(f"tiers {list(tiers)!r}: expected some of {', '.join(TIERS)}")
+    return [t for t in TIERS if t in tiers]  # in tier order, each once
+
+
+def _check_engine_dims(engine: EmbeddingEngine, dims: Mapping[str, int]) -> None:
+    if dict(engine.dims) != dict(dims):
+        raise ConfigError(
+            f"engine has tier dimensions {engine.dims}, the settings say {dict(dims)} "
+            "(MT_STM_DIM, MT_IM_DIM, MT_LTM_DIM must match the model)"
+        )
+
+
+def _hit_vector(hit: Hit) -> FloatArray:
+    if hit.vector is None:
+        raise StoreError(f"search hit {hit.key} came back without its vector")
+    return hit.vector
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

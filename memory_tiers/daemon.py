@@ -1,0 +1,368 @@
+"""The ingest daemon's lifecycle: load the model, set up Redis, consume until told to stop.
+
+Start: the model is loaded and checked before Redis is touched (an untrained or missing model
+is refused unless allowed), then the tier indexes and the consumer group are made sure of.
+Run: first this consumer's own pending entries (id 0: what a previous run of the same name, or
+this one before a lost connection, read but did not ack), then new ones (id '>'); every
+claim_idle_ms/2 the entries other consumers left pending too long are claimed (XAUTOCLAIM).
+Redis going away is an outage: retried with exponential backoff, logged once when it starts
+and once when it ends, and followed by a re-read of the own pending entries.
+Stop: SIGTERM, SIGINT or `request_stop()` lets the batch in hand finish and be acked, then
+`run()` returns 0. A second signal exits at once (128 + the signal number); what was read and
+not acked is delivered again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import redis
+import torch
+
+from .engine import EmbeddingEngine
+from .errors import ConfigError, ModelError, StoreError
+from .ingest import Ingestor, IngestStats, Message, consumer_client, default_consumer_name
+from .settings import Settings, env_var
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TORCH_THREADS = 1
+"""torch threads of the daemon: Redis needs the other cores on a small box."""
+
+BACKOFF_INITIAL_S = 0.1
+"""First delay after Redis fails; it doubles with every failed attempt."""
+
+BACKOFF_MAX_S = 10.0
+"""Longest delay between two attempts to reach Redis."""
+
+DEFAULT_SUMMARY_INTERVAL_S = 30.0
+"""How often the daemon logs an INFO summary of what it stored."""
+
+MIN_CLAIM_INTERVAL_S = 0.05
+"""Shortest pause between two XAUTOCLAIM sweeps, however small claim_idle_ms is."""
+
+EXIT_OK = 0
+"""`run()` finished after a stop request."""
+
+EXIT_REFUSED = 2
+"""What `memory-tiers serve` exits with when the model or the indexes do not fit."""
+
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
+
+def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
+    """The embedding engine of settings.model_path, checked against the tier dimensions.
+
+    Raises:
+        ModelError: the checkpoint is missing or untrained (unless `allow_untrained`; then a
+            missing one is replaced by random weights), unreadable, or of other dimensions.
+    """
+    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
+    path = Path(settings.model_path)
+    fix = (
+        f"train one (memory-tiers train --simulate 20000 --out {path}), point "
+        f"{env_var('model_path')} at a trained checkpoint, or pass --allow-untrained "
+        "(allow_untrained=True) to store vectors of random weights"
+    )
+    if not path.is_file():
+        if not allow_untrained:
+            raise ModelError(f"no model checkpoint at {path}: {fix}")
+        log.warning("no model at %s: serving an UNTRAINED model (--allow-untrained)", path)
+        return EmbeddingEngine.untrained(dims=dims)
+    engine = EmbeddingEngine.from_checkpoint(path, expect_dims=dims)
+    if not engine.trained:
+        if not allow_untrained:
+            raise ModelError(f"{path} holds an untrained model: {fix}")
+        log.warning("%s is UNTRAINED: serving it anyway (--allow-untrained)", path)
+    return engine
+
+
+def client_name(consumer: str) -> str:
+    """The CLIENT SETNAME of a consumer's connections (no spaces allowed), for CLIENT LIST."""
+    return "mt-ingest:" + "".join(
+        c if c.isprintable() and not c.isspace() else "_" for c in consumer
+    )
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, means Redis could not be reached."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _CONNECTION_ERRORS):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The connection error in `error`'s `raise ... from` chain, else the chain's last error."""
+    while error.__cause__ is not None and not isinstance(error, _CONNECTION_ERRORS):
+        error = error.__cause__
+    return error
+
+
+class Backoff:
+    """Delays for one outage, `initial` doubling up to `cap`; logs its start and its end once."""
+
+    def __init__(self, initial: float = BACKOFF_INITIAL_S, cap: float = BACKOFF_MAX_S) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempts = 0
+        self._since = 0.0
+
+    def failed(self, error: BaseException) -> float:
+        """Count a failed attempt; the delay before the next one."""
+        self.attempts += 1
+        if self.attempts == 1:
+            self._since = time.monotonic()
+            cause = root_cause(error)
+            log.warning(
+                "ingest interrupted (%s: %s); retrying with backoff from %.1f s up to %.0f s",
+                type(cause).__name__, cause, self.initial, self.cap,
+            )  # fmt: skip
+        return float(min(self.cap, self.initial * 2 ** (self.attempts - 1)))
+
+    def succeeded(self) -> None:
+        """End the outage, if there was one."""
+        if self.attempts:
+            log.info(
+                "ingest resumed after %d failed attempts in %.1f s",
+                self.attempts, time.monotonic() - self._since,
+            )  # fmt: skip
+            self.attempts = 0
+
+
+class Daemon:
+    """The ingest daemon: one consumer of the state stream, until told to stop.
+
+    Use it as a process (`memory-tiers serve`) or in a thread: `run()` blocks, `request_stop()`
+    ends it from anywhere. Signal handlers are installed only when `run()` is called in the
+    main thread and `handle_signals` is true.
+
+    Args:
+        settings: must name a Redis (settings.redis_url).
+        consumer: the consumer's name in the group [default: host-pid]; a restarted daemon of
+            the same name resumes its own pending entries at once.
+        allow_untrained: serve an untrained or missing model instead of refusing it.
+        engine: use this engine instead of loading settings.model_path.
+        torch_threads: torch.set_num_threads at start; None leaves it alone.
+        handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+        summary_interval_s: how often an INFO summary is logged.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: str | None = None,
+        allow_untrained: bool = False,
+        engine: EmbeddingEngine | None = None,
+        torch_threads: int | None = DEFAULT_TORCH_THREADS,
+        handle_signals: bool = True,
+        summary_interval_s: float = DEFAULT_SUMMARY_INTERVAL_S,
+    ) -> None:
+        if not settings.redis_url:
+            raise ConfigError(
+                f"the daemon needs a Redis: set {env_var('redis_url')} "
+                "(memory-tiers serve starts an embedded one when it is unset)"
+            )
+        self.settings = settings
+        self.consumer = consumer
+        self.allow_untrained = allow_untrained
+        self.engine = engine
+        self.torch_threads = torch_threads
+        self.handle_signals = handle_signals
+        self.summary_interval_s = summary_interval_s
+        self.ingestor: Ingestor | None = None
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._claim_interval_s = max(MIN_CLAIM_INTERVAL_S, settings.claim_idle_ms / 2000)
+
+    @property
+    def stats(self) -> IngestStats:
+        """Running totals (zeros before `run()` starts)."""
+        return self.ingestor.stats if self.ingestor else IngestStats()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, ack it, and return from `run()`; safe from any thread."""
+        self._stop.set()
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the indexes and the group are set up and consuming began."""
+        return self._started.wait(timeout)
+
+    def run(self) -> int:
+        """Load the model, set up Redis, consume until stopped; EXIT_OK.
+
+        Raises:
+            ModelError: the model is refused (see `load_engine`).
+            ConfigError: an index does not fit the settings.
+        """
+        engine = self.engine or load_engine(self.settings, self.allow_untrained)
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        assert self.settings.redis_url is not None  # checked in __init__
+        consumer = self.consumer or default_consumer_name()
+        client = consumer_client(self.settings.redis_url, self.settings, client_name(consumer))
+        ingestor = Ingestor(client, engine, self.settings, consumer)
+        self.ingestor = ingestor
+        started = time.monotonic()
+        try:
+            with self._signals():
+                log.info(
+                    "daemon %s starting: model %s, batch %d, %s",
+                    ingestor.consumer, engine.version, self.settings.batch_size,
+                    self.settings.redacted()["redis_url"],
+                )  # fmt: skip
+                if self._set_up(ingestor):
+                    self._started.set()
+                    self._consume(ingestor)
+        finally:
+            client.close()
+            self._summary(ingestor.stats, IngestStats(), time.monotonic() - started, "stopped")
+        return EXIT_OK
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _set_up(self, ingestor: Ingestor) -> bool:
+        """Indexes and group, retried while Redis is unreachable; False if stopped meanwhile."""
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                ingestor.store.ensure_indexes()
+                ingestor.ensure_group()
+            except StoreError as e:
+                if not is_connection_error(e):
+                    raise
+                self._stop.wait(backoff.failed(e))
+            else:
+                backoff.succeeded()
+                return True
+        return False
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def _consume(self, ingestor: Ingestor) -> None:
+        """The loop: claim idle entries now and then, read own pending ones, then new ones."""
+        backoff = Backoff()
+        pending_after: str | None = "0"
+        next_claim = 0.0
+        last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_claim:
+                    self._claim(ingestor)
+                    next_claim = time.monotonic() + self._claim_interval_s
+                pending_after = self._step(ingestor, pending_after)
+            except Exception as e:
+                pending_after = "0"  # re-read whatever was read and not acked
+                self._diagnose(ingestor, e)
+                self._stop.wait(backoff.failed(e))
+                continue
+            backoff.succeeded()
+            if time.monotonic() - last_summary >= self.summary_interval_s:
+                self._summary(ingestor.stats, last_stats, time.monotonic() - last_summary, "")
+                last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
+
+    def _step(self, ingestor: Ingestor, pending_after: str | None) -> str | None:
+        """Handle one batch: own pending entries after `pending_after`, or new ones.
+
+        Returns:
+            Where the own pending entries go on, or None once they are all done.
+        """
+        if pending_after is not None:
+            messages = ingestor.read_pending(pending_after)
+            if not messages:
+                return None
+            ingestor.process(messages)
+            return _last_id(messages)
+        messages = ingestor.read_new()
+        if messages:
+            ingestor.process(messages)
+        return None
+
+    def _claim(self, ingestor: Ingestor) -> None:
+        """Take over and handle every entry other consumers left pending past claim_idle_ms."""
+        cursor = "0-0"
+        while not self._stop.is_set():
+            cursor, messages = ingestor.claim_idle(cursor)
+            if messages:
+                log.info(
+                    "claimed %d entries idle over %d ms",
+                    len(messages), ingestor.settings.claim_idle_ms,
+                )  # fmt: skip
+                ingestor.process(messages)
+            if cursor == "0-0":
+                return
+
+    def _diagnose(self, ingestor: Ingestor, error: Exception) -> None:
+        """After a failed step: set the group up again if it vanished; log what is no outage."""
+        if is_connection_error(error):
+            return
+        if "NOGROUP" in str(error):
+            # The stream or group vanished (FLUSHALL, DEL): make them again, and the indexes.
+            log.warning("consumer group gone (%s); setting it up again", error)
+            self._set_up(ingestor)
+            return
+        log.exception("ingest step failed; its entries stay pending and are read again")
+
+    # -- signals and logs ----------------------------------------------------------------------
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT request a stop while `run()` lasts (main thread only)."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            os.write(
+                2, f"{name} again: exiting now, unacked entries are delivered later\n".encode()
+            )
+            os._exit(128 + signum)
+        log.info("%s: finishing the batch in hand, then stopping (again: exit at once)", name)
+        self._stop.set()
+
+    def _summary(self, now: IngestStats, before: IngestStats, seconds: float, what: str) -> None:
+        stored = now.stored - before.stored
+        log.info(
+            "ingest %s%s: %d stored, %d dead letters, %d claimed in %.1f s (%.0f states/s; "
+            "prepare %.1f s, commit %.1f s); totals %d stored, %d dead letters",
+            self.ingestor.consumer if self.ingestor else "-", f" {what}" if what else "",
+            stored, now.dead_letters - before.dead_letters, now.claimed - before.claimed,
+            seconds, stored / seconds if seconds > 0 else 0.0,
+            now.prepare_s - before.prepare_s, now.commit_s - before.commit_s,
+            now.stored, now.dead_letters,
+        )  # fmt: skip
+
+
+def _copy(stats: IngestStats) -> IngestStats:
+    return IngestStats(**vars(stats))
+
+
+def _last_id(messages: list[Message]) -> str:
+    raw = messages[-1][0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -1,0 +1,502 @@
+"""The stream consumer: read a batch of states, featurize and encode it, write its records, ack.
+
+A batch is read with XREADGROUP (new entries, or this consumer's own pending ones) or taken
+over with XAUTOCLAIM, then handled in two steps:
+
+- `Ingestor.prepare`: CPU only, no Redis. Decode every entry (the stream protocol), featurize
+  the good ones together, encode them together, and build their STM records. An entry that
+  breaks the protocol or the feature schema becomes a dead letter with the reason.
+- `Ingestor.commit`: I/O only. The records, the dead letters and the XACK of every id of the
+  batch go out in one MULTI/EXEC, so an entry is either stored (or dead-lettered) and acked,
+  or neither and still pending.
+
+Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
+keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
+The client of `consumer_client` never retries a command by itself: a MULTI/EXEC whose reply
+was lost is not sent again (it may have run, and a second run would add its dead letters
+twice); the daemon re-reads its own pending entries instead, which returns exactly the ones
+that were not acked. A dead letter can still be written twice if another consumer claims an
+entry while this one holds it for longer than `claim_idle_ms`; records cannot.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
+
+from .constants import TIERS, Keys
+from .engine import EmbeddingEngine, action_to_state
+from .errors import EntryError, StoreError
+from .protocol import StreamEntry, decode_entry, tag_problem
+from .settings import Settings
+from .store import MemoryRecord, TierStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEAD_LETTER_MAXLEN = 100_000
+"""Dead-letter stream cap (approximate MAXLEN): the newest this many bad entries are kept."""
+
+DEFAULT_SOCKET_TIMEOUT_S = 10.0
+"""How long a Redis reply may take beyond the XREADGROUP block before the link counts as dead."""
+
+UNKNOWN_AGENT_TYPE = "unknown"
+"""agent_type stored for a state without one (or, for actions, without a string one)."""
+
+DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it was processed"
+"""Dead-letter reason of a pending entry that no longer exists in the stream."""
+
+DEAD_LETTER_FIELDS = ("error", "entry_id", "consumer")
+"""Fields a dead letter adds to the entry's own (and replaces there, if it had them)."""
+
+STM = TIERS[0]
+"""The tier new memories go to."""
+
+Fields = Mapping[Any, Any]
+"""An entry's fields as redis-py returns them: bytes (or str) names and values."""
+Message = tuple[Any, Fields | None]
+"""(entry id, fields) as XREADGROUP/XAUTOCLAIM return it; empty or None: entry deleted."""
+
+_consumer_numbers = itertools.count(1)
+
+
+def default_consumer_name() -> str:
+    """`host-pid`, unique per process; a second consumer in the same process gets `-2` added."""
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    number = next(_consumer_numbers)
+    return name if number == 1 else f"{name}-{number}"
+
+
+def consumer_client(url: str, settings: Settings, name: str | None = None) -> redis.Redis:
+    """A binary-safe Redis client for a consumer, without redis-py's own retries.
+
+    Replies stay bytes, so a field that is not UTF-8 becomes a dead letter instead of an error
+    in the reply parser. No built-in retries: see the module doc; the daemon backs off itself.
+    """
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=settings.block_ms / 1000 + DEFAULT_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT_S,
+        client_name=name,
+    )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A stream entry that cannot be stored, with the reason."""
+
+    entry_id: str
+    error: str
+    fields: Fields
+
+    def stream_fields(self, consumer: str) -> dict[FieldT, EncodableT]:
+        """The entry's own fields plus error, entry_id and consumer, for XADD."""
+        own = {k: v for k, v in self.fields.items() if _text(k) not in DEAD_LETTER_FIELDS}
+        return {**own, "error": self.error, "entry_id": self.entry_id, "consumer": consumer}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A prepared batch: what one commit writes and acks."""
+
+    ids: list[str]
+    """Every entry id read, stored or dead-lettered alike: all are acked."""
+    records: list[MemoryRecord]
+    dead_letters: list[DeadLetter]
+    sources: Mapping[str, Fields] = field(default_factory=dict)
+    """The stream fields of each record's entry, for a dead letter if the store refuses it."""
+    prepare_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one commit did."""
+
+    stored: int
+    dead_letters: int
+    acked: int
+    """Entries XACK removed from the pending list; fewer than read when another consumer
+    claimed and acked some of them meanwhile."""
+    commit_s: float
+
+
+@dataclass
+class IngestStats:
+    """Running totals of one consumer."""
+
+    batches: int = 0
+    entries: int = 0
+    stored: int = 0
+    dead_letters: int = 0
+    claimed: int = 0
+    prepare_s: float = 0.0
+    commit_s: float = 0.0
+
+    def add(self, batch: Batch, outcome: Outcome) -> None:
+        """Count one committed batch."""
+        self.batches += 1
+        self.entries += len(batch.ids)
+        self.stored += outcome.stored
+        self.dead_letters += outcome.dead_letters
+        self.prepare_s += batch.prepare_s
+        self.commit_s += outcome.commit_s
+
+
+class _Decoded(NamedTuple):
+    """A decoded entry, ready to featurize (a tuple: thousands are made per second)."""
+
+    entry: StreamEntry
+    state: Mapping[str, Any]
+    """What the schema featurizes: the state, or an action's state form."""
+    state_json: str
+    agent_type: str
+
+
+@dataclass
+class _Split:
+    """Entries of a batch on their way to records or dead letters."""
+
+    ids: list[str] = field(default_factory=list)
+    good: list[tuple[_Decoded, Fields]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Ingestor:
+    """One consumer of the state stream in the daemons' consumer group.
+
+    Args:
+        client: a client from `consumer_client` (no built-in retries; bytes replies).
+        engine: encodes the featurized states; its version is stored with every record.
+        settings: stream names (prefix), batch_size, block_ms, claim_idle_ms, tier settings.
+        consumer: this consumer's name in the group [default: `default_consumer_name()`].
+        store: the tier store to write to [default: one on `client`].
+        dead_letter_maxlen: approximate cap of the dead-letter stream.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: EmbeddingEngine,
+        settings: Settings,
+        consumer: str | None = None,
+        *,
+        store: TierStore | None = None,
+        dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.settings = settings
+        self.consumer = consumer or default_consumer_name()
+        self.store = store or TierStore(client, settings)
+        self.keys = Keys(settings.prefix)
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.stats = IngestStats()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def ensure_group(self) -> bool:
+        """Create the consumer group (and the stream) when missing; True if it was created.
+
+        The group starts at id 0, so states XADDed before the first daemon ran are consumed.
+        """
+        stream, group = self.keys.stream, self.keys.group
+        try:
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" in str(e):
+                return False
+            raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
+        except redis.RedisError as e:
+            raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
+        log.info("created consumer group %s on %s", group, stream)
+        return True
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_new(self) -> list[Message]:
+        """Up to batch_size entries never delivered to the group, waiting up to block_ms."""
+        return self._read(">", self.settings.block_ms)
+
+    def read_pending(self, after: str = "0") -> list[Message]:
+        """Up to batch_size of this consumer's own delivered but unacked entries after `after`.
+
+        Deleted entries come back with empty fields; `prepare` dead-letters and acks them.
+        """
+        return self._read(after, None)
+
+    def _read(self, start: str, block_ms: int | None) -> list[Message]:
+        stream, group = self.keys.stream, self.keys.group
+        try:
+            reply = self.client.xreadgroup(
+                group,
+                self.consumer,
+                {stream: start},
+                count=self.settings.batch_size,
+                block=block_ms,
+            )
+        except redis.RedisError as e:
+            raise StoreError(
+                f"XREADGROUP {group} {self.consumer} {stream} {start} failed: {e}"
+            ) from e
+        return _stream_messages(reply)
+
+    def claim_idle(self, cursor: str = "0-0") -> tuple[str, list[Message]]:
+        """One XAUTOCLAIM page: entries pending longer than claim_idle_ms, now this consumer's.
+
+        Returns:
+            (the cursor of the next page, '0-0' after the last; the claimed messages). Entries
+            that were deleted from the stream (Redis 7+ drops them from the pending list and
+            lists their ids) come back with empty fields, to be dead-lettered like the others.
+        """
+        stream, group = self.keys.stream, self.keys.group
+        try:
+            reply = self.client.xautoclaim(
+                stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
+                count=self.settings.batch_size,
+            )  # fmt: skip
+        except redis.RedisError as e:
+            raise StoreError(f"XAUTOCLAIM {stream} {group} {self.consumer} failed: {e}") from e
+        next_cursor = _text(reply[0])
+        messages: list[Message] = list(reply[1])
+        deleted = reply[2] if len(reply) > 2 else []
+        messages += [(entry_id, None) for entry_id in deleted]
+        self.stats.claimed += len(messages)
+        return next_cursor, messages
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[Message]) -> tuple[Batch, Outcome]:
+        """Prepare and commit one batch (commit counts it in `stats`)."""
+        batch = self.prepare(messages)
+        outcome = self.commit(batch)
+        return batch, outcome
+
+    def prepare(self, messages: Sequence[Message]) -> Batch:
+        """Decode, featurize and encode a batch: its STM records and dead letters. No Redis."""
+        start = time.perf_counter()
+        split = _split(messages)
+        features, good, errors = self._featurize([d.state for d, _ in split.good])
+        for index, error in errors.items():
+            decoded, fields = split.good[index]
+            split.dead.append(DeadLetter(decoded.entry.entry_id, error, fields))
+        if errors and len(split.dead) > len(errors):
+            order = {entry_id: i for i, entry_id in enumerate(split.ids)}
+            split.dead.sort(key=lambda letter: order[letter.entry_id])  # stream order
+        records: list[MemoryRecord] = []
+        if good:
+            vectors = self.engine.encode_features(features)[STM]  # (len(good), stm_dim)
+            records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
+        sources = {d.entry.entry_id: fields for d, fields in split.good}
+        return Batch(split.ids, records, split.dead, sources, time.perf_counter() - start)
+
+    def commit(self, batch: Batch) -> Outcome:
+        """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
+
+        Raises:
+            StoreError: Redis failed; nothing of the batch may be assumed written or acked.
+        """
+        start = time.perf_counter()
+        if not batch.ids:
+            return Outcome(0, 0, 0, 0.0)
+        with self.client.pipeline(transaction=True) as pipe:
+            stored, dead = self._queue_records(pipe, batch)
+            for letter in dead:
+                pipe.xadd(
+                    self.keys.dead_letters,
+                    letter.stream_fields(self.consumer),
+                    maxlen=self.dead_letter_maxlen,
+                    approximate=True,
+                )
+            pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
+            try:
+                replies = pipe.execute()
+            except redis.RedisError as e:
+                raise StoreError(
+                    f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]}) "
+                    f"failed: {e}"
+                ) from e
+        outcome = Outcome(len(stored), len(dead), int(replies[-1]), time.perf_counter() - start)
+        self.stats.add(batch, outcome)
+        self._log(batch, outcome, dead)
+        return outcome
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _featurize(
+        self, states: Sequence[Mapping[str, Any]]
+    ) -> tuple[npt.NDArray[np.float32], list[int], dict[int, str]]:
+        """Feature rows of the good states, their indices, {index: reason} of the bad ones."""
+        schema = self.engine.schema
+        try:
+            features, good, errors = schema.extract_valid(states)
+        except Exception:
+            # A bug or an error type the schema does not expect: find the state that causes it
+            # rather than stop on the batch forever.
+            log.exception("featurizing %d states failed; retrying them one by one", len(states))
+            return self._featurize_each(states)
+        return features, good, {index: str(error) for index, error in errors.items()}
+
+    def _featurize_each(
+        self, states: Sequence[Mapping[str, Any]]
+    ) -> tuple[npt.NDArray[np.float32], list[int], dict[int, str]]:
+        rows: list[npt.NDArray[np.float32]] = []
+        good: list[int] = []
+        errors: dict[int, str] = {}
+        for index, state in enumerate(states):
+            try:
+                rows.append(self.engine.schema.extract(state))
+            except Exception as e:
+                errors[index] = f"cannot featurize the state ({type(e).__name__}: {e})"
+            else:
+                good.append(index)
+        width = self.engine.schema.input_dim
+        features = np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
+        return features, good, errors
+
+    def _record(self, decoded: _Decoded, vector: npt.NDArray[np.float32]) -> MemoryRecord:
+        entry = decoded.entry
+        return MemoryRecord(
+            entry_id=entry.entry_id,
+            agent_id=entry.agent_id,
+            agent_type=decoded.agent_type,
+            step=entry.step,
+            ts=entry.ts,
+            importance=entry.importance,
+            model_version=self.engine.version,
+            vector=vector,
+            state_json=decoded.state_json,
+        )
+
+    def _queue_records(
+        self, pipe: Pipeline, batch: Batch
+    ) -> tuple[list[MemoryRecord], list[DeadLetter]]:
+        """Queue the records; one the store refuses becomes a dead letter instead."""
+        try:
+            self.store.add_records(pipe, STM, batch.records)
+        except ValueError:
+            pass  # add_records queued nothing; find the refused ones below
+        else:
+            return batch.records, batch.dead_letters
+        stored: list[MemoryRecord] = []
+        dead = list(batch.dead_letters)
+        for record in batch.records:
+            try:
+                self.store.add_records(pipe, STM, [record])
+            except ValueError as e:
+                fields = batch.sources.get(record.entry_id, {})
+                dead.append(
+                    DeadLetter(record.entry_id, f"record refused by the store: {e}", fields)
+                )
+            else:
+                stored.append(record)
+        return stored, dead
+
+    def _log(self, batch: Batch, outcome: Outcome, dead: Sequence[DeadLetter]) -> None:
+        for letter in dead:
+            log.debug("dead letter %s: %s", letter.entry_id, letter.error)
+        if dead:
+            log.warning(
+                "%d of %d entries dead-lettered to %s (first: %s: %s)",
+                len(dead), len(batch.ids), self.keys.dead_letters, dead[0].entry_id, dead[0].error,
+            )  # fmt: skip
+        if outcome.acked < len(batch.ids):
+            log.info(
+                "%d of %d entries were acked already (claimed by another consumer meanwhile)",
+                len(batch.ids) - outcome.acked, len(batch.ids),
+            )  # fmt: skip
+        log.debug(
+            "batch of %d: %d stored, %d dead letters; prepare %.1f ms, commit %.1f ms",
+            len(batch.ids), outcome.stored, outcome.dead_letters,
+            batch.prepare_s * 1000, outcome.commit_s * 1000,
+        )  # fmt: skip
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+def _split(messages: Sequence[Message]) -> _Split:
+    """Decode every message: the good ones with their fields, the others as dead letters."""
+    split = _Split()
+    for raw_id, raw_fields in messages:
+        entry_id = _text(raw_id)
+        fields: Fields = raw_fields or {}
+        split.ids.append(entry_id)
+        try:
+            split.good.append((_decode(entry_id, fields), fields))
+        except EntryError as e:
+            split.dead.append(DeadLetter(entry_id, str(e), fields))
+        except Exception as e:
+            # e.g. RecursionError from JSON nested too deep: still the entry's fault.
+            log.warning("entry %s cannot be decoded", entry_id, exc_info=True)
+            split.dead.append(
+                DeadLetter(entry_id, f"unreadable entry ({type(e).__name__}: {e})"[:300], fields)
+            )
+    return split
+
+
+def _decode(entry_id: str, fields: Fields) -> _Decoded:
+    """One entry, checked: the protocol, then what the record needs beyond it.
+
+    Raises:
+        EntryError: the entry was deleted, breaks the protocol, or has an unstorable agent_type.
+    """
+    if not fields:
+        raise EntryError(DELETED_ERROR)
+    entry = decode_entry(entry_id, fields)
+    state = action_to_state(entry.state) if entry.kind == "action" else entry.state
+    return _Decoded(entry, state, _field_text(fields, "state"), _agent_type(entry.state))
+
+
+def _agent_type(state: Mapping[str, Any]) -> str:
+    """The state's agent_type as a TAG value; a non-string is the schema's to refuse."""
+    value = state.get("agent_type")
+    if not isinstance(value, str) or not value:
+        return UNKNOWN_AGENT_TYPE
+    problem = _tag_problem(value)
+    if problem:
+        raise EntryError(f"agent_type {value[:60]!r} {problem}")
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_problem(value: str) -> str | None:
+    # Agents have a handful of types: check each once, not once per state.
+    return tag_problem(value)
+
+
+def _field_text(fields: Fields, name: str) -> str:
+    value = fields.get(name.encode(), fields.get(name))
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _stream_messages(reply: Any) -> list[Message]:
+    """The messages of a one-stream XREADGROUP reply, RESP2 list or RESP3 map; [] if none."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
+    messages: list[Message] = []
+    for stream_messages in streams:
+        # RESP3 maps hold [[messages]], RESP2 lists [stream, messages].
+        if isinstance(reply, dict) and stream_messages and isinstance(stream_messages[0], list):
+            stream_messages = stream_messages[0]
+        messages.extend((entry_id, fields) for entry_id, fields in stream_messages)
+    return messages

@@ -1,0 +1,521 @@
+"""MemoryClient against the embedded Redis: stream writes, per-agent handles, recall, the CLI.
+
+Tiers are filled the way the daemon and consolidation will: STM records hold the engine's
+STM vectors and the raw state; IM and LTM records hold those vectors compressed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from click.testing import CliRunner
+from redisvl.query.filter import Num
+
+from memory_tiers import (
+    TIERS,
+    EmbeddedRedis,
+    EmbeddingEngine,
+    EntryError,
+    Keys,
+    ModelError,
+    Settings,
+    StoreError,
+    simulate_states,
+)
+from memory_tiers.cli import main
+from memory_tiers.client import MemoryClient, MemoryItem, MergedHit, Recall
+from memory_tiers.protocol import encode_entry
+from memory_tiers.store import Hit, MemoryRecord, TierStore
+
+T0 = 1_732_600_000_000
+AGENT = "agent-7"
+OTHER = "agent-8"
+HOSTILE = "a}|@x:{"
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
+    tiers = TierStore(redis_client, settings)
+    tiers.ensure_indexes()
+    return tiers
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis, settings: Settings, engine: EmbeddingEngine) -> MemoryClient:
+    return MemoryClient(redis_client, settings, engine)
+
+
+@pytest.fixture(scope="module")
+def states() -> list[dict[str, Any]]:
+    """30 distinct simulated states (different agents and ticks)."""
+    return [dict(s) for s in simulate_states(30, num_agents=30, seed=5)]
+
+
+def seed_tiers(
+    engine: EmbeddingEngine,
+    store: TierStore,
+    agent_id: str,
+    states: Sequence[Mapping[str, Any]],
+    first_id: int = 0,
+) -> dict[str, list[MemoryRecord]]:
+    """Split `states` into thirds: STM (as ingested), IM and LTM (as consolidated).
+
+    Memory i has step i, ts T0 + first_id + i and entry id `{ts}-0`.
+    """
+    stm = engine.encode_states(states)["stm"]  # (N, 384)
+    third = len(states) // 3
+    parts = {
+        "stm": range(0, third),
+        "im": range(third, 2 * third),
+        "ltm": range(2 * third, len(states)),
+    }
+    vectors = {
+        "stm": stm,
+        "im": engine.compress(stm, "stm"),
+        "ltm": engine.compress(engine.compress(stm, "stm"), "im"),
+    }
+    written: dict[str, list[MemoryRecord]] = {}
+    for tier, indices in parts.items():
+        written[tier] = [
+            MemoryRecord(
+                entry_id=f"{T0 + first_id + i}-0",
+                agent_id=agent_id,
+                agent_type=str(states[i]["agent_type"]),
+                step=i,
+                ts=T0 + first_id + i,
+                model_version=engine.version,
+                vector=vectors[tier][i],
+                state_json=json.dumps(states[i]) if tier == "stm" else None,
+            )
+            for i in indices
+        ]
+        store.write(tier, written[tier])
+    return written
+
+
+def stream_entries(redis_client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
+    """(entry id, fields) of every stream entry, oldest first (the client decodes replies)."""
+    entries: list[tuple[str, dict[str, str]]] = redis_client.xrange(Keys().stream)  # type: ignore[assignment]
+    return [(entry_id, dict(fields)) for entry_id, fields in entries]
+
+
+def all_hits(recall: Recall) -> list[Hit]:
+    return [hit for hits in recall.by_tier.values() for hit in hits]
+
+
+# -- writes ------------------------------------------------------------------------------------
+
+
+def test_remember_xadds_exactly_the_protocol_fields(
+    client: MemoryClient, redis_client: redis.Redis
+) -> None:
+    state = {"health": 50.5, "agent_type": "explorer", "perception": [[0, 1], [2, 3]]}
+    first = client.remember(AGENT, state, step=4, ts=T0, importance=0.75)
+    second = client.remember(AGENT, {"health": 1}, kind="action")
+
+    entries = stream_entries(redis_client)
+    assert [entry_id for entry_id, _ in entries] == [first, second]
+    assert entries[0][1] == encode_entry(AGENT, state, 4, T0, "state", 0.75)
+    assert entries[0][1]["state"] == json.dumps(state, separators=(",", ":"))
+    assert entries[1][1] == {"agent_id": AGENT, "state": '{"health":1}', "kind": "action"}
+
+
+def test_remember_many_writes_in_order_and_returns_the_ids(
+    client: MemoryClient, redis_client: redis.Redis
+) -> None:
+    items: list[MemoryItem] = [
+        {"agent_id": f"a{i}", "state": {"health": i}, "step": i, "ts": T0 + i} for i in range(5)
+    ]
+    items.append({"agent_id": "z", "state": {"x": 1}, "kind": "action", "importance": 2.5})
+
+    ids = client.remember_many(items)
+
+    entries = stream_entries(redis_client)
+    assert [entry_id for entry_id, _ in entries] == ids
+    assert len(set(ids)) == 6
+    expected = [encode_entry(**item) for item in items]
+    assert [fields for _, fields in entries] == expected
+    assert entries[2][1] == {
+        "agent_id": "a2",
+        "state": '{"health":2}',
+        "kind": "state",
+        "step": "2",
+        "ts": str(T0 + 2),
+    }
+    assert client.remember_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"agent_id": AGENT, "state": {"health": math.nan}}, "NaN"),
+        ({"agent_id": AGENT, "state": [1, 2]}, "state must be a dict"),
+        ({"agent_id": "", "state": {"health": 1}}, "agent_id"),
+        ({"agent_id": AGENT, "state": {}, "kind": "dream"}, "kind"),
+        ({"agent_id": AGENT, "state": {}, "stpe": 3}, "unknown keys ['stpe']"),
+        ({"state": {}}, "missing agent_id"),
+    ],
+)
+def test_invalid_items_raise_entry_error_and_write_nothing(
+    client: MemoryClient, redis_client: redis.Redis, item: dict[str, Any], message: str
+) -> None:
+    client.remember(AGENT, {"health": 1})
+    good = {"agent_id": AGENT, "state": {"health": 2}}
+
+    with pytest.raises(EntryError, match="item 1: ") as caught:
+        client.remember_many([good, item, good])
+    assert message in str(caught.value)
+    if "agent_id" in item and "stpe" not in item:
+        with pytest.raises(EntryError):
+            client.remember(**item)
+    assert redis_client.xlen(Keys().stream) == 1
+
+
+def test_agent_memory_logs_states_and_actions_for_its_agent(
+    client: MemoryClient, redis_client: redis.Redis
+) -> None:
+    memory = client.agent(AGENT)
+    action = {"action_type": "gather", "action_params": {"amount": 3}}
+    state_id = memory.log_state({"health": 80}, step=1, ts=T0)
+    action_id = memory.log_action(action, step=1, importance=0.5)
+
+    entries = dict(stream_entries(redis_client))
+    assert entries[state_id] == encode_entry(AGENT, {"health": 80}, 1, T0, "state")
+    assert entries[action_id] == encode_entry(AGENT, action, 1, None, "action", 0.5)
+    assert entries[action_id]["kind"] == "action"
+    with pytest.raises(EntryError, match="empty"):
+        client.agent("")
+    with pytest.raises(EntryError, match="whitespace"):
+        client.agent(" a")
+
+
+def test_a_writer_never_loads_the_model(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    missing = tmp_path / "absent.pt"
+    with MemoryClient.from_url(redis_server.url, model_path=str(missing)) as client:
+        entry_id = client.agent(AGENT).log_state({"health": 3})
+        assert redis_client.xrange(Keys().stream) == [
+            (entry_id, {"agent_id": AGENT, "state": '{"health":3}', "kind": "state"})
+        ]
+        with pytest.raises(ModelError, match=r"absent\.pt"):
+            client.recall(AGENT, {"health": 3})
+
+
+def test_the_model_is_loaded_on_first_recall(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, model_path: Path, states: list[Any]
+) -> None:
+    settings = Settings(redis_url=redis_server.url, model_path=str(model_path))
+    with MemoryClient.from_settings(settings) as client:
+        recall = client.recall(AGENT, states[0])  # indexes created, nothing stored yet
+        assert recall.by_tier == {"stm": [], "im": [], "ltm": []}
+        assert recall.merged == []
+        assert client.engine.dims == {"stm": 384, "im": 128, "ltm": 32}
+
+
+# -- recall ------------------------------------------------------------------------------------
+
+
+def test_recall_of_a_stored_state_finds_it_first(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    written = seed_tiers(engine, store, AGENT, states)
+    target = written["stm"][3]
+
+    recall = client.recall(AGENT, states[3], k=5)
+
+    stm = recall.by_tier["stm"]
+    assert stm[0].key == store.key("stm", target.entry_id)
+    assert stm[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert stm[0].state == states[3]
+    assert (stm[0].step, stm[0].ts, stm[0].agent_id) == (3, target.ts, AGENT)
+    assert recall.merged[0].hit.key == stm[0].key
+    assert recall.merged[0].tier == "stm"
+    assert recall.merged[0].feature_distance == pytest.approx(0.0, abs=1e-9)
+    assert recall.query_tier is None
+    stm_vector = engine.encode_states([states[3]])["stm"]
+    np.testing.assert_allclose(recall.reference, engine.decode(stm_vector, "stm")[0], rtol=1e-6)
+
+
+def test_a_state_and_its_stm_vector_rank_the_same(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+    stm_vector = engine.encode_states([states[14]])["stm"][0]
+
+    by_state = client.recall(AGENT, states[14], k=8)
+    by_vector = client.recall(AGENT, stm_vector, k=8)
+
+    assert [m.hit.key for m in by_state.merged] == [m.hit.key for m in by_vector.merged]
+    assert [m.feature_distance for m in by_state.merged] == pytest.approx(
+        [m.feature_distance for m in by_vector.merged], abs=1e-9
+    )
+
+
+def test_extracted_reference_measures_against_the_states_features(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+    features = engine.schema.extract(states[5])
+
+    recall = client.agent(AGENT).recall(states[5], k=6, reference="extracted")
+
+    np.testing.assert_array_equal(recall.reference, features)
+    for item in recall.merged:
+        assert item.hit.vector is not None
+        decoded = engine.decode(item.hit.vector, item.tier)[0]
+        expected = float(np.mean((decoded.astype(np.float64) - features) ** 2))
+        assert item.feature_distance == pytest.approx(expected, rel=1e-6)
+    distances = [m.feature_distance for m in recall.merged]
+    assert distances == sorted(distances)
+    with pytest.raises(ValueError, match="reference='raw'"):
+        client.recall(AGENT, states[5], reference="raw")  # type: ignore[arg-type]
+
+
+def test_recall_returns_typed_hits_of_every_tier_and_a_sorted_merge(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    written = seed_tiers(engine, store, AGENT, states)
+
+    recall = client.recall(AGENT, states[0], k=4)
+
+    assert set(recall.by_tier) == set(TIERS)
+    for tier in TIERS:
+        hits = recall.by_tier[tier]
+        assert len(hits) == 4
+        assert all(h.tier == tier and h.agent_id == AGENT for h in hits)
+        assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        keys = {store.key(tier, r.entry_id) for r in written[tier]}
+        assert {h.key for h in hits} <= keys
+        assert all(h.vector is not None and h.vector.shape == (client.dims[tier],) for h in hits)
+        if tier == "stm":
+            assert all(h.state == states[h.step] for h in hits)
+        else:
+            assert all(h.state is None for h in hits)
+        assert all(isinstance(h.step, int) and isinstance(h.ts, int) for h in hits)
+    assert len(recall.merged) == len(recall) == 4
+    distances = [m.feature_distance for m in recall.merged]
+    assert distances == sorted(distances)
+    assert all(isinstance(m, MergedHit) and m.tier == m.hit.tier for m in recall.merged)
+    # The feature distance is the mean squared error of the decoded hit vector.
+    some = recall.merged[-1]
+    assert some.hit.vector is not None
+    decoded = engine.decode(some.hit.vector[None, :], some.tier)[0]
+    expected = np.mean((decoded.astype(np.float64) - recall.reference) ** 2)
+    assert some.feature_distance == pytest.approx(float(expected), rel=1e-3)
+
+
+def test_merged_list_ranks_all_tiers_together(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+
+    recall = client.recall(AGENT, states[0], k=30)
+
+    assert len(recall.merged) == 30
+    assert {m.tier for m in recall.merged} == set(TIERS)
+    assert [m.feature_distance for m in recall.merged] == sorted(
+        m.feature_distance for m in recall.merged
+    )
+
+
+def test_recall_returns_only_the_agents_own_memories(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    mine = seed_tiers(engine, store, AGENT, states)
+    theirs = seed_tiers(engine, store, OTHER, states, first_id=1000)  # identical states
+
+    recall = client.recall(AGENT, states[2], k=30)
+
+    assert recall.by_tier["stm"][0].key == store.key("stm", mine["stm"][2].entry_id)
+    assert {h.agent_id for h in all_hits(recall)} == {AGENT}
+    own = {store.key(t, r.entry_id) for t, records in mine.items() for r in records}
+    assert {h.key for h in all_hits(recall)} == own
+    other = client.agent(OTHER).recall(states[2], k=1, tiers=("stm",))
+    assert [h.key for h in other.by_tier["stm"]] == [store.key("stm", theirs["stm"][2].entry_id)]
+
+
+def test_hostile_agent_ids_get_only_their_own_memories(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    agents = (HOSTILE, "a", "x", "@agent_id:{a}", "a*")
+    written = {
+        agent: seed_tiers(engine, store, agent, states[:9], first_id=100 * n)
+        for n, agent in enumerate(agents)
+    }
+
+    for agent in agents:
+        recall = client.agent(agent).recall(states[1], k=9)
+        keys = {h.key for h in all_hits(recall)}
+        own = {store.key(t, r.entry_id) for t, recs in written[agent].items() for r in recs}
+        assert keys == own, agent
+        assert recall.by_tier["stm"][0].key == store.key("stm", written[agent]["stm"][1].entry_id)
+
+
+def test_step_range_and_filters_narrow_the_search(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+
+    recall = client.recall(AGENT, states[0], k=30, step_range=(5, 14))
+
+    assert sorted(h.step for h in all_hits(recall)) == list(range(5, 15))
+    assert {h.step for h in recall.by_tier["stm"]} == set(range(5, 10))
+    assert {h.step for h in recall.by_tier["im"]} == set(range(10, 15))
+    assert recall.by_tier["ltm"] == []
+    late = client.recall(AGENT, states[0], k=30, filters=Num("ts") >= T0 + 25)
+    assert sorted(h.step for h in all_hits(late)) == [25, 26, 27, 28, 29]
+
+
+def test_tiers_argument_limits_the_searched_tiers(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+
+    recall = client.recall(AGENT, states[25], k=3, tiers=("ltm",))
+
+    assert list(recall.by_tier) == ["ltm"]
+    assert {m.tier for m in recall.merged} == {"ltm"}
+    assert recall.by_tier["ltm"][0].step == 25
+    with pytest.raises(ValueError, match="expected some of stm, im, ltm"):
+        client.recall(AGENT, states[0], tiers=("stm", "mtm"))
+    with pytest.raises(ValueError, match="k=0"):
+        client.recall(AGENT, states[0], k=0)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_vector_queries_of_each_tier_size(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any], tier: str
+) -> None:
+    written = seed_tiers(engine, store, AGENT, states)
+    target = written[tier][2]
+
+    recall = client.recall(AGENT, target.vector, k=3)
+
+    assert recall.query_tier == tier
+    hits = recall.by_tier[tier]
+    assert hits[0].key == store.key(tier, target.entry_id)
+    assert hits[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert all(len(recall.by_tier[t]) == 3 for t in TIERS)
+    np.testing.assert_allclose(
+        recall.reference, engine.decode(target.vector[None, :], tier)[0], rtol=1e-6
+    )
+    # Its own hit decodes to exactly the query features: first in the merged list too.
+    assert recall.merged[0].hit.key == hits[0].key
+    assert recall.merged[0].feature_distance == pytest.approx(0.0, abs=1e-9)
+
+
+def test_an_stm_vector_reaches_its_consolidated_copies_exactly(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    written = seed_tiers(engine, store, AGENT, states)
+    ltm_target = written["ltm"][0]  # state 20, consolidated twice
+    stm_vector = engine.encode_states([states[ltm_target.step]])["stm"][0]
+
+    recall = client.recall(AGENT, list(stm_vector), k=2, tiers=("stm", "ltm"))
+
+    assert recall.by_tier["ltm"][0].key == store.key("ltm", ltm_target.entry_id)
+    assert recall.by_tier["ltm"][0].distance == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("size", [0, 31, 100, 385])
+def test_a_vector_of_no_tier_size_is_refused(client: MemoryClient, size: int) -> None:
+    with pytest.raises(ValueError, match=r"384 \(stm\) or 128 \(im\) or 32 \(ltm\)"):
+        client.recall(AGENT, np.zeros(size, dtype=np.float32))
+
+
+def test_bad_queries_are_refused_with_a_reason(client: MemoryClient) -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        client.recall(AGENT, np.zeros((2, 32)))
+    with pytest.raises(ValueError, match="NaN"):
+        client.recall(AGENT, np.full(32, np.nan))
+    with pytest.raises(ValueError, match="health"):
+        client.recall(AGENT, {"health": "very"})
+    with pytest.raises(EntryError, match="empty"):
+        client.recall("", {"health": 1})
+
+
+def test_hits_of_every_tier_reconstruct_to_readable_states(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+
+    recall = client.agent(AGENT).recall(states[0], k=2)
+
+    for tier in TIERS:
+        hit = recall.by_tier[tier][0]
+        rebuilt = client.reconstruct(hit)
+        assert rebuilt.tier == tier
+        assert set(rebuilt.state) >= {"health", "energy", "perception"}
+        assert 0.0 <= rebuilt.state["health"] <= 100.0
+    first = recall.merged[0]
+    assert first.hit.vector is not None
+    np.testing.assert_allclose(
+        client.reconstruct(first).features, engine.decode(first.hit.vector, first.tier)[0]
+    )
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def test_query_command_prints_the_merged_hits_as_a_table(
+    redis_server: EmbeddedRedis,
+    engine: EmbeddingEngine,
+    store: TierStore,
+    model_path: Path,
+    states: list[Any],
+) -> None:
+    written = seed_tiers(engine, store, AGENT, states)
+    env = {"MT_REDIS_URL": redis_server.url, "MT_MODEL_PATH": str(model_path)}
+
+    result = CliRunner().invoke(
+        main,
+        ["query", "--agent", AGENT, "--state", json.dumps(states[4]), "--k", "6"],
+        env=env,
+    )
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = lines[0].split()
+    assert header[:4] == ["rank", "tier", "feature_dist", "tier_dist"]
+    rows = [line.split() for line in lines[1:] if line.strip()]
+    assert len(rows) == 6
+    key = store.key("stm", written["stm"][4].entry_id)
+    assert rows[0][:2] == ["1", "stm"]
+    assert key in lines[1]
+    assert states[4]["agent_type"] in lines[1]
+    assert [int(r[0]) for r in rows] == list(range(1, 7))
+
+
+def test_query_command_needs_a_redis_url(model_path: Path) -> None:
+    env = {"MT_REDIS_URL": None, "MT_MODEL_PATH": str(model_path)}
+
+    result = CliRunner().invoke(main, ["query", "--agent", AGENT, "--state", "{}"], env=env)
+
+    assert result.exit_code == 2
+    assert "MT_REDIS_URL" in result.output
+    assert "empty" in result.output
+
+
+def test_query_command_refuses_bad_json(redis_server: EmbeddedRedis, model_path: Path) -> None:
+    env = {"MT_REDIS_URL": redis_server.url, "MT_MODEL_PATH": str(model_path)}
+
+    result = CliRunner().invoke(main, ["query", "--agent", AGENT, "--state", "[1"], env=env)
+
+    assert result.exit_code == 2
+    assert "--state" in result.output
+
+
+def test_redis_failures_are_store_errors_with_context() -> None:
+    with MemoryClient.from_url("redis://127.0.0.1:1/0") as client:
+        with pytest.raises(StoreError, match=r"XADD to mt:states for agent 'agent-7'"):
+            client.remember(AGENT, {"health": 1})
+        with pytest.raises(StoreError, match="pipelined XADD of 2 entries"):
+            client.remember_many([{"agent_id": AGENT, "state": {}}] * 2)
