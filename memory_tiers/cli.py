@@ -422,3 +422,85 @@ def serve(
         raise click.ClickException(str(e)) from e
     raise SystemExit(code)
 
+
+# -- consolidate -------------------------------------------------------------------------------
+
+CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
+"""Columns of the `consolidate --now` table, one row per job."""
+
+
+@main.command("consolidate")
+@click.option("--now", "now", is_flag=True, help="run one full pass of each job and print it")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="seconds to wait for a job lock another daemon holds [default: the lock TTL, 30]",
+)
+@click.pass_obj
+def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> None:
+    """Move memories down the tiers by policy: STM->IM, IM->LTM, then LTM retention.
+
+    Each job runs under the same Redis lock as the daemons' scheduled jobs, so this is safe
+    while they run. Memories move through the model's bottleneck layers (settings.model_path).
+    """
+    from .engine import EmbeddingEngine
+    from .scheduler import JOB_NAMES, ConsolidationScheduler
+    from .tiers import TierPolicy
+
+    if not now:
+        raise click.UsageError(
+            "give --now: scheduled consolidation runs inside the daemons (memory-tiers serve)"
+        )
+    if not settings.redis_url:
+        raise click.UsageError(
+            "consolidate needs MT_REDIS_URL (or memory-tiers --redis-url URL consolidate ...): "
+            "the Redis whose tiers to consolidate"
+        )
+    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
+    try:
+        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=dims)
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            scheduler = ConsolidationScheduler(client, settings, engine)
+            scheduler.store.ensure_indexes()
+            results = scheduler.run_now(wait_s)
+        finally:
+            client.close()
+    except (MemoryTiersError, redis.RedisError) as e:
+        raise click.ClickException(str(e)) from e
+    if not scheduler.tiers:
+        click.echo("every tier policy is off: nothing to consolidate", err=True)
+        return
+    rows = [
+        (
+            TierPolicy.from_settings(settings, tier).describe(),
+            str(result.moved),
+            str(result.deleted),
+            str(result.skipped),
+            f"{result.seconds:.3f}",
+        )
+        for tier, result in results.items()
+    ]
+    if rows:
+        click.echo(_consolidate_table(rows))
+    busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
+    if busy:
+        raise click.ClickException(
+            f"not run, their lock stayed held by another process: {', '.join(busy)}"
+        )
+
+
+def _consolidate_table(rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns: the job name left, numbers right."""
+    header = CONSOLIDATE_COLUMNS
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(header), *(line(row) for row in rows)])

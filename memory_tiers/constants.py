@@ -55,6 +55,10 @@ class Keys:
         """Sorted set of one agent's record keys in one tier, scored by ts (ms)."""
         return f"{self.prefix}:ts:{tier}:agent:{agent_id}"
 
+    def agents(self, tier: str) -> str:
+        """Set of the agent ids with records in one tier, so consolidation never scans keys."""
+        return f"{self.prefix}:agents:{tier}"
+
     def lock(self, job: str) -> str:
         """Lock held by whichever daemon runs a scheduled job."""
         return f"{self.prefix}:lock:{job}"

@@ -1,0 +1,312 @@
+"""Scheduled consolidation: one APScheduler job per source tier, each under a Redis lock.
+
+Jobs: `consolidate-stm` (STM -> IM), `consolidate-im` (IM -> LTM) and, when LTM has a retention
+policy, `retain-ltm`; a tier whose policy is off gets no job. Each runs every
+settings.consolidate_interval_s with max_instances=1 (a pass still running makes APScheduler
+skip the next run) and coalesce=True (runs missed while the process was busy or asleep become
+one); misfire_grace_time=None lets that one run however late it is.
+
+Several daemons may each run a scheduler: a job runs only in the daemon that holds its lock
+(`Keys.lock(job)`, SET NX PX with a random token, the rq scheduler's habit). The holder renews
+the lock between batches (compare-and-pexpire) and stops the pass if renewal fails; only the
+holder's token releases it (compare-and-delete). A crashed holder's lock expires after
+LOCK_TTL_S. The lock keeps passes from competing; correctness does not depend on it: every
+batch of a pass is a WATCHed MULTI/EXEC (see tiers.py), so even two passes at once leave each
+memory in exactly one tier.
+
+Use in a daemon:
+
+    scheduler = ConsolidationScheduler(client, settings, engine)
+    scheduler.start()                # background threads; returns at once
+    ...
+    scheduler.shutdown(wait=True)    # passes stop after their current batch
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .constants import Keys
+from .engine import EmbeddingEngine
+from .errors import MemoryTiersError
+from .settings import Settings
+from .store import TierStore
+from .tiers import PassResult, TierPolicy, consolidate, scheduled_tiers
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_S = 30.0
+"""How long a job lock lives without renewal: a crashed holder blocks the job this long."""
+
+LOCK_POLL_S = 0.05
+"""Pause between two tries of a blocking lock acquire."""
+
+HISTORY_SIZE = 100
+"""Recent job runs a scheduler remembers (`ConsolidationScheduler.history`)."""
+
+JOB_NAMES = {"stm": "consolidate-stm", "im": "consolidate-im", "ltm": "retain-ltm"}
+"""The scheduled job (and lock) name of each source tier."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LockNotAcquired(MemoryTiersError):
+    """A `RedisLock` used as a context manager is held by someone else."""
+
+
+class RedisLock:
+    """A lock on one Redis key that only its owner renews or releases.
+
+    acquire: SET key token NX PX ttl, with a fresh random token per acquisition. renew and
+    release are Lua scripts that act only while the key still holds that token, so a holder
+    whose lock expired and was taken by another cannot extend or delete the new owner's lock.
+
+    As a context manager it acquires without waiting and raises LockNotAcquired if it cannot.
+    """
+
+    def __init__(self, client: redis.Redis, name: str, ttl_s: float = LOCK_TTL_S) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s={ttl_s!r}: must be positive")
+        self.client = client
+        self.name = name
+        self.ttl_ms = max(1, round(ttl_s * 1000))
+        self.token: str | None = None
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    def acquire(self, blocking: bool = False, timeout_s: float | None = None) -> bool:
+        """Take the lock; with `blocking`, retry until it is free or `timeout_s` passed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            token = secrets.token_hex(16)
+            if self.client.set(self.name, token, nx=True, px=self.ttl_ms):
+                self.token = token
+                return True
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(LOCK_POLL_S)
+
+    def renew(self) -> bool:
+        """Reset the lock's time to live to the full ttl; False if it is no longer ours."""
+        if self.token is None:
+            return False
+        if self._renew(keys=[self.name], args=[self.token, self.ttl_ms]):
+            return True
+        self.token = None
+        return False
+
+    def release(self) -> bool:
+        """Delete the lock if it is still ours; False if it had expired or changed hands."""
+        token, self.token = self.token, None
+        return token is not None and bool(self._release(keys=[self.name], args=[token]))
+
+    @property
+    def owned(self) -> bool:
+        """Whether the key holds this lock's token right now."""
+        value = self.client.get(self.name)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return self.token is not None and value == self.token
+
+    def __enter__(self) -> RedisLock:
+        if not self.acquire():
+            raise LockNotAcquired(f"lock {self.name} is held by another process")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a job that held its lock."""
+
+    job: str
+    tier: str
+    started_at: float
+    """Wall clock (time.time()) when the lock was taken."""
+    started: float
+    """time.monotonic() when the lock was taken: comparable within one process."""
+    finished: float
+    """time.monotonic() just before the lock was released."""
+    result: PassResult | None
+    """None when the pass failed."""
+    error: str | None = None
+
+
+class ConsolidationScheduler:
+    """The consolidation jobs of one daemon: scheduled in the background, or run at once.
+
+    Args:
+        client: Redis client for locks, selection and moves (thread-safe pool; jobs run in
+            scheduler threads). Any protocol `TierStore` accepts.
+        settings: tier policies, consolidate_interval_s and consolidate_batch.
+        engine: compresses vectors one tier down; its dims must match the settings.
+        lock_ttl_s: job lock time to live (renewed between batches).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        engine: EmbeddingEngine,
+        *,
+        lock_ttl_s: float = LOCK_TTL_S,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.engine = engine
+        self.store = TierStore(client, settings)
+        self.keys = Keys(settings.prefix)
+        self.lock_ttl_s = lock_ttl_s
+        self.tiers = scheduled_tiers(settings)
+        """Source tiers that get a job (their policy is on), in tier order."""
+        self.lock_busy: Counter[str] = Counter()
+        """Per job: runs skipped because another process held the lock."""
+        self._history: deque[JobRun] = deque(maxlen=HISTORY_SIZE)
+        self._history_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._scheduler: Any = None
+
+    @property
+    def running(self) -> bool:
+        """Whether `start()` was called and `shutdown()` not yet."""
+        return self._scheduler is not None
+
+    @property
+    def history(self) -> list[JobRun]:
+        """The last HISTORY_SIZE runs that held their lock, oldest first."""
+        with self._history_lock:
+            return list(self._history)
+
+    def start(self) -> None:
+        """Schedule one job per tier in tiers, every consolidate_interval_s, in the background."""
+        if self._scheduler is not None:
+            raise RuntimeError("consolidation scheduler already started")
+        self._stop.clear()
+        scheduler = BackgroundScheduler(daemon=True)
+        for tier in self.tiers:
+            scheduler.add_job(
+                self._scheduled,
+                "interval",
+                args=[tier],
+                seconds=self.settings.consolidate_interval_s,
+                id=JOB_NAMES[tier],
+                name=JOB_NAMES[tier],
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info(
+            "consolidation scheduled every %.1f s: %s",
+            self.settings.consolidate_interval_s,
+            ", ".join(TierPolicy.from_settings(self.settings, t).describe() for t in self.tiers)
+            or "nothing (every policy off)",
+        )
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop scheduling; running passes stop after their batch in hand (waited for if `wait`)."""
+        self._stop.set()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
+
+    def run_now(self, wait_s: float | None = None) -> dict[str, PassResult]:
+        """Run each job once, now, in this thread, each under its lock; {source tier: result}.
+
+        Args:
+            wait_s: how long to wait for a lock another process holds [default: lock_ttl_s];
+                a job whose lock stays busy is left out of the result (and logged).
+
+        Raises:
+            MemoryTiersError: a pass failed (Redis, model dims); earlier results are lost.
+        """
+        wait = self.lock_ttl_s if wait_s is None else wait_s
+        results = {}
+        for tier in self.tiers:
+            result = self.run_job(tier, blocking=True, timeout_s=wait, raise_errors=True)
+            if result is not None:
+                results[tier] = result
+        return results
+
+    def run_job(
+        self,
+        tier: str,
+        *,
+        blocking: bool = False,
+        timeout_s: float | None = None,
+        raise_errors: bool = False,
+    ) -> PassResult | None:
+        """One pass over `tier` under its job lock; None if the lock is busy (or it failed)."""
+        job = JOB_NAMES[tier]
+        lock = RedisLock(self.client, self.keys.lock(job), self.lock_ttl_s)
+        if not lock.acquire(blocking=blocking, timeout_s=timeout_s):
+            self.lock_busy[job] += 1
+            log.debug("%s: lock held by another process, skipped", job)
+            return None
+        started_at, started = time.time(), time.monotonic()
+        result: PassResult | None = None
+        error: str | None = None
+        try:
+            result = consolidate(
+                self.client, self.store, self.engine, self.settings, tier,
+                keep_going=lambda: self._keep_going(job, lock),
+            )  # fmt: skip
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            if raise_errors:
+                raise
+            if isinstance(e, MemoryTiersError | redis.RedisError):
+                log.error("%s failed: %s", job, error)
+            else:
+                log.exception("%s failed", job)
+        finally:
+            finished = time.monotonic()
+            with self._history_lock:
+                self._history.append(
+                    JobRun(job, tier, started_at, started, finished, result, error)
+                )
+            if lock.token is not None and not lock.release():
+                log.warning("%s: lock had expired before release", job)
+        return result
+
+    def _scheduled(self, tier: str) -> None:
+        if not self._stop.is_set():
+            self.run_job(tier)
+
+    def _keep_going(self, job: str, lock: RedisLock) -> bool:
+        if self._stop.is_set():
+            return False
+        if lock.renew():
+            return True
+        log.warning("%s: lost its lock mid-pass; stopping (another process may go on)", job)
+        return False

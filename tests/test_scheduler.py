@@ -1,0 +1,344 @@
+"""Job locks and the consolidation scheduler against the embedded Redis, and `consolidate --now`."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import redis
+from click.testing import CliRunner
+
+from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, Settings
+from memory_tiers.cli import main
+from memory_tiers.scheduler import (
+    JOB_NAMES,
+    ConsolidationScheduler,
+    JobRun,
+    LockNotAcquired,
+    RedisLock,
+)
+from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.tiers import epoch_ms
+
+KEYS = Keys()
+LOCK = KEYS.lock("test-job")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
+    tiers = TierStore(redis_client, settings)
+    tiers.ensure_indexes()
+    return tiers
+
+
+@pytest.fixture
+def clients(redis_server: EmbeddedRedis) -> Iterator[list[redis.Redis]]:
+    """Two more clients of the session server, as two daemons would have."""
+    made = [redis.Redis.from_url(redis_server.url) for _ in range(2)]
+    yield made
+    for client in made:
+        client.close()
+
+
+def seed(store: TierStore, n: int, agents: int = 5, dim: int = 384) -> list[MemoryRecord]:
+    """`n` STM records, an hour old and more, random vectors."""
+    rng = np.random.default_rng(n)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    t0 = epoch_ms() - 10 * 3_600_000
+    records = [
+        MemoryRecord(
+            entry_id=f"{t0 + i}-0",
+            agent_id=f"agent-{i % agents}",
+            agent_type="explorer",
+            step=i,
+            ts=t0 + i,
+            model_version="test",
+            vector=vectors[i],
+        )
+        for i in range(n)
+    ]
+    store.write("stm", records)
+    return records
+
+
+def placement(client: redis.Redis, records: Sequence[MemoryRecord]) -> dict[str, int]:
+    """How many of `records` each tier holds; fails if one is in none or several."""
+    pipe = client.pipeline(transaction=False)
+    for record in records:
+        for tier in TIERS:
+            pipe.exists(KEYS.record(tier, record.entry_id))
+    found = pipe.execute()
+    counts = dict.fromkeys(TIERS, 0)
+    for i, record in enumerate(records):
+        holders = [t for j, t in enumerate(TIERS) if found[i * len(TIERS) + j]]
+        assert len(holders) == 1, f"{record.entry_id} is in {holders}"
+        counts[holders[0]] += 1
+    return counts
+
+
+class SlowEngine:
+    """An engine whose every compress takes `delay_s` longer: passes last long enough to race."""
+
+    def __init__(self, engine: EmbeddingEngine, delay_s: float) -> None:
+        self.engine = engine
+        self.delay_s = delay_s
+        self.dims = engine.dims
+        self.version = engine.version
+
+    def compress(self, vectors: np.ndarray, from_tier: str) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.engine.compress(vectors, from_tier)
+
+
+def slow(engine: EmbeddingEngine, delay_s: float) -> EmbeddingEngine:
+    return cast(EmbeddingEngine, SlowEngine(engine, delay_s))
+
+
+def moving(settings: Settings, **changes: Any) -> Settings:
+    """Settings whose STM and IM age rules move everything at once, no count rule."""
+    return dataclasses.replace(
+        settings, stm_max_age_s=0, im_max_age_s=0, stm_max_per_agent=None,
+        im_max_per_agent=None, **changes,
+    )  # fmt: skip
+
+
+# -- RedisLock ---------------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_and_released_by_its_owner(redis_client: redis.Redis) -> None:
+    first, second = RedisLock(redis_client, LOCK, 10), RedisLock(redis_client, LOCK, 10)
+
+    assert first.acquire() is True
+    assert second.acquire() is False
+    assert first.owned and not second.owned
+    assert 9000 < redis_client.pttl(LOCK) <= 10_000
+    assert second.release() is False  # never held: deletes nothing
+    assert redis_client.get(LOCK) == first.token
+    assert first.release() is True
+    assert redis_client.exists(LOCK) == 0
+    assert second.acquire() is True
+
+
+def test_a_lock_that_changed_hands_is_not_deleted_or_renewed_by_the_old_owner(
+    redis_client: redis.Redis,
+) -> None:
+    old = RedisLock(redis_client, LOCK, 0.2)
+    assert old.acquire()
+    wait_for(lambda: redis_client.exists(LOCK) == 0, what="the lock to expire")
+    new = RedisLock(redis_client, LOCK, 10)
+    assert new.acquire()
+
+    assert old.renew() is False
+    assert old.release() is False
+
+    assert redis_client.get(LOCK) == new.token
+    assert redis_client.pttl(LOCK) > 9000
+    assert new.owned and not old.owned
+
+
+def test_renew_extends_the_ttl_only_for_the_owner(redis_client: redis.Redis) -> None:
+    lock = RedisLock(redis_client, LOCK, 10)
+    assert lock.acquire()
+    redis_client.pexpire(LOCK, 300)
+
+    assert lock.renew() is True
+    assert redis_client.pttl(LOCK) > 9000
+
+    redis_client.set(LOCK, "someone-else", px=300)
+    assert lock.renew() is False
+    assert redis_client.pttl(LOCK) <= 300
+    assert lock.release() is False
+    assert redis_client.get(LOCK) == "someone-else"
+
+
+def test_blocking_acquire_waits_for_release_or_times_out(redis_client: redis.Redis) -> None:
+    holder = RedisLock(redis_client, LOCK, 10)
+    assert holder.acquire()
+    waiter = RedisLock(redis_client, LOCK, 10)
+
+    started = time.monotonic()
+    assert waiter.acquire(blocking=True, timeout_s=0.2) is False
+    assert 0.2 <= time.monotonic() - started < 2
+
+    threading.Timer(0.2, holder.release).start()
+    assert waiter.acquire(blocking=True, timeout_s=10) is True
+    assert waiter.owned
+
+
+def test_lock_as_context_manager_raises_when_busy(redis_client: redis.Redis) -> None:
+    with RedisLock(redis_client, LOCK, 10) as lock:
+        assert lock.owned
+        with pytest.raises(LockNotAcquired, match=LOCK), RedisLock(redis_client, LOCK, 10):
+            pass
+    assert redis_client.exists(LOCK) == 0
+
+
+# -- ConsolidationScheduler --------------------------------------------------------------------
+
+
+def test_run_now_runs_each_job_under_its_lock_and_returns_the_results(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    records = seed(store, 50)
+    scheduler = ConsolidationScheduler(redis_client, moving(settings), engine)
+
+    results = scheduler.run_now()
+
+    assert list(results) == ["stm", "im"]
+    assert [(r.moved, r.deleted) for r in results.values()] == [(50, 0), (50, 0)]
+    assert placement(redis_client, records) == {"stm": 0, "im": 0, "ltm": 50}
+    assert [run.job for run in scheduler.history] == ["consolidate-stm", "consolidate-im"]
+    assert all(run.error is None for run in scheduler.history)
+    assert not any(redis_client.exists(KEYS.lock(job)) for job in JOB_NAMES.values())
+
+
+def test_run_now_leaves_out_a_job_whose_lock_another_process_holds(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    records = seed(store, 20)
+    other = RedisLock(redis_client, KEYS.lock("consolidate-im"), 10)
+    assert other.acquire()
+    scheduler = ConsolidationScheduler(redis_client, moving(settings), engine)
+
+    results = scheduler.run_now(wait_s=0.1)
+
+    assert list(results) == ["stm"]
+    assert scheduler.lock_busy["consolidate-im"] == 1
+    assert placement(redis_client, records) == {"stm": 0, "im": 20, "ltm": 0}
+    assert other.owned
+
+
+def test_a_pass_that_loses_its_lock_stops_and_leaves_the_new_owners_lock(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    records = seed(store, 200)
+    settings = moving(settings, consolidate_batch=10)
+    scheduler = ConsolidationScheduler(redis_client, settings, slow(engine, 0.02))
+    lock_key = KEYS.lock("consolidate-stm")
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(scheduler.run_job("stm")))
+    worker.start()
+    wait_for(lambda: store.count("im") >= 20, what="the pass to move some")
+    redis_client.set(lock_key, "a-new-owner", px=10_000)  # as if ours had expired
+    worker.join(timeout=10)
+
+    result = done[0]
+    assert 20 <= result.moved < 200
+    assert redis_client.get(lock_key) == "a-new-owner"
+    placed = placement(redis_client, records)
+    assert placed["im"] == result.moved and placed["stm"] == 200 - result.moved
+
+
+def test_two_schedulers_never_run_a_job_at_the_same_time(
+    redis_client: redis.Redis,
+    clients: list[redis.Redis],
+    store: TierStore,
+    settings: Settings,
+    engine: EmbeddingEngine,
+) -> None:
+    records = seed(store, 300)
+    settings = moving(settings, consolidate_batch=15, consolidate_interval_s=0.05)
+    daemons = [ConsolidationScheduler(c, settings, slow(engine, 0.01)) for c in clients]
+    for daemon in daemons:
+        daemon.start()
+        time.sleep(0.025)  # ticks half an interval apart: each wins some runs once work is short
+    try:
+        wait_for(lambda: store.count("ltm") == 300, what="everything to reach LTM")
+        time.sleep(0.2)  # a few more (empty) runs, all still competing for the locks
+    finally:
+        for daemon in daemons:
+            daemon.shutdown(wait=True)
+
+    for job in ("consolidate-stm", "consolidate-im"):
+        runs = sorted(
+            (run for daemon in daemons for run in daemon.history if run.job == job),
+            key=lambda run: run.started,
+        )
+        assert len(runs) >= 2
+        overlaps = [(a, b) for a, b in itertools.pairwise(runs) if b.started < a.finished]
+        assert overlaps == [], f"{job} ran in two schedulers at once: {overlaps[:1]}"
+    assert all(d.history for d in daemons), "one scheduler never ran a job"
+    assert sum(sum(d.lock_busy.values()) for d in daemons) > 0, "the locks were never contended"
+    assert sum(_moved(d.history, "consolidate-stm") for d in daemons) == 300
+    assert sum(_moved(d.history, "consolidate-im") for d in daemons) == 300
+    assert placement(redis_client, records) == {"stm": 0, "im": 0, "ltm": 300}
+    assert all(run.error is None for d in daemons for run in d.history)
+
+
+def _moved(history: list[JobRun], job: str) -> int:
+    return sum(run.result.moved for run in history if run.job == job and run.result)
+
+
+def test_shutdown_stops_a_long_pass_after_its_batch_in_hand(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    records = seed(store, 400)
+    settings = moving(settings, consolidate_batch=10, consolidate_interval_s=0.05)
+    scheduler = ConsolidationScheduler(redis_client, settings, slow(engine, 0.05))
+    scheduler.start()
+    assert scheduler.running
+    wait_for(lambda: store.count("im") + store.count("ltm") >= 10, what="a first batch")
+
+    started = time.monotonic()
+    scheduler.shutdown(wait=True)
+
+    assert time.monotonic() - started < 2
+    assert not scheduler.running
+    placed = placement(redis_client, records)
+    assert placed["stm"] > 0, "the pass ran to the end instead of stopping"
+    assert not any(redis_client.exists(KEYS.lock(job)) for job in JOB_NAMES.values())
+    moved_before = store.count("im") + store.count("ltm")
+    time.sleep(0.2)
+    assert store.count("im") + store.count("ltm") == moved_before  # nothing runs any more
+
+
+# -- memory-tiers consolidate --now ------------------------------------------------------------
+
+
+def test_consolidate_now_prints_what_each_job_moved(
+    redis_server: EmbeddedRedis, store: TierStore, model_path: Path
+) -> None:
+    records = seed(store, 30)
+    env = {
+        "MT_REDIS_URL": redis_server.url,
+        "MT_MODEL_PATH": str(model_path),
+        "MT_IM_MAX_AGE_S": "none",
+        "MT_LTM_MAX_PER_AGENT": "4",
+    }
+
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", "consolidate", "--now"], env=env)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["job", "moved", "deleted", "skipped", "seconds"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["stm->im", "30", "0", "0"],
+        ["im->ltm", "0", "0", "0"],
+        ["ltm", "retention", "0", "0"],
+    ]
+    assert placement(store.client, records)["im"] == 30
+
+
+def test_consolidate_needs_a_redis_url_and_now(model_path: Path) -> None:
+    env = {"MT_REDIS_URL": None, "MT_MODEL_PATH": str(model_path)}
+    result = CliRunner().invoke(main, ["consolidate", "--now"], env=env)
+    assert result.exit_code == 2
+    assert "MT_REDIS_URL" in result.output
+
+    result = CliRunner().invoke(main, ["consolidate"], env={**env, "MT_REDIS_URL": "redis://x"})
+    assert result.exit_code == 2
+    assert "--now" in result.output
