@@ -103,21 +103,22 @@ def redis_command(settings: Settings, port: int | None, data_dir: str | None) ->
 
 
 @main.command()
+@click.option("--seconds", default=40.0, show_default=True, help="how long the agents stream")
 @click.pass_obj
-def demo(settings: Settings) -> None:
-    """Start the embedded Redis, check vector search works, and say what the demo will run."""
+def demo(settings: Settings, seconds: float) -> None:
+    """The main job in a minute: 50 simulated agents, the daemon, tiers, recalls.
+
+    Runs on an embedded Redis that is removed afterwards, with a fast consolidation policy
+    so memories visibly reach IM and LTM.
+    """
+    from .demo import run_demo
+
+    if logging.getLogger().level == logging.INFO:  # progress lines say it; keep warnings
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        with EmbeddedRedis.from_settings(settings) as server:
-            client = redis.Redis.from_url(server.url)
-            indexes = client.execute_command("FT._LIST")
-            client.close()
-            click.echo(
-                f"embedded Redis with vector search up at {server.url} ({len(indexes)} indexes)"
-            )
+        run_demo(settings, seconds, click.echo)
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
-    click.echo("The full demo (50 simulated agents streaming states into STM, IM and LTM,")
-    click.echo("then recalls) lands with the daemon; this run checked the server side only.")
 
 
 @main.command()

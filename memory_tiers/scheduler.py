@@ -211,6 +211,8 @@ class ConsolidationScheduler:
         if self._scheduler is not None:
             raise RuntimeError("consolidation scheduler already started")
         self._stop.clear()
+        # Each pass logs one line of its own; APScheduler's two per run would only repeat it.
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         scheduler = BackgroundScheduler(daemon=True)
         for tier in self.tiers:
             scheduler.add_job(
