@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,7 +292,7 @@ def query_command(settings: Settings, agent_id: str, state_json: str, k: int, ti
     if not rows:
         click.echo(f"no memories of agent {agent_id!r} in {', '.join(searched)}", err=True)
         return
-    click.echo(_query_table(QUERY_COLUMNS, rows))
+    click.echo(_table(QUERY_COLUMNS, rows, _QUERY_NUMERIC_COLUMNS))
 
 
 def _query_state(text: str) -> dict[str, Any]:
@@ -357,13 +357,13 @@ def _query_time(ts: int) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _query_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Aligned columns: numbers right, text left, two spaces apart."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Collection[int]) -> str:
+    """Aligned columns two spaces apart: the `numeric` column indexes right, the rest left."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.rjust(width) if i in _QUERY_NUMERIC_COLUMNS else cell.ljust(width)
+            cell.rjust(width) if i in numeric else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
@@ -485,23 +485,9 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
         for tier, result in results.items()
     ]
     if rows:
-        click.echo(_consolidate_table(rows))
+        click.echo(_table(CONSOLIDATE_COLUMNS, rows, numeric=range(1, 5)))
     busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
     if busy:
         raise click.ClickException(
             f"not run, their lock stayed held by another process: {', '.join(busy)}"
         )
-
-
-def _consolidate_table(rows: Sequence[Sequence[str]]) -> str:
-    """Aligned columns: the job name left, numbers right."""
-    header = CONSOLIDATE_COLUMNS
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), *(line(row) for row in rows)])
