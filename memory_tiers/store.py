@@ -228,6 +228,8 @@ class TierStore:
         pipe.zadd(self.keys.time_index(settings.name), scores)
         for agent_id, agent_scores in by_agent.items():
             pipe.zadd(self.keys.agent_time_index(settings.name, agent_id), agent_scores)
+        # The count rule of consolidation finds agents here; it prunes the emptied ones.
+        pipe.sadd(self.keys.agents(settings.name), *by_agent)
 
     def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
         """Queue removing `records`' hashes and their members of both time indexes."""
