@@ -397,11 +397,22 @@ class _Refused(click.ClickException):
     envvar="MT_TORCH_THREADS",
     help="torch threads (Redis needs the other cores on a small box)",
 )
+@click.option(
+    "--consolidate/--no-consolidate",
+    default=True,
+    show_default=True,
+    envvar="MT_CONSOLIDATE",
+    help="run the scheduled tier moves in this daemon (one daemon at a time runs each job)",
+)
 @click.pass_obj
 def serve(
-    settings: Settings, allow_untrained: bool, consumer: str | None, torch_threads: int
+    settings: Settings,
+    allow_untrained: bool,
+    consumer: str | None,
+    torch_threads: int,
+    consolidate: bool,
 ) -> None:
-    """Run the ingest daemon: stream states into STM until SIGTERM or Ctrl-C."""
+    """Run the daemon: stream states into STM and consolidate tiers until SIGTERM or Ctrl-C."""
     from .daemon import Daemon, load_engine
     from .errors import ConfigError, ModelError
     from .server import redis_url
@@ -415,6 +426,7 @@ def serve(
             daemon = Daemon(
                 dataclasses.replace(settings, redis_url=url),
                 consumer=consumer, engine=engine, torch_threads=torch_threads,
+                consolidate=consolidate,
             )  # fmt: skip
             code = daemon.run()
     except (ModelError, ConfigError) as e:

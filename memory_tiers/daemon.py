@@ -30,6 +30,7 @@ import torch
 from .engine import EmbeddingEngine
 from .errors import ConfigError, ModelError, StoreError
 from .ingest import Ingestor, IngestStats, Message, consumer_client, default_consumer_name
+from .scheduler import ConsolidationScheduler
 from .settings import Settings, env_var
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class Daemon:
         torch_threads: torch.set_num_threads at start; None leaves it alone.
         handle_signals: install SIGTERM/SIGINT handlers (main thread only).
         summary_interval_s: how often an INFO summary is logged.
+        consolidate: run the consolidation jobs (scheduler.py) beside the consumer; each job
+            holds a Redis lock, so with many daemons it runs in one of them at a time.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class Daemon:
         torch_threads: int | None = DEFAULT_TORCH_THREADS,
         handle_signals: bool = True,
         summary_interval_s: float = DEFAULT_SUMMARY_INTERVAL_S,
+        consolidate: bool = True,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError(
@@ -181,6 +185,7 @@ class Daemon:
         self.torch_threads = torch_threads
         self.handle_signals = handle_signals
         self.summary_interval_s = summary_interval_s
+        self.consolidate = consolidate
         self.ingestor: Ingestor | None = None
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -229,11 +234,28 @@ class Daemon:
                 )  # fmt: skip
                 if self._set_up(ingestor):
                     self._started.set()
-                    self._consume(ingestor)
+                    with self._consolidation(engine):
+                        self._consume(ingestor)
         finally:
             client.close()
             self._summary(ingestor.stats, IngestStats(), time.monotonic() - started, "stopped")
         return EXIT_OK
+
+    @contextmanager
+    def _consolidation(self, engine: EmbeddingEngine) -> Iterator[None]:
+        """The scheduled tier moves, on their own connection, while the daemon consumes."""
+        if not self.consolidate:
+            yield
+            return
+        assert self.settings.redis_url is not None  # checked in __init__
+        client = redis.Redis.from_url(self.settings.redis_url)
+        scheduler = ConsolidationScheduler(client, self.settings, engine)
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=True)
+            client.close()
 
     # -- start ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The main job on the embedded default, in about a minute, cleaning up after itself.
 
-An embedded Redis, the ingest daemon and the consolidation scheduler run in this process;
+An embedded Redis and the daemon (ingest and scheduled consolidation) run in this process;
 50 simulated agents XADD their states; memories flow STM -> IM -> LTM on a fast schedule;
 then a few recalls show what an agent gets back from each tier.
 """
@@ -20,7 +20,6 @@ from .client import MemoryClient, Recall
 from .constants import TIERS
 from .daemon import Daemon, load_engine
 from .engine import EmbeddingEngine
-from .scheduler import ConsolidationScheduler
 from .server import EmbeddedRedis
 from .settings import Settings
 from .sim import Simulation
@@ -60,7 +59,7 @@ def run_demo(settings: Settings, seconds: float, echo: Echo) -> None:
         echo(f"embedded Redis with vector search at {server.url}")
         connection = redis.Redis.from_url(server.url)
         with closing(connection), MemoryClient(connection, settings, engine) as client:
-            with _running_daemon(settings, engine), _running_scheduler(client, settings, engine):
+            with _running_daemon(settings, engine):
                 echo(_plan(settings))
                 simulation = Simulation(num_agents=DEMO_AGENTS, seed=42)
                 first_state = dict(simulation.agents[0].get_state_data())
@@ -92,18 +91,6 @@ def _running_daemon(settings: Settings, engine: EmbeddingEngine) -> Iterator[Dae
     finally:
         daemon.request_stop()
         thread.join(30)
-
-
-@contextmanager
-def _running_scheduler(
-    client: MemoryClient, settings: Settings, engine: EmbeddingEngine
-) -> Iterator[ConsolidationScheduler]:
-    scheduler = ConsolidationScheduler(client.redis, settings, engine)
-    scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        scheduler.shutdown(wait=True)
 
 
 def _stream(client: MemoryClient, simulation: Simulation, seconds: float, echo: Echo) -> int:

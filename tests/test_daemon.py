@@ -45,6 +45,7 @@ from memory_tiers import (
 from memory_tiers.cli import main
 from memory_tiers.daemon import BACKOFF_MAX_S, Backoff, Daemon, load_engine
 from memory_tiers.engine import UNTRAINED_VERSION
+from memory_tiers.store import TierStore
 
 STREAMED = 20_000
 """States in the stream for the process tests: several seconds of work, so a stop lands mid-way."""
@@ -310,3 +311,35 @@ def test_backoff_doubles_to_its_cap_and_logs_once_per_outage(
 def test_the_daemon_needs_a_redis_url(engine: EmbeddingEngine) -> None:
     with pytest.raises(Exception, match="MT_REDIS_URL"):
         Daemon(Settings(), engine=engine)
+
+
+# -- consolidation inside the daemon -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("consolidate", [True, False])
+def test_the_daemon_runs_the_consolidation_jobs(
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    model_path: Path,
+    engine: EmbeddingEngine,
+    consolidate: bool,
+) -> None:
+    settings = make_settings(
+        redis_server.url, model_path, stm_max_per_agent=4, consolidate_interval_s=0.1
+    )
+    xadd_states(redis_client, simulate_states(60, num_agents=6, seed=8))  # 10 per agent
+    store = TierStore(redis_client, settings)
+
+    def counts() -> tuple[int, int]:
+        return store.count("stm"), store.count("im")
+
+    with running(daemon(settings, engine, "consolidating", consolidate=consolidate)):
+        wait_for(lambda: sum(counts()) == 60, 30, "all 60 states stored")
+        if consolidate:
+            wait_for(lambda: counts() == (24, 36), 30, "each agent's 6 oldest moved to IM")
+        else:
+            time.sleep(0.5)  # several intervals: nothing may move
+            assert counts() == (60, 0)
+    assert {store.count("stm", agent_id=f"agent-{i:03d}") for i in range(6)} == (
+        {4} if consolidate else {10}
+    )
