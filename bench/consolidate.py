@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import redis
 import torch
+from machine import machine
 from redis.client import Pipeline
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, MemoryRecord, Settings, TierStore
+from memory_tiers import EmbeddingEngine, Keys, MemoryRecord, Settings, TierStore
+from memory_tiers.server import redis_url
 from memory_tiers.tiers import WATCH_CHUNK, consolidate, epoch_ms
 
 PREFIX = "mtbench"
@@ -45,27 +44,6 @@ DAY_MS = 86_400_000
 MODES = ("raw", "model")
 GUARD_MODE = "raw+watch"
 KEYS = Keys(PREFIX)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-@contextmanager
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("MT_REDIS_URL")
-    if url:
-        yield url
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 def clean(client: redis.Redis) -> None:
@@ -210,7 +188,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         engine = EmbeddingEngine.from_checkpoint(base.model_path, expect_dims=dims)
     records = make_records(args.records, args.agents, base.stm_dim)
-    with redis_url() as url:
+    with redis_url(Settings.from_env()) as url:
         client = redis.Redis.from_url(url)
         settings = replace(base, redis_url=url, prefix=PREFIX, consolidate_batch=args.batch)
         store = TierStore(client, settings)
@@ -237,7 +215,7 @@ def main() -> None:
     print(
         f"{args.records:,} memories, {args.agents:,} agents, batch {args.batch}, "
         f"torch threads {args.torch_threads}, best of {args.rounds} rounds, "
-        f"{os.cpu_count()} x {cpu_name()}"
+        f"{machine()}"
     )
     print(f"STM write (context): {write_rate:,.0f} records/s")
     guard = GUARD_MODE in results

@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import time
 import warnings
 
 import torch
+from machine import machine
 
 from memory_tiers import AutoencoderTrainer, TrainConfig, default_schema, simulate_states
 from memory_tiers.engine import EmbeddingEngine
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train_rate(features: torch.Tensor, device: str, batch_size: int, epochs: int) -> float:
@@ -75,7 +63,7 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     features = torch.from_numpy(default_schema().extract_batch(simulate_states(args.states)))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(f"CPU: {machine()}, torch threads {torch.get_num_threads()}")
     if "cuda" in devices:
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"torch {torch.__version__}; {args.states} states, input_dim {features.shape[1]}")
