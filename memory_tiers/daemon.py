@@ -5,22 +5,29 @@ is refused unless allowed), then the tier indexes and the consumer group are mad
 Run: first this consumer's own pending entries (id 0: what a previous run of the same name, or
 this one before a lost connection, read but did not ack), then new ones (id '>'); every
 claim_idle_ms/2 the entries other consumers left pending too long are claimed (XAUTOCLAIM).
+Batches overlap: a batch's MULTI/EXEC runs on a commit thread while the loop prepares the next
+one, which it read before sending that commit (Redis answers a read at once, but only after a
+commit already queued). Each commit waits for the one before; after a failure the loop waits
+for the one in flight before it re-reads.
 Redis going away is an outage: retried with exponential backoff, logged once when it starts
 and once when it ends, and followed by a re-read of the own pending entries.
-Stop: SIGTERM, SIGINT or `request_stop()` lets the batch in hand finish and be acked, then
-`run()` returns 0. A second signal exits at once (128 + the signal number); what was read and
-not acked is delivered again later.
+Stop: SIGTERM, SIGINT or `request_stop()` lets the batches in hand (the one committing, the
+one read ahead) finish and be acked, then `run()` returns 0. A second signal exits at once
+(128 + the signal number); what was read and not acked is delivered again later.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -29,7 +36,15 @@ import torch
 
 from .engine import EmbeddingEngine
 from .errors import ConfigError, ModelError, StoreError
-from .ingest import Ingestor, IngestStats, Message, consumer_client, default_consumer_name
+from .ingest import (
+    Batch,
+    Ingestor,
+    IngestStats,
+    Message,
+    Outcome,
+    consumer_client,
+    default_consumer_name,
+)
 from .scheduler import ConsolidationScheduler
 from .settings import Settings, env_var
 
@@ -234,7 +249,7 @@ class Daemon:
                 )  # fmt: skip
                 if self._set_up(ingestor):
                     self._started.set()
-                    with self._consolidation(engine):
+                    with self._consolidation(engine), _startup_objects_frozen():
                         self._consume(ingestor)
         finally:
             client.close()
@@ -280,44 +295,67 @@ class Daemon:
     def _consume(self, ingestor: Ingestor) -> None:
         """The loop: claim idle entries now and then, read own pending ones, then new ones."""
         backoff = Backoff()
-        pending_after: str | None = "0"
+        position = _Position()
         next_claim = 0.0
         last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
-        while not self._stop.is_set():
-            try:
-                if time.monotonic() >= next_claim:
-                    self._claim(ingestor)
-                    next_claim = time.monotonic() + self._claim_interval_s
-                pending_after = self._step(ingestor, pending_after)
-            except Exception as e:
-                pending_after = "0"  # re-read whatever was read and not acked
-                self._diagnose(ingestor, e)
-                self._stop.wait(backoff.failed(e))
-                continue
-            backoff.succeeded()
-            if time.monotonic() - last_summary >= self.summary_interval_s:
-                self._summary(ingestor.stats, last_stats, time.monotonic() - last_summary, "")
-                last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
+        lane = _CommitLane(ingestor)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if time.monotonic() >= next_claim:
+                        self._claim(ingestor, lane)
+                        next_claim = time.monotonic() + self._claim_interval_s
+                    self._step(ingestor, lane, position)
+                except Exception as e:
+                    position = _Position()  # re-read whatever was read and not acked
+                    for error in (e, *lane.drain()):
+                        self._diagnose(ingestor, error)
+                    self._stop.wait(backoff.failed(e))
+                    continue
+                backoff.succeeded()
+                if time.monotonic() - last_summary >= self.summary_interval_s:
+                    self._summary(ingestor.stats, last_stats, time.monotonic() - last_summary, "")
+                    last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
+            self._finish(ingestor, lane, position)
+        finally:
+            for error in lane.close():
+                log.warning("the last commit failed (%s); its entries stay pending", error)
 
-    def _step(self, ingestor: Ingestor, pending_after: str | None) -> str | None:
-        """Handle one batch: own pending entries after `pending_after`, or new ones.
+    def _step(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
+        """Handle one batch: prepare it, read the next one, then hand this one to the lane.
 
-        Returns:
-            Where the own pending entries go on, or None once they are all done.
+        The next batch is read before this one's commit is sent, so Redis answers the read at
+        once instead of after the commit; and it is prepared while that commit runs.
         """
-        if pending_after is not None:
-            messages = ingestor.read_pending(pending_after)
-            if not messages:
-                return None
-            ingestor.process(messages)
-            return _last_id(messages)
-        messages = ingestor.read_new()
-        if messages:
-            ingestor.process(messages)
-        return None
+        messages = position.ahead or self._read(ingestor, position, wait=True)
+        position.ahead = []
+        if not messages:
+            lane.wait()  # idle: a failed commit is noticed now, not with the next batch
+            return
+        batch = ingestor.prepare(messages)
+        position.ahead = self._read(ingestor, position, wait=False)
+        lane.commit(batch)
 
-    def _claim(self, ingestor: Ingestor) -> None:
+    def _read(self, ingestor: Ingestor, position: _Position, wait: bool) -> list[Message]:
+        """The next own pending entries, once none are left new ones (waiting for some or not)."""
+        if position.pending_after is not None:
+            messages = ingestor.read_pending(position.pending_after)
+            position.pending_after = _last_id(messages) if messages else None
+            return messages
+        return ingestor.read_new() if wait else ingestor.read_ready()
+
+    def _finish(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
+        """On a stop: commit what was read ahead too, so this run leaves nothing pending."""
+        if not position.ahead:
+            return
+        try:
+            lane.commit(ingestor.prepare(position.ahead))
+        except Exception as e:
+            log.warning("the last batches were not stored (%s); their entries stay pending", e)
+
+    def _claim(self, ingestor: Ingestor, lane: _CommitLane) -> None:
         """Take over and handle every entry other consumers left pending past claim_idle_ms."""
+        lane.wait()
         cursor = "0-0"
         while not self._stop.is_set():
             cursor, messages = ingestor.claim_idle(cursor)
@@ -339,7 +377,7 @@ class Daemon:
             log.warning("consumer group gone (%s); setting it up again", error)
             self._set_up(ingestor)
             return
-        log.exception("ingest step failed; its entries stay pending and are read again")
+        log.error("ingest step failed; its entries stay pending and are read again", exc_info=error)
 
     # -- signals and logs ----------------------------------------------------------------------
 
@@ -379,6 +417,69 @@ class Daemon:
             now.prepare_s - before.prepare_s, now.commit_s - before.commit_s,
             now.stored, now.dead_letters,
         )  # fmt: skip
+
+
+@dataclass
+class _Position:
+    """Where the consumer loop reads next, and what it has read and not yet prepared."""
+
+    pending_after: str | None = "0"
+    """Own pending entries after this id come next; None: they are done, new entries come."""
+    ahead: list[Message] = field(default_factory=list)
+
+
+class _CommitLane:
+    """Commits one batch at a time on a worker thread, so the next batch is read and prepared
+    meanwhile (the commit mostly waits on Redis, and a socket wait releases the GIL).
+
+    At most one commit is in flight: `commit` waits for the previous one first. Its error is
+    raised by the next `commit` or `wait`, or returned by `drain` and `close`; its entries stay
+    pending either way, and the loop re-reads them after a failure.
+    """
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-commit")
+        self._in_flight: Future[Outcome] | None = None
+
+    def commit(self, batch: Batch) -> None:
+        """Wait for the commit in flight (raising its error), then start this batch's."""
+        self.wait()
+        self._in_flight = self._worker.submit(self._ingestor.commit, batch)
+
+    def wait(self) -> None:
+        """Wait for the commit in flight, if any; raise its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def drain(self) -> list[Exception]:
+        """Wait for the commit in flight; its error, if it failed, instead of raising it."""
+        try:
+            self.wait()
+        except Exception as e:
+            return [e]
+        return []
+
+    def close(self) -> list[Exception]:
+        """Drain, then stop the worker thread."""
+        try:
+            return self.drain()
+        finally:
+            self._worker.shutdown(wait=True)
+
+
+@contextmanager
+def _startup_objects_frozen() -> Iterator[None]:
+    """What is alive now (torch, the model, the clients: ~200k objects) kept out of the garbage
+    collections while the consumer runs: it makes ~100 short-lived objects per state, and each
+    full collection would walk all of those startup objects again."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _copy(stats: IngestStats) -> IngestStats:

@@ -82,6 +82,7 @@ POOLS = ("max", "mean")
 """How a grid larger than its declared shape is reduced."""
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
+_EXACT_INT = 2**53
 _BOOL_TYPES = (bool, np.bool_)
 _SCHEMA_KEYS = ("version", "numeric", "categorical", "grids", "hashed_slots", "default")
 
@@ -253,6 +254,11 @@ class _Layout:
         self.slices[HASHED] = slice(offset, offset + schema.hashed_slots)
         self.dim = offset + schema.hashed_slots
         self.known = frozenset(self.slices) - {HASHED}
+        # Plain tuples for the per-state loop: (name, ...) without attribute lookups.
+        self.numeric_names = tuple(enumerate(f.name for f in schema.numeric))
+        self.category_slots = tuple(
+            (c.name, offset, index, len(c.values)) for c, offset, index in self.categories
+        )
 
 
 class _Accumulator:
@@ -263,6 +269,7 @@ class _Accumulator:
         self.hot: list[int] = []  # flat indices into the (n, dim) output set to 1
         self.slots: list[int] = []  # flat indices into the (n, hashed_slots) hashed block
         self.squashed: list[float] = []
+        self.grids_done: list[frozenset[int]] = []  # per grid field: states filled in bulk
 
 
 @dataclass(frozen=True)
@@ -367,9 +374,10 @@ class FeatureSchema:
         layout = self._layout
         out = np.zeros((len(states), layout.dim), dtype=np.float32)
         acc = _Accumulator(len(states), layout)
+        acc.grids_done = [_fill_grids(g, offset, states, out) for g, offset in layout.grids]
         for i, state in enumerate(states):
             try:
-                self._read(state, i, out[i], acc)
+                self._read(state, i, out, acc)
             except FeatureError as error:
                 on_error(i, error)
         self._write_numeric(out, acc)
@@ -377,28 +385,28 @@ class FeatureSchema:
         self._write_hashed(out, acc)
         return out
 
-    def _read(self, state: object, i: int, row: FloatArray, acc: _Accumulator) -> None:
-        """Check one state and take its values: numbers and slots into `acc`, grids into `row`."""
-        if not isinstance(state, Mapping):
+    def _read(self, state: object, i: int, out: FloatArray, acc: _Accumulator) -> None:
+        """Check state `i` and take its values: numbers and slots into `acc`, grids into `out`."""
+        if type(state) is not dict and not isinstance(state, Mapping):
             raise FeatureError(f"state must be a dict, got {_show(state)}")
-        layout = self._layout
+        layout, get, numbers = self._layout, state.get, acc.numbers
         base = i * layout.n_numeric
-        for j, f in enumerate(self.numeric):
-            value = state.get(f.name)
+        for j, name in layout.numeric_names:
+            value = get(name)
             if value is not None:
-                acc.numbers[base + j] = _number(f.name, value)
+                numbers[base + j] = _number(name, value)
         base = i * layout.dim
-        for c, offset, index in layout.categories:
-            value = state.get(c.name)
+        for name, offset, index, other in layout.category_slots:
+            value = get(name)
             if value is None:
                 continue
             if not isinstance(value, str):
-                raise FeatureError(f"field {c.name!r}: expected a string, got {_show(value)}")
-            acc.hot.append(base + offset + index.get(value, len(c.values)))
-        for g, offset in layout.grids:
-            value = state.get(g.name)
+                raise FeatureError(f"field {name!r}: expected a string, got {_show(value)}")
+            acc.hot.append(base + offset + index.get(value, other))
+        for (g, offset), done in zip(layout.grids, acc.grids_done, strict=True):
+            value = None if i in done else state.get(g.name)
             if value is not None:
-                row[offset : offset + g.width] = _fit_grid(g, value).ravel()
+                out[i, offset : offset + g.width] = _fit_grid(g, value).ravel()
         if self.hashed_slots:
             self._read_unknown(state, i, acc)
 
@@ -549,6 +557,10 @@ def default_schema() -> FeatureSchema:
 
 def _number(name: str, value: object) -> float:
     """`value` as a finite float, or a FeatureError naming `name` and the value."""
+    if type(value) is float and math.isfinite(value):  # the common cases first, same result
+        return value
+    if type(value) is int and -_EXACT_INT < value < _EXACT_INT:
+        return float(value)
     if isinstance(value, _BOOL_TYPES):
         return float(value)
     if not isinstance(value, _NUMBER_TYPES):
@@ -560,6 +572,52 @@ def _number(name: str, value: object) -> float:
     if not math.isfinite(x):
         raise FeatureError(f"field {name!r}: {_show(value)} is not a finite number")
     return x
+
+
+def _fill_grids(
+    g: GridField, offset: int, states: Sequence[object], out: FloatArray
+) -> frozenset[int]:
+    """Write the grids of many states in one numpy conversion; the indices of those written.
+
+    Only grids that `_fit_grid` takes as they are (lists of `g.shape` rows and columns, checked
+    before numpy sees them, of finite numbers) and only when numpy reads all of them as one int,
+    bool or float array: every cell is then converted as `_fit_grid` converts it. Any other
+    grid (another shape, a bad cell, the {"grid": ...} form) is left to `_fit_grid`, state by
+    state, with its checks and errors.
+    """
+    rows, cols = g.shape
+    index = [
+        i
+        for i, state in enumerate(states)
+        if type(state) is dict and _plain_grid(state.get(g.name), rows, cols)
+    ]
+    if not index:
+        return frozenset()
+    try:
+        cells = np.array([states[i][g.name] for i in index])  # type: ignore[index]
+    except Exception:  # ragged, too deep...: each grid gets its own check and message
+        return frozenset()
+    if cells.shape != (len(index), *g.shape) or cells.dtype.kind not in "bif":
+        return frozenset()
+    flat = cells.reshape(len(index), g.width)
+    if cells.dtype.kind == "f":
+        finite = np.isfinite(flat).all(axis=1)
+        if not finite.all():  # those grids are refused by _fit_grid, with the cell
+            index = [i for i, ok in zip(index, finite.tolist(), strict=True) if ok]
+            flat = flat[finite]
+    scaled = np.clip((flat.astype(np.float64) - g.min) / (g.max - g.min), 0.0, 1.0)
+    out[index, offset : offset + g.width] = scaled
+    return frozenset(index)
+
+
+def _plain_grid(value: object, rows: int, cols: int) -> bool:
+    """Whether `value` is a list of `rows` lists of `cols` items, the first not a list."""
+    return (
+        type(value) is list
+        and len(value) == rows
+        and all(type(row) is list and len(row) == cols for row in value)
+        and type(value[0][0]) is not list
+    )
 
 
 def _fit_grid(g: GridField, value: object) -> npt.NDArray[np.float64]:

@@ -4,11 +4,14 @@ A batch is read with XREADGROUP (new entries, or this consumer's own pending one
 over with XAUTOCLAIM, then handled in two steps:
 
 - `Ingestor.prepare`: CPU only, no Redis. Decode every entry (the stream protocol), featurize
-  the good ones together, encode them together, and build their STM records. An entry that
-  breaks the protocol or the feature schema becomes a dead letter with the reason.
+  the good ones together, encode them together, build their STM records, and pack the batch's
+  MULTI/EXEC. An entry that breaks the protocol or the feature schema, or whose record the
+  store refuses, becomes a dead letter with the reason.
 - `Ingestor.commit`: I/O only. The records, the dead letters and the XACK of every id of the
-  batch go out in one MULTI/EXEC, so an entry is either stored (or dead-lettered) and acked,
-  or neither and still pending.
+  batch go out in that one MULTI/EXEC, so an entry is either stored (or dead-lettered) and
+  acked, or neither and still pending. It sends the packed bytes and reads the replies itself
+  (not through redis-py's pipeline): little Python runs there, so a commit on another thread
+  (the daemon's) hardly competes with the next batch's prepare for the GIL.
 
 Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
 keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
@@ -28,7 +31,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,8 +39,14 @@ import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
+from redis.utils import HIREDIS_AVAILABLE
+
+if HIREDIS_AVAILABLE:
+    import hiredis
+    from redis.connection import HiredisRespSerializer
 
 from .constants import TIERS, Keys
 from .engine import EmbeddingEngine, action_to_state
@@ -72,6 +81,7 @@ Message = tuple[Any, Fields | None]
 """(entry id, fields) as XREADGROUP/XAUTOCLAIM return it; empty or None: entry deleted."""
 
 _consumer_numbers = itertools.count(1)
+_BUFFER_CUTOFF = 6000  # redis-py's: larger arguments stay separate chunks
 
 
 def default_consumer_name() -> str:
@@ -94,6 +104,37 @@ def consumer_client(url: str, settings: Settings, name: str | None = None) -> re
         socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT_S,
         client_name=name,
     )
+
+
+def _command_packer(client: redis.Redis) -> Any:
+    """What packs commands into RESP: hiredis (as below) if installed, else redis-py's own."""
+    if HIREDIS_AVAILABLE:
+        return _HiredisPacker()
+    return PythonRespSerializer(_BUFFER_CUTOFF, client.get_encoder().encode)
+
+
+class _HiredisPacker:
+    """redis-py's hiredis packer minus its pass over every argument of every command.
+
+    That pass turns bytearrays and memoryviews into bytes (hiredis takes memoryviews as they
+    are) and splits command names like 'CLIENT SETNAME'; a commit packs ~20 arguments per
+    record, so it cost more than the packing itself. Any command hiredis refuses, or whose name
+    needs splitting, goes through redis-py's packer, which packs it or raises as before.
+    """
+
+    def __init__(self) -> None:
+        self._redis_py = HiredisRespSerializer()
+
+    def pack(self, *args: Any) -> list[bytes]:
+        """The RESP bytes of one command."""
+        name = args[0]
+        if type(name) is str and " " not in name:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:  # a bytearray, bool, None...
+                pass
+        packed: list[bytes] = self._redis_py.pack(*args)
+        return packed
 
 
 @dataclass(frozen=True)
@@ -121,6 +162,22 @@ class Batch:
     sources: Mapping[str, Fields] = field(default_factory=dict)
     """The stream fields of each record's entry, for a dead letter if the store refuses it."""
     prepare_s: float = 0.0
+    transaction: Transaction | None = None
+    """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A batch's MULTI/EXEC, packed: what `commit` sends and what it will have done."""
+
+    payload: bytes
+    """MULTI, the queued commands and EXEC, in RESP."""
+    commands: list[tuple[Any, ...]]
+    """The queued commands, in order (for error messages)."""
+    stored: int
+    """Records it writes: those the store accepted."""
+    dead_letters: list[DeadLetter]
+    """Dead letters it adds: the batch's, then the records the store refused."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +263,7 @@ class Ingestor:
         self.keys = Keys(settings.prefix)
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
+        self._packer = _command_packer(client)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -231,6 +289,10 @@ class Ingestor:
     def read_new(self) -> list[Message]:
         """Up to batch_size entries never delivered to the group, waiting up to block_ms."""
         return self._read(">", self.settings.block_ms)
+
+    def read_ready(self) -> list[Message]:
+        """Up to batch_size entries never delivered to the group, of those there now: no wait."""
+        return self._read(">", None)
 
     def read_pending(self, after: str = "0") -> list[Message]:
         """Up to batch_size of this consumer's own delivered but unacked entries after `after`.
@@ -302,7 +364,9 @@ class Ingestor:
             vectors = self.engine.encode_features(features)[STM]  # (len(good), stm_dim)
             records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
-        return Batch(split.ids, records, split.dead, sources, time.perf_counter() - start)
+        batch = Batch(split.ids, records, split.dead, sources)
+        transaction = self._transaction(batch) if batch.ids else None
+        return replace(batch, prepare_s=time.perf_counter() - start, transaction=transaction)
 
     def commit(self, batch: Batch) -> Outcome:
         """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
@@ -313,29 +377,71 @@ class Ingestor:
         start = time.perf_counter()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
-        with self.client.pipeline(transaction=True) as pipe:
-            stored, dead = self._queue_records(pipe, batch)
-            for letter in dead:
-                pipe.xadd(
-                    self.keys.dead_letters,
-                    letter.stream_fields(self.consumer),
-                    maxlen=self.dead_letter_maxlen,
-                    approximate=True,
-                )
-            pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
-            try:
-                replies = pipe.execute()
-            except redis.RedisError as e:
-                raise StoreError(
-                    f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]}) "
-                    f"failed: {e}"
-                ) from e
-        outcome = Outcome(len(stored), len(dead), int(replies[-1]), time.perf_counter() - start)
+        transaction = batch.transaction or self._transaction(batch)
+        try:
+            replies = self._execute(transaction)
+        except redis.RedisError as e:
+            raise StoreError(
+                f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]}) failed: {e}"
+            ) from e
+        dead = transaction.dead_letters
+        outcome = Outcome(
+            transaction.stored, len(dead), int(replies[-1]), time.perf_counter() - start
+        )
         self.stats.add(batch, outcome)
         self._log(batch, outcome, dead)
         return outcome
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _transaction(self, batch: Batch) -> Transaction:
+        """The batch's MULTI/EXEC: its records (or dead letters for those the store refuses),
+        its dead letters and the XACK of all its ids, packed. No Redis."""
+        pipe = self.client.pipeline(transaction=True)  # collects the commands; never executed
+        stored, dead = self._queue_records(pipe, batch)
+        for letter in dead:
+            pipe.xadd(
+                self.keys.dead_letters,
+                letter.stream_fields(self.consumer),
+                maxlen=self.dead_letter_maxlen,
+                approximate=True,
+            )
+        pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
+        commands = [args for args, _ in pipe.command_stack]
+        pack = self._packer.pack
+        payload = b"".join(
+            [chunk for args in (("MULTI",), *commands, ("EXEC",)) for chunk in pack(*args)]
+        )
+        return Transaction(payload, commands, len(stored), dead)
+
+    def _execute(self, transaction: Transaction) -> list[Any]:
+        """Send a packed MULTI/EXEC and read its replies; EXEC's, one per queued command.
+
+        redis-py's pipeline would pack it here, on the commit's thread, and parse every reply
+        through several Python calls; the daemon prepares the next batch meanwhile, and both
+        compete for the GIL.
+
+        Raises:
+            redis.RedisError: the link failed, or Redis refused or failed a command.
+        """
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([transaction.payload])
+            for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
+                connection.read_response()
+            replies = connection.read_response()  # EXEC
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reuse the link
+            raise
+        finally:
+            pool.release(connection)
+        if not isinstance(replies, list) or len(replies) != len(transaction.commands):
+            raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
+        for args, reply in zip(transaction.commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise redis.ResponseError(f"{args[0]} {_text(args[1])} failed: {reply}")
+        return replies
 
     def _featurize(
         self, states: Sequence[Mapping[str, Any]]

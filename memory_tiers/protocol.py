@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .errors import EntryError
 
@@ -27,6 +30,17 @@ UNKNOWN_STEP = -1
 
 MAX_AGENT_ID_LENGTH = 256
 """Longest agent_id accepted; ids are TAG values and key parts."""
+
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+# Where orjson and json could disagree, json parses: orjson reads an integer beyond 64 bits as
+# a float (json: an int), so a run of 19 or more digits (10**18 < 2**63) goes to json; and it
+# nests up to 1024 deep where json (and so the readers of the stored state) may hit Python's
+# recursion limit first, so a state with over _MAX_FAST_BRACKETS '[' and '{' goes to json too.
+# One bytes.translate maps digits to b"0", both brackets to b"[" and the rest to b" ".
+_FAST_CHECK_TABLE = bytes(48 if 48 <= i <= 57 else 91 if i in (91, 123) else 32 for i in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+_MAX_FAST_BRACKETS = 512
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,15 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
     Raises:
         EntryError: naming the field that is missing or malformed.
     """
-    text = {_text(k): _text(v) for k, v in fields.items()}
+    try:
+        text = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in fields.items()
+        }
+    except UnicodeDecodeError:
+        text = {_text(k): _text(v) for k, v in fields.items()}  # raises, naming the field
     agent_id = text.get("agent_id", "")
     if not agent_id:
         raise EntryError("agent_id is missing or empty")
@@ -113,7 +135,7 @@ def tag_problem(value: object) -> str | None:
         return "is empty"
     if value != value.strip():
         return "has leading or trailing whitespace"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL_CHARACTER.search(value):
         return "contains a control character"
     return None
 
@@ -135,13 +157,24 @@ def _text(value: Any) -> str:
 def _state(raw: str | None) -> dict[str, Any]:
     if raw is None:
         raise EntryError("state is missing")
-    try:
-        state = json.loads(raw, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as e:
-        raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
+    state = _loads(raw)
     if not isinstance(state, dict):
         raise EntryError(f"state must be a JSON object, got {type(state).__name__}")
     return state
+
+
+def _loads(raw: str) -> Any:
+    """The parsed JSON: orjson where it agrees with json, else json (and json's errors)."""
+    shape = raw.encode("utf-8", "surrogatepass").translate(_FAST_CHECK_TABLE)
+    if _LONG_DIGIT_RUN not in shape and shape.count(b"[") <= _MAX_FAST_BRACKETS:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # NaN, a BOM, a lone surrogate...: json decides, and words the error
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
 
 
 def _refuse_constant(name: str) -> Any:

@@ -216,12 +216,12 @@ class TierStore:
         """
         settings = self._tier(tier)
         # Encode all first: a bad record leaves nothing queued on the caller's pipeline.
-        encoded = [(record, _encode_record(settings, record)) for record in records]
+        commands = _hset_commands(self.keys.record_prefix(settings.name), settings, records)
         scores: dict[str, int] = {}
         by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
-        for record, mapping in encoded:
-            key = self.keys.record(settings.name, record.entry_id)
-            pipe.hset(key, mapping=mapping)
+        for record, command in zip(records, commands, strict=True):
+            pipe.execute_command(*command)
+            key = command[1]
             scores[key] = by_agent[record.agent_id][key] = int(record.ts)
         if not scores:
             return
@@ -490,6 +490,78 @@ def _encode_record(tier: TierSettings, record: MemoryRecord) -> dict[FieldT, Enc
     if record.state_json is not None:
         mapping[STATE_FIELD] = record.state_json
     return mapping
+
+
+def _hset_commands(
+    prefix: str, tier: TierSettings, records: Sequence[MemoryRecord]
+) -> list[tuple[Any, ...]]:
+    """One flat `HSET key field value ...` per record, the fields of `_encode_record`.
+
+    The checks of `_encode_record`, done once per batch where they can be (vectors converted
+    together, each TAG value checked once); if any record fails one, every record goes through
+    `_encode_record` in order, so the error is the one it raises first.
+
+    Raises:
+        ValueError: as `_encode_record`, for the first record that does not fit.
+    """
+    vectors = _batch_vector_bytes(tier, records)
+    good_tags: set[str] = set()
+    commands: list[tuple[Any, ...]] = []
+    for record, vector in zip(records, vectors or (), strict=False):
+        entry_id, importance = record.entry_id, record.importance
+        tags = (record.agent_id, record.agent_type, record.model_version)
+        if (
+            type(entry_id) is not str
+            or not entry_id
+            or not all(
+                type(tag) is str and (tag in good_tags or _good_tag(tag, good_tags)) for tag in tags
+            )
+            or not math.isfinite(importance)
+        ):
+            break
+        command: tuple[Any, ...] = (
+            "HSET", prefix + entry_id,
+            "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
+            "step", int(record.step), "ts", int(record.ts), "importance", float(importance),
+            VECTOR_FIELD, vector,
+        )  # fmt: skip
+        if record.state_json is not None:
+            command += (STATE_FIELD, record.state_json)
+        commands.append(command)
+    if len(commands) == len(records):
+        return commands
+    # Some record is refused: raise exactly what the record-by-record encoding raises.
+    slow = [_encode_record(tier, record) for record in records]
+    return [  # only reached if the fast checks were stricter than the slow ones
+        ("HSET", prefix + r.entry_id, *(x for pair in m.items() for x in pair))
+        for r, m in zip(records, slow, strict=True)
+    ]
+
+
+def _good_tag(value: str, good: set[str]) -> bool:
+    """Whether `value` is a storable TAG value; remembered in `good` when it is."""
+    if tag_problem(value):
+        return False
+    good.add(value)
+    return True
+
+
+def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> list[bytes] | None:
+    """Every record's vector as `_vector_bytes` makes it, converted together; None if any is
+    not a finite (dim,) vector (or the vectors do not stack)."""
+    if not records:
+        return []
+    try:
+        array = np.asarray([record.vector for record in records], dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    if array.shape != (len(records), tier.dim):
+        return None
+    with np.errstate(over="ignore"):
+        stored = array.astype(_DTYPES[tier.datatype])
+    if not np.isfinite(stored).all():
+        return None
+    return [row.tobytes() for row in stored]
 
 
 def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
