@@ -56,10 +56,10 @@ from typing import Any
 
 import numpy as np
 import redis
+from machine import machine
 
 from memory_tiers import (
     TIERS,
-    EmbeddedRedis,
     Keys,
     MemoryRecord,
     Settings,
@@ -67,6 +67,7 @@ from memory_tiers import (
     encode_entry,
     simulate_states,
 )
+from memory_tiers.server import redis_url
 from memory_tiers.store import STATE_FIELD, VECTOR_FIELD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,26 +80,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- machine and Redis -------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo."""
-    with suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-@contextmanager
-def redis_url() -> Iterator[str]:
-    """MT_REDIS_URL, or an embedded Redis's URL while the context lasts."""
-    url = os.environ.get("MT_REDIS_URL")
-    if url:
-        yield url
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 def clean(client: redis.Redis, prefix: str) -> None:
@@ -585,12 +566,12 @@ def main() -> None:
         model_path = ROOT / model_path
     base = replace(base, model_path=str(model_path), batch_size=args.batch_size)
     print(
-        f"{os.cpu_count()} x {cpu_name()}, Python {platform.python_version()}, "
+        f"{machine()}, Python {platform.python_version()}, "
         f"redis-py {redis.__version__}, hiredis {'yes' if _has_hiredis() else 'no'}; "
         f"N={args.states:,}, batch {args.batch_size}, daemons {args.daemons}",
         flush=True,
     )
-    with redis_url() as url:
+    with redis_url(Settings.from_env()) as url:
         client = redis.Redis.from_url(url)
         base = dataclasses.replace(base, redis_url=url)
         try:
