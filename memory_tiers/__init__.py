@@ -1,6 +1,8 @@
 """memory_tiers: a Redis-native memory tier server for agents."""
 
+from .client import AgentMemory, MemoryClient, MergedHit, Recall
 from .constants import TIERS, Keys
+from .daemon import Daemon
 from .engine import EmbeddingEngine, Reconstruction, action_to_state
 from .errors import (
     ConfigError,
@@ -21,6 +23,7 @@ from .features import (
 )
 from .model import ModelConfig, StateAutoencoder
 from .protocol import StreamEntry, decode_entry, encode_entry
+from .scheduler import ConsolidationScheduler
 from .server import EmbeddedRedis
 from .settings import Settings, TierSettings
 from .sim import Simulation, collect_training_data, simulate_states
@@ -37,10 +40,13 @@ from .train import (
 __all__ = [
     "DEFAULT_SCHEMA",
     "TIERS",
+    "AgentMemory",
     "AutoencoderTrainer",
     "CategoricalField",
     "Checkpoint",
     "ConfigError",
+    "ConsolidationScheduler",
+    "Daemon",
     "EmbeddedRedis",
     "EmbeddingEngine",
     "EntryError",
@@ -49,11 +55,14 @@ __all__ = [
     "GridField",
     "Hit",
     "Keys",
+    "MemoryClient",
     "MemoryRecord",
     "MemoryTiersError",
+    "MergedHit",
     "ModelConfig",
     "ModelError",
     "NumericField",
+    "Recall",
     "Reconstruction",
     "ServerError",
     "Settings",
