@@ -58,21 +58,29 @@ def main(ctx: click.Context, /, log_level: str, **values: Any) -> None:
         raise click.UsageError(str(e)) from e
 
 
-def _wait_for_signal(process_alive: Callable[[], bool]) -> str:
-    """Block until SIGINT or SIGTERM arrives, or the watched process dies; say which."""
-    stop = threading.Event()
-    received: list[str] = []
+class _StopSignals:
+    """SIGINT and SIGTERM handlers that only note the signal.
 
-    def handle(signum: int, _frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
+    Installed before the server starts, so a signal sent as soon as the URL is printed is
+    never lost to the default handler.
+    """
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handle)
-    while not stop.wait(0.5):
-        if not process_alive():
-            return "redis-server exited"
-    return received[0]
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._name = ""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self._name = signal.Signals(signum).name
+        self._event.set()
+
+    def wait(self, process_alive: Callable[[], bool]) -> str:
+        """Block until a signal arrives or the watched process dies; say which."""
+        while not self._event.wait(0.5):
+            if not process_alive():
+                return "redis-server exited"
+        return self._name
 
 
 @main.command("redis")
@@ -87,6 +95,7 @@ def _wait_for_signal(process_alive: Callable[[], bool]) -> str:
 def redis_command(settings: Settings, port: int | None, data_dir: str | None) -> None:
     """Run the embedded search-enabled Redis in the foreground and print its URL."""
     server = EmbeddedRedis(settings.redis_server, settings.redis_modules, data_dir, port)
+    signals = _StopSignals()
     try:
         server.start()
     except MemoryTiersError as e:
@@ -94,9 +103,7 @@ def redis_command(settings: Settings, port: int | None, data_dir: str | None) ->
     try:
         click.echo(server.url, nl=True)
         click.echo(f"export MT_REDIS_URL={server.url}   # Ctrl-C stops it", err=True)
-        reason = _wait_for_signal(
-            lambda: server.process is not None and server.process.poll() is None
-        )
+        reason = signals.wait(lambda: server.process is not None and server.process.poll() is None)
         click.echo(f"stopping ({reason})", err=True)
     finally:
         server.stop()
