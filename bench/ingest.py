@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import logging
 import multiprocessing as mp
@@ -48,8 +47,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ from memory_tiers import (
     encode_entry,
     simulate_states,
 )
+from memory_tiers.daemon import frozen_heap
 from memory_tiers.server import redis_url
 from memory_tiers.store import STATE_FIELD, VECTOR_FIELD
 
@@ -129,19 +129,6 @@ def wait_for_background_saves(client: redis.Redis, timeout_s: float = 120.0) -> 
         if not info.get("aof_rewrite_in_progress") and not info.get("rdb_bgsave_in_progress"):
             return
         time.sleep(0.1)
-
-
-@contextmanager
-def frozen_heap() -> Iterator[None]:
-    """The objects built so far (the prepared commands or entries: about a million) moved out
-    of the garbage collector's sight while a client is timed; its full collections over them
-    cost this process tens of milliseconds each, and when they fall varies from run to run."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def num_docs(client: redis.Redis, index: str) -> int:

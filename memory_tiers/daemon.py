@@ -249,7 +249,7 @@ class Daemon:
                 )  # fmt: skip
                 if self._set_up(ingestor):
                     self._started.set()
-                    with self._consolidation(engine), _startup_objects_frozen():
+                    with self._consolidation(engine), frozen_heap():
                         self._consume(ingestor)
         finally:
             client.close()
@@ -470,10 +470,13 @@ class _CommitLane:
 
 
 @contextmanager
-def _startup_objects_frozen() -> Iterator[None]:
-    """What is alive now (torch, the model, the clients: ~200k objects) kept out of the garbage
-    collections while the consumer runs: it makes ~100 short-lived objects per state, and each
-    full collection would walk all of those startup objects again."""
+def frozen_heap() -> Iterator[None]:
+    """What is alive now kept out of the garbage collections while the block runs.
+
+    The daemon freezes its startup objects (torch, the model, the clients: ~200k objects): it
+    makes ~100 short-lived objects per state, and each full collection would walk all of those
+    startup objects again. The benches freeze their prepared inputs the same way.
+    """
     gc.collect()
     gc.freeze()
     try:
