@@ -1,9 +1,15 @@
-"""memory_tiers: a Redis-native memory tier server for agents."""
+"""memory_tiers: a Redis-native memory tier server for agents.
 
-from .client import AgentMemory, MemoryClient, MergedHit, Recall
+The exports load on first use (PEP 562), so a command such as `memory-tiers check` does not
+import torch; `from memory_tiers import MemoryClient` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .constants import TIERS, Keys
-from .daemon import Daemon
-from .engine import EmbeddingEngine, Reconstruction, action_to_state
 from .errors import (
     ConfigError,
     EntryError,
@@ -13,29 +19,85 @@ from .errors import (
     ServerError,
     StoreError,
 )
-from .features import (
-    DEFAULT_SCHEMA,
-    CategoricalField,
-    FeatureSchema,
-    GridField,
-    NumericField,
-    default_schema,
-)
-from .model import ModelConfig, StateAutoencoder
-from .protocol import StreamEntry, decode_entry, encode_entry
-from .scheduler import ConsolidationScheduler
-from .server import EmbeddedRedis
 from .settings import Settings, TierSettings
-from .sim import Simulation, collect_training_data, simulate_states
-from .store import Hit, MemoryRecord, TierStore
-from .train import (
-    AutoencoderTrainer,
-    Checkpoint,
-    TrainConfig,
-    load_checkpoint,
-    save_checkpoint,
-    train_autoencoder_pipeline,
-)
+
+if TYPE_CHECKING:
+    from .client import AgentMemory, MemoryClient, MergedHit, Recall
+    from .daemon import Daemon
+    from .engine import EmbeddingEngine, Reconstruction, action_to_state
+    from .features import (
+        DEFAULT_SCHEMA,
+        CategoricalField,
+        FeatureSchema,
+        GridField,
+        NumericField,
+        default_schema,
+    )
+    from .model import ModelConfig, StateAutoencoder
+    from .protocol import StreamEntry, decode_entry, encode_entry
+    from .scheduler import ConsolidationScheduler
+    from .server import EmbeddedRedis
+    from .sim import Simulation, collect_training_data, simulate_states
+    from .store import Hit, MemoryRecord, TierStore
+    from .train import (
+        AutoencoderTrainer,
+        Checkpoint,
+        TrainConfig,
+        load_checkpoint,
+        save_checkpoint,
+        train_autoencoder_pipeline,
+    )
+
+_LAZY = {
+    "AgentMemory": "client",
+    "MemoryClient": "client",
+    "MergedHit": "client",
+    "Recall": "client",
+    "Daemon": "daemon",
+    "EmbeddingEngine": "engine",
+    "Reconstruction": "engine",
+    "action_to_state": "engine",
+    "DEFAULT_SCHEMA": "features",
+    "CategoricalField": "features",
+    "FeatureSchema": "features",
+    "GridField": "features",
+    "NumericField": "features",
+    "default_schema": "features",
+    "ModelConfig": "model",
+    "StateAutoencoder": "model",
+    "StreamEntry": "protocol",
+    "decode_entry": "protocol",
+    "encode_entry": "protocol",
+    "ConsolidationScheduler": "scheduler",
+    "EmbeddedRedis": "server",
+    "Simulation": "sim",
+    "collect_training_data": "sim",
+    "simulate_states": "sim",
+    "Hit": "store",
+    "MemoryRecord": "store",
+    "TierStore": "store",
+    "AutoencoderTrainer": "train",
+    "Checkpoint": "train",
+    "TrainConfig": "train",
+    "load_checkpoint": "train",
+    "save_checkpoint": "train",
+    "train_autoencoder_pipeline": "train",
+}
+"""Each lazy export and the module that defines it."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DEFAULT_SCHEMA",

@@ -16,13 +16,12 @@ import redis
 
 from .constants import Keys
 from .errors import MemoryTiersError
+from .logs import LogFormat, configure_logging
 from .server import EmbeddedRedis
-from .settings import Settings, env_var
+from .settings import Settings, env_var, redact_url
 
 if TYPE_CHECKING:  # torch loads only for the commands that use it
     from .train import Checkpoint
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,11 +46,19 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--log-format",
+    envvar="MT_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line, for a log pipeline",
+)
 @settings_options
 @click.pass_context
-def main(ctx: click.Context, /, log_level: str, **values: Any) -> None:
+def main(ctx: click.Context, /, log_level: str, log_format: LogFormat, **values: Any) -> None:
     """Redis-native memory tiers for agents: states in, KNN recall out."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    configure_logging(log_level, log_format)
     try:
         ctx.obj = Settings.from_mapping(values)
     except MemoryTiersError as e:
@@ -443,6 +450,35 @@ def serve(
     raise SystemExit(code)
 
 
+@main.command("init")
+@click.pass_obj
+def init_command(settings: Settings) -> None:
+    """Create the tier indexes and the consumer group when missing, then exit.
+
+    Daemons and clients do this themselves; run it once as an admin user when the service's
+    ACL user may not FT.CREATE (README, Security). Safe to repeat.
+    """
+    from .constants import TIERS
+    from .ingest import ensure_group
+    from .store import TierStore
+
+    if not settings.redis_url:
+        raise click.UsageError("init needs MT_REDIS_URL (or memory-tiers --redis-url URL init)")
+    keys = Keys(settings.prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        TierStore(client, settings).ensure_indexes()
+        created = ensure_group(client, keys)
+    except MemoryTiersError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        client.close()
+    click.echo(
+        f"indexes {', '.join(keys.index(t) for t in TIERS)} ready; consumer group {keys.group} "
+        f"on {keys.stream} {'created' if created else 'already there'}"
+    )
+
+
 # -- consolidate -------------------------------------------------------------------------------
 
 CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
@@ -510,3 +546,177 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
         raise click.ClickException(
             f"not run, their lock stayed held by another process: {', '.join(busy)}"
         )
+
+
+# -- check and stats ---------------------------------------------------------------------------
+
+CHECK_TIMEOUT_S = 5.0
+"""How long `check` and `stats` wait for Redis."""
+
+
+def _status_client(settings: Settings) -> redis.Redis:
+    assert settings.redis_url is not None  # the commands check it first
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+    )
+
+
+@main.command("check")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="only a daemon on this host counts as alive (a container's own healthcheck)",
+)
+@click.pass_obj
+def check_command(settings: Settings, local: bool) -> None:
+    """Health check: exit 0 if a daemon is alive and the lag is at most MT_MAX_LAG, else 1.
+
+    Alive: its heartbeat key exists (the consumer loop rewrites it every MT_HEARTBEAT_TTL_S/3).
+    Lag: stream entries not yet delivered to the daemons' group. Prints one line: why not, or
+    what is healthy. For Docker HEALTHCHECK, compose healthchecks and monitoring probes.
+    """
+    import socket
+
+    from .status import health_problem, snapshot
+
+    if not settings.redis_url:
+        click.echo("unhealthy: no Redis to check: set MT_REDIS_URL (or --redis-url)")
+        raise SystemExit(1)
+    keys = Keys(settings.prefix)
+    client = _status_client(settings)
+    try:
+        status = snapshot(client, keys, count_lag_up_to=settings.max_lag + 1)
+    except redis.RedisError as e:
+        click.echo(f"unhealthy: cannot read Redis at {redact_url(settings.redis_url)}: {e}")
+        raise SystemExit(1) from e
+    finally:
+        client.close()
+    if local:
+        host = socket.gethostname()
+        beats = [beat for beat in status.heartbeats if beat.host == host]
+        status = dataclasses.replace(status, heartbeats=beats)
+    problem = health_problem(status, keys, settings.max_lag)
+    if problem:
+        where = f" on this host ({socket.gethostname()})" if local else ""
+        click.echo(f"unhealthy{where}: {problem}")
+        raise SystemExit(1)
+    daemons = ", ".join(beat.consumer for beat in status.heartbeats)
+    click.echo(
+        f"ok: {len(status.heartbeats)} live daemon(s) ({daemons}); lag {status.stream.lag} "
+        f"(max {settings.max_lag}), pending {status.stream.pending}"
+    )
+
+
+TIER_COLUMNS = ("tier", "memories", "agents")
+STREAM_COLUMNS = ("stream", "length", "lag", "pending", "dead letters", "consumers")
+DAEMON_COLUMNS = ("daemon", "host", "pid", "model", "up", "stored", "dead letters", "heartbeat")
+AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
+
+
+@main.command("stats")
+@click.option(
+    "--top", default=10, show_default=True, type=click.IntRange(min=0), help="agents listed"
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="also draw tier sizes and ingest rate over time (the daemons' series) to this PNG",
+)
+@click.pass_obj
+def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
+    """Print tier sizes, the stream's lag and dead letters, live daemons and the top agents.
+
+    Per-agent counts read every agent's time index: linear in the number of agents.
+    """
+    from .constants import TIERS
+    from .status import agent_counts, series, snapshot, top_agents
+
+    if not settings.redis_url:
+        raise click.UsageError(
+            "stats needs MT_REDIS_URL (or memory-tiers --redis-url URL stats): the Redis the "
+            "daemons use"
+        )
+    keys = Keys(settings.prefix)
+    client = _status_client(settings)
+    try:
+        status = snapshot(client, keys)
+        counts = agent_counts(client, keys) if top else {}
+        samples = series(client, keys) if plot_path else []
+    except redis.RedisError as e:
+        raise click.ClickException(
+            f"cannot read Redis at {redact_url(settings.redis_url)}: {e}"
+        ) from e
+    finally:
+        client.close()
+    agents_per_tier = {tier: sum(1 for n in counts.values() if n[tier]) for tier in TIERS}
+    tier_rows = [
+        (tier, str(size), str(agents_per_tier[tier]) if top else "-")
+        for tier, size in status.tiers.items()
+    ]
+    stream = status.stream
+    stream_rows = [
+        (
+            keys.stream,
+            str(stream.length),
+            "-" if stream.lag is None else str(stream.lag),
+            str(stream.pending),
+            str(stream.dead_letters),
+            str(stream.consumers),
+        )
+    ]
+    daemon_rows = [
+        (
+            beat.consumer,
+            beat.host,
+            str(beat.pid),
+            beat.model_version,
+            _duration(status.at - beat.started_at),
+            str(beat.stored),
+            str(beat.dead_letters),
+            f"{max(0.0, status.at - beat.at):.1f} s ago",
+        )
+        for beat in status.heartbeats
+    ]
+    sections = [
+        _table(TIER_COLUMNS, tier_rows, numeric={1, 2}),
+        _table(STREAM_COLUMNS, stream_rows, numeric=range(1, 6)),
+        _table(DAEMON_COLUMNS, daemon_rows, numeric={2, 5, 6})
+        if daemon_rows
+        else "no live daemon (no heartbeat key)",
+    ]
+    agents = top_agents(counts, top)
+    if agents:
+        agent_rows = [
+            (agent, *(str(n[tier]) for tier in TIERS), str(sum(n.values()))) for agent, n in agents
+        ]
+        sections.append(_table(AGENT_COLUMNS, agent_rows, numeric=range(1, 5)))
+    click.echo("\n\n".join(sections))
+    if plot_path:
+        _plot_series(samples, plot_path, keys)
+
+
+def _plot_series(samples: Sequence[Any], path: str, keys: Keys) -> None:
+    from .plots import plot_service_series
+
+    if not samples:
+        raise click.ClickException(
+            f"no samples in {keys.stats_series} yet: a running daemon adds one every "
+            "MT_STATS_INTERVAL_S"
+        )
+    plot_service_series(samples, path, f"memory tiers ({len(samples)} samples)")
+    click.echo(f"\nwrote {path} ({len(samples)} samples)")
+
+
+def _duration(seconds: float) -> str:
+    """'3d04h', '2h05m', '4m10s' or '12s'."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

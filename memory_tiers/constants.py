@@ -62,3 +62,17 @@ class Keys:
     def lock(self, job: str) -> str:
         """Lock held by whichever daemon runs a scheduled job."""
         return f"{self.prefix}:lock:{job}"
+
+    def heartbeat(self, consumer: str) -> str:
+        """Key a live daemon rewrites with a TTL: its heartbeat, a JSON object."""
+        return f"{self.prefix}:heartbeat:{consumer}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        """SCAN pattern of every daemon's heartbeat key."""
+        return f"{self.prefix}:heartbeat:*"
+
+    @property
+    def stats_series(self) -> str:
+        """List of JSON samples (tier sizes, stream counters), oldest first, capped."""
+        return f"{self.prefix}:stats:series"

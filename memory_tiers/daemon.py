@@ -14,6 +14,9 @@ and once when it ends, and followed by a re-read of the own pending entries.
 Stop: SIGTERM, SIGINT or `request_stop()` lets the batches in hand (the one committing, the
 one read ahead) finish and be acked, then `run()` returns 0. A second signal exits at once
 (128 + the signal number); what was read and not acked is delivered again later.
+Between batches the loop rewrites the daemon's heartbeat key and, once per stats_interval_s
+across all daemons, appends a sample to the stats series (status.py); with metrics_port set,
+a Prometheus endpoint serves its counters and the service's gauges (metrics.py).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import gc
 import logging
 import os
 import signal
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from types import FrameType
 import redis
 import torch
 
+from .constants import Keys
 from .engine import EmbeddingEngine
 from .errors import ConfigError, ModelError, StoreError
 from .ingest import (
@@ -45,8 +51,20 @@ from .ingest import (
     consumer_client,
     default_consumer_name,
 )
-from .scheduler import ConsolidationScheduler
+from .metrics import DaemonMetrics
+from .scheduler import ConsolidationScheduler, JobRun
 from .settings import Settings, env_var
+from .status import (
+    HEARTBEATS_PER_TTL,
+    Heartbeat,
+    Sample,
+    add_sample,
+    beat,
+    clear_heartbeat,
+    sample_due,
+    stream_status,
+    tier_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +90,12 @@ EXIT_REFUSED = 2
 """What `memory-tiers serve` exits with when the model or the indexes do not fit."""
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+_REFUSALS = (
+    redis.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,
+    ssl.SSLCertVerificationError,
+)
 
 
 def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
@@ -109,13 +133,26 @@ def client_name(consumer: str) -> str:
 
 
 def is_connection_error(error: BaseException) -> bool:
-    """Whether `error`, or an error it was raised from, means Redis could not be reached."""
+    """Whether `error`, or an error it came from, means Redis could not be reached: an outage.
+
+    Redis refusing us is no outage, though redis-py raises it as a ConnectionError: bad
+    credentials, an ACL that forbids a command, a server certificate we do not trust. Those
+    need a fix, so a daemon stops at start instead of retrying them forever.
+    """
+    chain = _chain(error)
+    if any(isinstance(e, _REFUSALS) for e in chain):
+        return False
+    return any(isinstance(e, _CONNECTION_ERRORS) for e in chain)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
     seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, _CONNECTION_ERRORS):
-            return True
-        seen = seen.__cause__
-    return False
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -202,6 +239,9 @@ class Daemon:
         self.summary_interval_s = summary_interval_s
         self.consolidate = consolidate
         self.ingestor: Ingestor | None = None
+        self.metrics: DaemonMetrics | None = None
+        self.metrics_port: int | None = None
+        """The port the Prometheus endpoint listens on, once `run()` started it."""
         self._stop = threading.Event()
         self._started = threading.Event()
         self._claim_interval_s = max(MIN_CLAIM_INTERVAL_S, settings.claim_idle_ms / 2000)
@@ -236,25 +276,49 @@ class Daemon:
             torch.set_num_threads(self.torch_threads)
         assert self.settings.redis_url is not None  # checked in __init__
         consumer = self.consumer or default_consumer_name()
+        log_settings(self.settings, f"daemon {consumer} starting, model {engine.version}:")
+        metrics = self._start_metrics()
         client = consumer_client(self.settings.redis_url, self.settings, client_name(consumer))
-        ingestor = Ingestor(client, engine, self.settings, consumer)
+        on_commit = metrics.observe_batch if metrics else None
+        ingestor = Ingestor(client, engine, self.settings, consumer, on_commit=on_commit)
         self.ingestor = ingestor
+        pulse = _Pulse(client, self.settings, ingestor, engine.version)
         started = time.monotonic()
         try:
             with self._signals():
-                log.info(
-                    "daemon %s starting: model %s, batch %d, %s",
-                    ingestor.consumer, engine.version, self.settings.batch_size,
-                    self.settings.redacted()["redis_url"],
-                )  # fmt: skip
                 if self._set_up(ingestor):
                     self._started.set()
                     with self._consolidation(engine), frozen_heap():
-                        self._consume(ingestor)
+                        self._consume(ingestor, pulse)
         finally:
+            pulse.stop()
             client.close()
+            if metrics is not None:
+                metrics.close()
             self._summary(ingestor.stats, IngestStats(), time.monotonic() - started, "stopped")
         return EXIT_OK
+
+    def _start_metrics(self) -> DaemonMetrics | None:
+        """The Prometheus endpoint, listening, if settings.metrics_port is set.
+
+        Raises:
+            ConfigError: the port cannot be bound (in use, or not allowed).
+        """
+        port = self.settings.metrics_port
+        if port is None:
+            return None
+        assert self.settings.redis_url is not None  # checked in __init__
+        metrics = DaemonMetrics(self.settings.redis_url, Keys(self.settings.prefix))
+        try:
+            self.metrics_port = metrics.serve(self.settings.metrics_host, port)
+        except OSError as e:
+            metrics.close()
+            raise ConfigError(
+                f"cannot serve metrics on {self.settings.metrics_host}:{port} ({e}): "
+                f"choose a free port with {env_var('metrics_port')}"
+            ) from e
+        self.metrics = metrics
+        return metrics
 
     @contextmanager
     def _consolidation(self, engine: EmbeddingEngine) -> Iterator[None]:
@@ -264,7 +328,8 @@ class Daemon:
             return
         assert self.settings.redis_url is not None  # checked in __init__
         client = redis.Redis.from_url(self.settings.redis_url)
-        scheduler = ConsolidationScheduler(client, self.settings, engine)
+        on_run: Callable[[JobRun], None] | None = self.metrics.observe_job if self.metrics else None
+        scheduler = ConsolidationScheduler(client, self.settings, engine, on_run=on_run)
         scheduler.start()
         try:
             yield
@@ -292,7 +357,7 @@ class Daemon:
 
     # -- run -----------------------------------------------------------------------------------
 
-    def _consume(self, ingestor: Ingestor) -> None:
+    def _consume(self, ingestor: Ingestor, pulse: _Pulse) -> None:
         """The loop: claim idle entries now and then, read own pending ones, then new ones."""
         backoff = Backoff()
         position = _Position()
@@ -302,6 +367,7 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 try:
+                    pulse.tick()
                     if time.monotonic() >= next_claim:
                         self._claim(ingestor, lane)
                         next_claim = time.monotonic() + self._claim_interval_s
@@ -417,6 +483,94 @@ class Daemon:
             now.prepare_s - before.prepare_s, now.commit_s - before.commit_s,
             now.stored, now.dead_letters,
         )  # fmt: skip
+
+
+def log_settings(settings: Settings, what: str) -> None:
+    """Log the effective settings, the Redis password masked, as one INFO line.
+
+    In JSON logs they are a `settings` object too (logs.py).
+    """
+    values = settings.redacted()
+    log.info(
+        "%s %s",
+        what,
+        " ".join(f"{name}={value}" for name, value in values.items()),
+        extra={"settings": values},
+    )
+
+
+class _Pulse:
+    """The daemon's heartbeat and its share of the stats series, written by the consumer loop.
+
+    Written between batches, so the heartbeat means the loop turns. A failed write is logged
+    and tried again at the next turn due: telemetry never stops the ingest (an outage of Redis
+    stops it anyway, and the loop backs off).
+    """
+
+    def __init__(
+        self, client: redis.Redis, settings: Settings, ingestor: Ingestor, model_version: str
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._ingestor = ingestor
+        self._keys = Keys(settings.prefix)
+        self._model_version = model_version
+        self._started_at = time.time()
+        self._beat_every_s = settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL
+        self._next_beat = 0.0
+        self._next_sample = 0.0
+        self._beating = False
+
+    def tick(self) -> None:
+        """Rewrite the heartbeat and add a sample, each if due."""
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._next_beat = now + self._beat_every_s
+            self._try(self._beat, "heartbeat")
+        if now >= self._next_sample:
+            self._next_sample = now + self._settings.stats_interval_s
+            self._try(self._sample, "stats sample")
+
+    def stop(self) -> None:
+        """Delete the heartbeat: this daemon stopped on purpose (best effort)."""
+        if self._beating:
+            self._try(
+                lambda: clear_heartbeat(self._client, self._keys, self._ingestor.consumer),
+                "heartbeat removal",
+            )
+
+    def _beat(self) -> None:
+        stats = self._ingestor.stats
+        heartbeat = Heartbeat(
+            consumer=self._ingestor.consumer,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            model_version=self._model_version,
+            started_at=self._started_at,
+            at=time.time(),
+            stored=stats.stored,
+            dead_letters=stats.dead_letters,
+            ttl_s=self._settings.heartbeat_ttl_s,
+        )
+        beat(self._client, self._keys, heartbeat)
+        self._beating = True
+
+    def _sample(self) -> None:
+        interval = self._settings.stats_interval_s
+        if sample_due(self._client, self._keys, interval):
+            sample = Sample.of(
+                time.time(),
+                tier_sizes(self._client, self._keys),
+                stream_status(self._client, self._keys),
+            )
+            add_sample(self._client, self._keys, sample, self._settings.stats_samples)
+
+    @staticmethod
+    def _try(write: Callable[[], None], what: str) -> None:
+        try:
+            write()
+        except redis.RedisError as e:
+            log.warning("%s not written: %s", what, e)
 
 
 @dataclass

@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -104,6 +104,24 @@ def consumer_client(url: str, settings: Settings, name: str | None = None) -> re
         socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT_S,
         client_name=name,
     )
+
+
+def ensure_group(client: redis.Redis, keys: Keys) -> bool:
+    """Create the daemons' consumer group (and the stream) when missing; True if it was created.
+
+    The group starts at id 0, so states XADDed before the first daemon ran are consumed.
+    """
+    stream, group = keys.stream, keys.group
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" in str(e):
+            return False
+        raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
+    except redis.RedisError as e:
+        raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
+    log.info("created consumer group %s on %s", group, stream)
+    return True
 
 
 def _command_packer(client: redis.Redis) -> Any:
@@ -243,6 +261,8 @@ class Ingestor:
         consumer: this consumer's name in the group [default: `default_consumer_name()`].
         store: the tier store to write to [default: one on `client`].
         dead_letter_maxlen: approximate cap of the dead-letter stream.
+        on_commit: called with each committed batch and its outcome, on the committing thread
+            (the daemon's metrics count them there).
     """
 
     def __init__(
@@ -254,6 +274,7 @@ class Ingestor:
         *,
         store: TierStore | None = None,
         dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN,
+        on_commit: Callable[[Batch, Outcome], None] | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -263,26 +284,14 @@ class Ingestor:
         self.keys = Keys(settings.prefix)
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
+        self.on_commit = on_commit
         self._packer = _command_packer(client)
 
     # -- setup ---------------------------------------------------------------------------------
 
     def ensure_group(self) -> bool:
-        """Create the consumer group (and the stream) when missing; True if it was created.
-
-        The group starts at id 0, so states XADDed before the first daemon ran are consumed.
-        """
-        stream, group = self.keys.stream, self.keys.group
-        try:
-            self.client.xgroup_create(stream, group, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" in str(e):
-                return False
-            raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
-        except redis.RedisError as e:
-            raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
-        log.info("created consumer group %s on %s", group, stream)
-        return True
+        """Create the consumer group (and the stream) when missing; True if it was created."""
+        return ensure_group(self.client, self.keys)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -389,6 +398,8 @@ class Ingestor:
             transaction.stored, len(dead), int(replies[-1]), time.perf_counter() - start
         )
         self.stats.add(batch, outcome)
+        if self.on_commit is not None:
+            self.on_commit(batch, outcome)
         self._log(batch, outcome, dead)
         return outcome
 

@@ -1,15 +1,19 @@
-"""PNG charts for people: the training loss curve."""
+"""PNG charts for people: the training loss curve, the service's tier sizes and ingest rate."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from .status import Sample
 
 
 def plot_loss_curve(metrics: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
@@ -29,3 +33,31 @@ def plot_loss_curve(metrics: Mapping[str, Any], path: str | Path, title: str = "
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_service_series(samples: Sequence[Sample], path: str | Path, title: str = "") -> Path:
+    """Tier sizes and the ingest rate over time, from the stats series, saved as a PNG."""
+    from .constants import TIERS
+    from .status import ingest_rates
+
+    path = Path(path)
+    figure, (sizes, rates) = plt.subplots(2, 1, figsize=(8, 6), dpi=100, sharex=True)
+    times = [_utc(sample.at) for sample in samples]
+    for tier in TIERS:
+        sizes.plot(times, [s.tiers.get(tier, 0) for s in samples], marker=".", label=tier.upper())
+    sizes.set_ylabel("memories")
+    sizes.set_title(title or "memory tiers")
+    sizes.legend()
+    rate = ingest_rates(samples)
+    rates.plot([_utc(at) for at, _ in rate], [r for _, r in rate], marker=".", color="black")
+    rates.set_ylabel("entries read / s")
+    rates.set_xlabel("time (UTC)")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc)

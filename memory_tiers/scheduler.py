@@ -29,6 +29,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -170,6 +171,8 @@ class ConsolidationScheduler:
         settings: tier policies, consolidate_interval_s and consolidate_batch.
         engine: compresses vectors one tier down; its dims must match the settings.
         lock_ttl_s: job lock time to live (renewed between batches).
+        on_run: called with each run that held its lock, on the thread that ran it (the
+            daemon's metrics count them there).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class ConsolidationScheduler:
         engine: EmbeddingEngine,
         *,
         lock_ttl_s: float = LOCK_TTL_S,
+        on_run: Callable[[JobRun], None] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -186,6 +190,7 @@ class ConsolidationScheduler:
         self.store = TierStore(client, settings)
         self.keys = Keys(settings.prefix)
         self.lock_ttl_s = lock_ttl_s
+        self.on_run = on_run
         self.tiers = scheduled_tiers(settings)
         """Source tiers that get a job (their policy is on), in tier order."""
         self.lock_busy: Counter[str] = Counter()
@@ -292,11 +297,11 @@ class ConsolidationScheduler:
             else:
                 log.exception("%s failed", job)
         finally:
-            finished = time.monotonic()
+            run = JobRun(job, tier, started_at, started, time.monotonic(), result, error)
             with self._history_lock:
-                self._history.append(
-                    JobRun(job, tier, started_at, started, finished, result, error)
-                )
+                self._history.append(run)
+            if self.on_run is not None:
+                self.on_run(run)
             if lock.token is not None and not lock.release():
                 log.warning("%s: lock had expired before release", job)
         return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -77,6 +78,20 @@ class Settings:
     consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
     consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
+    heartbeat_ttl_s: float = _setting(
+        15.0, "a daemon's heartbeat key lives this long; it is rewritten every third of it"
+    )
+    max_lag: int = _setting(
+        10_000, "memory-tiers check fails when more stream entries than this wait unread"
+    )
+    metrics_port: int | None = _setting(
+        None, "port of the daemon's Prometheus endpoint; unset: no endpoint"
+    )
+    metrics_host: str = _setting("0.0.0.0", "address the Prometheus endpoint listens on")
+    stats_interval_s: float = _setting(
+        60.0, "how often a daemon adds a sample to the stats time series in Redis"
+    )
+    stats_samples: int = _setting(1440, "samples the stats time series keeps (a day at 60 s)")
     redis_server: str | None = _setting(None, "redis-server binary for the embedded Redis")
     redis_modules: str | None = _setting(
         None, "module .so files for the embedded Redis, separated by ':'"
@@ -87,10 +102,23 @@ class Settings:
             allowed = _literal_choices(name)
             if allowed and value not in allowed:
                 raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-        positive = ("batch_size", "block_ms", "stm_dim", "im_dim", "ltm_dim")
-        for name in (*positive, "consolidate_interval_s", "consolidate_batch"):
+        positive = (
+            *("batch_size", "block_ms", "stm_dim", "im_dim", "ltm_dim", "consolidate_batch"),
+            *("consolidate_interval_s", "heartbeat_ttl_s", "stats_interval_s", "stats_samples"),
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
+        if self.max_lag < 0:
+            raise ConfigError(f"max_lag={self.max_lag!r}: must be 0 or more")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port={self.metrics_port!r}: must be 0..65535")
+        if self.heartbeat_ttl_s * 1000 < 3 * self.block_ms:
+            raise ConfigError(
+                f"heartbeat_ttl_s={self.heartbeat_ttl_s!r}: must be at least 3 x block_ms "
+                f"({3 * self.block_ms / 1000:g} s), or an idle daemon's heartbeat expires "
+                "while it waits for entries"
+            )
 
     def tier(self, name: str) -> TierSettings:
         """The settings of one tier ('stm', 'im' or 'ltm')."""
@@ -124,6 +152,10 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_mapping(values)
 
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"Settings({values})"
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, with any password in the Redis URL masked, for logs."""
         values = dataclasses.asdict(self)
@@ -136,15 +168,25 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+_SECRET_QUERY_ARGS = frozenset({"password", "ssl_password"})
+"""URL query arguments redis-py reads as secrets."""
+
+
 def redact_url(url: str | None) -> str | None:
-    """`url` with its password replaced by '***', so it can be logged."""
-    if url is None or "@" not in url or "://" not in url:
+    """`url` with its password (user info, or a password query argument) replaced by '***'."""
+    if url is None or "://" not in url:
         return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0] if ":" in credentials else ""
-    masked = f"{user}:***" if user or ":" in credentials else "***"
-    return f"{scheme}://{masked}@{host}"
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    credentials, at, host = netloc.rpartition("@")
+    if ":" in credentials:  # user:password@ or :password@; a bare user@ is a user name
+        netloc = f"{credentials.split(':', 1)[0]}:***{at}{host}"
+    query = "&".join(
+        f"{arg.split('=', 1)[0]}=***" if arg.split("=", 1)[0] in _SECRET_QUERY_ARGS else arg
+        for arg in parts.query.split("&")
+        if arg
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def field_type(name: str) -> Any:

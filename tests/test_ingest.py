@@ -99,8 +99,9 @@ def dead_letters(client: redis.Redis) -> dict[str, dict[str, str]]:
 
 
 @contextmanager
-def running(daemon: Daemon, timeout: float = 30.0) -> Iterator[Daemon]:
-    """Run `daemon` in a thread until the block ends; re-raise what run() raised."""
+def in_thread(daemon: Daemon, timeout: float = 30.0) -> Iterator[list[BaseException]]:
+    """Run `daemon` in a thread without waiting for it to start; yield the list what run()
+    raises lands in; stop the daemon when the block ends."""
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -112,14 +113,22 @@ def running(daemon: Daemon, timeout: float = 30.0) -> Iterator[Daemon]:
     thread = threading.Thread(target=target, name="test-daemon", daemon=True)
     thread.start()
     try:
-        wait_for(lambda: daemon.wait_started(0) or not thread.is_alive(), timeout, "daemon start")
-        if errors:
-            raise errors[0]
-        yield daemon
+        yield errors
     finally:
         daemon.request_stop()
         thread.join(timeout)
     assert not thread.is_alive(), "daemon did not stop"
+
+
+@contextmanager
+def running(daemon: Daemon, timeout: float = 30.0) -> Iterator[Daemon]:
+    """Run `daemon` in a thread until the block ends, once it started; re-raise what run()
+    raised."""
+    with in_thread(daemon, timeout) as errors:
+        wait_for(lambda: daemon.wait_started(0) or bool(errors), timeout, "daemon start")
+        if errors:
+            raise errors[0]
+        yield daemon
     if errors:
         raise errors[0]
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
 from memory_tiers import ConfigError, Keys, Settings
 from memory_tiers.cli import main
+from memory_tiers.settings import env_var
 
 
 def test_defaults_match_the_design() -> None:
@@ -97,3 +102,18 @@ def test_cli_options_and_env_fill_the_same_settings() -> None:
     assert bad.exit_code == 2
     assert "stm_algorithm='IVF'" in bad.output
     main.commands.pop("show-settings")
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(MT_[A-Z_{},]+)`", table))
+    expanded = set()
+    for name in documented:  # MT_{STM,IM,LTM}_ALGORITHM stands for three
+        if match := re.fullmatch(r"MT_\{([A-Z,]+)\}_(\w+)", name):
+            expanded |= {f"MT_{tier}_{match[2]}" for tier in match[1].split(",")}
+        else:
+            expanded.add(name)
+    expected = {env_var(f.name) for f in dataclasses.fields(Settings)}
+    assert expected - expanded == set()
+    assert {"MT_LOG_LEVEL", "MT_LOG_FORMAT"} <= expanded

@@ -1,0 +1,297 @@
+"""What the service is doing, as Redis knows it: daemon heartbeats, stream progress, tier sizes,
+and the bounded time series of them that `memory-tiers stats --plot` draws.
+
+Daemons write the heartbeats (`beat`) and the samples (`add_sample`); `memory-tiers check`,
+`memory-tiers stats` and the Prometheus endpoint read them (`snapshot`, `series`). Everything
+lives in Redis under the prefix, so any host with the URL sees every daemon.
+
+- Heartbeat: `Keys.heartbeat(consumer)`, a JSON object written every heartbeat_ttl_s / 3 by the
+  consumer loop itself, with a TTL of heartbeat_ttl_s: the key exists while the loop turns. A
+  daemon that stops cleanly deletes it; a dead or frozen one's expires.
+- Lag: XINFO GROUPS' `lag`, the entries not yet delivered to the group. Redis reports it as
+  unknown after entries were deleted from the undelivered part of the stream; then it is
+  counted with XRANGE, up to a cap.
+- Series: `Keys.stats_series`, a list of JSON samples, oldest first, trimmed to
+  settings.stats_samples. One sample per stats_interval_s whatever the number of daemons: a
+  daemon adds one only when it wins that interval's gate key (SET NX PX).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from .constants import TIERS, Keys
+
+SCAN_COUNT = 500
+"""Keys per SCAN step when heartbeats are looked up."""
+
+HEARTBEATS_PER_TTL = 3
+"""A heartbeat is rewritten this many times per TTL, so one late write does not expire it."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a live daemon says about itself; its key expires ttl_s after `at`."""
+
+    consumer: str
+    host: str
+    pid: int
+    model_version: str
+    started_at: float
+    """Wall clock (epoch seconds) when the daemon started consuming."""
+    at: float
+    """Wall clock (epoch seconds) when this heartbeat was written."""
+    stored: int
+    """States the daemon stored since it started."""
+    dead_letters: int
+    ttl_s: float
+
+    def to_json(self) -> str:
+        """The heartbeat key's value."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Heartbeat | None:
+        """The heartbeat in a key's value; None if it is not one (written by something else)."""
+        try:
+            return cls(**json.loads(raw))
+        except (TypeError, ValueError):
+            return None
+
+
+def beat(client: redis.Redis, keys: Keys, heartbeat: Heartbeat) -> None:
+    """Write a daemon's heartbeat key, to expire after its ttl_s."""
+    client.set(
+        keys.heartbeat(heartbeat.consumer),
+        heartbeat.to_json(),
+        px=max(1, round(heartbeat.ttl_s * 1000)),
+    )
+
+
+def clear_heartbeat(client: redis.Redis, keys: Keys, consumer: str) -> None:
+    """Delete a daemon's heartbeat: it stopped on purpose."""
+    client.delete(keys.heartbeat(consumer))
+
+
+def heartbeats(client: redis.Redis, keys: Keys) -> list[Heartbeat]:
+    """The heartbeats of the daemons alive now, by consumer name."""
+    names = sorted(set(client.scan_iter(match=keys.heartbeat_pattern, count=SCAN_COUNT)))
+    if not names:
+        return []
+    found = (Heartbeat.from_json(raw) for raw in client.mget(names) if raw is not None)
+    return sorted((beat for beat in found if beat is not None), key=lambda b: b.consumer)
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """The state stream, its consumer group and the dead letters."""
+
+    length: int
+    """Entries in the stream (acked ones included, until trimmed)."""
+    group: bool
+    """Whether the daemons' consumer group exists (a daemon has started)."""
+    entries_read: int | None
+    """Entries the group has been delivered, ever; None when Redis cannot tell."""
+    lag: int | None
+    """Entries not yet delivered to the group; None when unknown and not counted."""
+    lag_capped: bool
+    """The lag was counted with XRANGE and reached the cap: it is at least `lag`."""
+    pending: int
+    """Entries delivered to a daemon and not yet acked (stored or dead-lettered)."""
+    consumers: int
+    dead_letters: int
+    """Entries in the dead-letter stream."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Tier sizes, the stream and the live daemons, read at `at` (epoch seconds)."""
+
+    at: float
+    tiers: dict[str, int]
+    stream: StreamStatus
+    heartbeats: list[Heartbeat] = field(default_factory=list)
+
+
+def tier_sizes(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Memories per tier, from the tiers' time indexes (one ZCARD each)."""
+    pipe = client.pipeline(transaction=False)
+    for tier in TIERS:
+        pipe.zcard(keys.time_index(tier))
+    return {tier: int(size) for tier, size in zip(TIERS, pipe.execute(), strict=True)}
+
+
+def stream_status(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> StreamStatus:
+    """The stream, its group and the dead letters, in one round trip (two if lag is counted).
+
+    Args:
+        count_lag_up_to: when Redis cannot tell the lag, count the undelivered entries with
+            XRANGE up to this many (they are read whole: keep it modest); 0: leave it None.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(keys.stream)
+    pipe.xlen(keys.dead_letters)
+    pipe.xinfo_groups(keys.stream)
+    length, dead, groups = pipe.execute(raise_on_error=False)
+    for reply in (length, dead):
+        if isinstance(reply, Exception):
+            raise reply
+    group = _group_info(groups, keys.group)
+    if group is None:
+        return StreamStatus(int(length), False, None, int(length), False, 0, 0, int(dead))
+    lag = group.get("lag")
+    capped = False
+    if lag is None and count_lag_up_to > 0:
+        after = "(" + _text(group.get("last-delivered-id", "0-0"))
+        lag = len(client.xrange(keys.stream, min=after, count=count_lag_up_to) or [])
+        capped = lag >= count_lag_up_to
+    entries_read = group.get("entries-read")
+    if entries_read is None and _text(group.get("last-delivered-id")) == "0-0":
+        entries_read = 0  # Redis says nil until the first delivery
+    return StreamStatus(
+        length=int(length),
+        group=True,
+        entries_read=None if entries_read is None else int(entries_read),
+        lag=None if lag is None else int(lag),
+        lag_capped=capped,
+        pending=int(group.get("pending", 0)),
+        consumers=int(group.get("consumers", 0)),
+        dead_letters=int(dead),
+    )
+
+
+def agent_counts(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+    """Memories per tier of every agent that has any.
+
+    Reads every tier's agent set and one ZCARD per agent and tier (pipelined): linear in the
+    number of agents.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for tier in TIERS:
+        agents = [_text(a) for a in client.sscan_iter(keys.agents(tier), count=SCAN_COUNT)]
+        for start in range(0, len(agents), SCAN_COUNT):
+            chunk = agents[start : start + SCAN_COUNT]
+            pipe = client.pipeline(transaction=False)
+            for agent in chunk:
+                pipe.zcard(keys.agent_time_index(tier, agent))
+            for agent, size in zip(chunk, pipe.execute(), strict=True):
+                if size:
+                    counts.setdefault(agent, dict.fromkeys(TIERS, 0))[tier] = int(size)
+    return counts
+
+
+def top_agents(counts: dict[str, dict[str, int]], top: int) -> list[tuple[str, dict[str, int]]]:
+    """The `top` agents with the most memories in all tiers, most first (ties by id)."""
+    ranked = sorted(counts.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    return ranked[:top]
+
+
+def snapshot(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> Snapshot:
+    """Tier sizes, stream status and live daemons, now."""
+    return Snapshot(
+        at=time.time(),
+        tiers=tier_sizes(client, keys),
+        stream=stream_status(client, keys, count_lag_up_to),
+        heartbeats=heartbeats(client, keys),
+    )
+
+
+def health_problem(status: Snapshot, keys: Keys, max_lag: int) -> str | None:
+    """Why the service is unhealthy (no live daemon, or lag over max_lag); None if healthy."""
+    if not status.heartbeats:
+        return (
+            f"no live daemon: no {keys.heartbeat_pattern} key (a daemon rewrites its heartbeat "
+            "while it consumes; the key expires heartbeat_ttl_s after it stopped or froze)"
+        )
+    lag = status.stream.lag
+    if lag is None:
+        return None  # the caller counted what it could: nothing undelivered was found
+    if lag > max_lag:
+        at_least = "at least " if status.stream.lag_capped else ""
+        return (
+            f"lagging: {at_least}{lag} stream entries wait unread, more than max_lag={max_lag} "
+            f"({len(status.heartbeats)} live daemon(s) cannot keep up, or are stuck)"
+        )
+    return None
+
+
+# -- the time series ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One point of the stats time series."""
+
+    at: float
+    """Wall clock, epoch seconds."""
+    tiers: dict[str, int]
+    entries_read: int | None
+    lag: int | None
+    pending: int
+    dead_letters: int
+
+    @classmethod
+    def of(cls, at: float, tiers: dict[str, int], stream: StreamStatus) -> Sample:
+        """The sample of a reading of the tiers and the stream."""
+        return cls(at, tiers, stream.entries_read, stream.lag, stream.pending, stream.dead_letters)
+
+
+def sample_due(client: redis.Redis, keys: Keys, interval_s: float) -> bool:
+    """Whether this caller adds this interval's sample: the first to ask in each interval."""
+    gate = keys.lock("stats-sample")
+    return bool(client.set(gate, "1", nx=True, px=max(1, round(interval_s * 1000))))
+
+
+def add_sample(client: redis.Redis, keys: Keys, sample: Sample, max_samples: int) -> None:
+    """Append a sample to the series and trim it to the newest max_samples."""
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush(keys.stats_series, json.dumps(asdict(sample), separators=(",", ":")))
+    pipe.ltrim(keys.stats_series, -max_samples, -1)
+    pipe.execute()
+
+
+def series(client: redis.Redis, keys: Keys) -> list[Sample]:
+    """The stats time series, oldest first (entries that do not parse are left out)."""
+    samples = []
+    for raw in client.lrange(keys.stats_series, 0, -1):
+        try:
+            samples.append(Sample(**json.loads(raw)))
+        except (TypeError, ValueError):
+            continue
+    return samples
+
+
+def ingest_rates(samples: Sequence[Sample]) -> list[tuple[float, float]]:
+    """(epoch seconds, entries read per second) between consecutive samples that know both."""
+    rates = []
+    for before, after in itertools.pairwise(samples):
+        if before.entries_read is None or after.entries_read is None or after.at <= before.at:
+            continue
+        read = after.entries_read - before.entries_read
+        if read >= 0:  # a recreated group starts counting again
+            rates.append((after.at, read / (after.at - before.at)))
+    return rates
+
+
+def _group_info(groups: Any, name: str) -> dict[str, Any] | None:
+    """One group's XINFO GROUPS entry; None if the stream or the group is missing."""
+    if isinstance(groups, Exception):
+        if "no such key" in str(groups).lower():
+            return None
+        raise groups
+    for group in groups:
+        info = {_text(k): v for k, v in group.items()}
+        if _text(info.get("name", "")) == name:
+            return info
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
