@@ -47,7 +47,7 @@ from .constants import TIERS, Keys
 from .errors import ConfigError, EntryError, StoreError
 from .protocol import MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
 from .settings import Settings, redact_url
-from .store import Hit, TierStore
+from .store import Hit, TierStore, failure_text
 
 if TYPE_CHECKING:  # torch loads with the first recall, not with the client
     from .engine import EmbeddingEngine, Reconstruction
@@ -256,7 +256,9 @@ class MemoryClient:
         try:
             entry_id = self.redis.xadd(stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as e:
-            raise StoreError(f"XADD to {stream} for agent {agent_id!r} failed: {e}") from e
+            raise StoreError(
+                f"XADD to {stream} for agent {agent_id!r} failed: {failure_text(e, self.keys)}"
+            ) from e
         return _text(entry_id)
 
     def remember_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -282,7 +284,8 @@ class MemoryClient:
             ids = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(
-                f"pipelined XADD of {len(entries)} entries to {stream} failed: {e}"
+                f"pipelined XADD of {len(entries)} entries to {stream} failed: "
+                f"{failure_text(e, self.keys)}"
             ) from e
         return [_text(entry_id) for entry_id in ids]
 

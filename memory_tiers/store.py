@@ -17,6 +17,8 @@ Decisions:
   0.28 cannot read its native FT.SEARCH maps.
 - TAG fields are case sensitive and split on `TAG_SEPARATOR` (a control character) instead of
   ',', so an agent id is always exactly one tag; query values are escaped by redisvl's `Tag`.
+- Redis ACL refusals (NOPERM) are reported with what the user needs (`failure_text`): RediSearch
+  treats an index name as a key, so every index is named under the prefix too (`Keys.index`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from redis.client import Pipeline
+from redis.exceptions import NoPermissionError
 from redis.typing import EncodableT, FieldT
 from redisvl.exceptions import RedisVLError
 from redisvl.index import SearchIndex
@@ -172,12 +175,14 @@ class TierStore:
         """
         for name in TIERS:
             index = self._indexes[name]
+            failure: str | None = None
             if self._index_info(name) is None:
                 try:
                     index.create(overwrite=False)
                 except RedisVLError as e:
                     # Another process may have created it since; the check below decides.
-                    log.warning("creating index %s failed: %s", index.name, e)
+                    failure = failure_text(e, self.keys)
+                    log.warning("creating index %s failed: %s", index.name, failure)
                 else:
                     tier = self.tiers[name]
                     log.info(
@@ -186,7 +191,7 @@ class TierStore:
                     )  # fmt: skip
             info = self._index_info(name)
             if info is None:
-                raise StoreError(f"index {index.name} could not be created")
+                raise StoreError(f"index {index.name} could not be created: {failure}")
             problems = _index_problems(self.keys, self.tiers[name], info)
             if problems:
                 raise ConfigError(
@@ -202,9 +207,9 @@ class TierStore:
         except redis.ResponseError as e:
             if any(text in str(e).lower() for text in _MISSING_INDEX_ERRORS):
                 return None
-            raise StoreError(f"FT.INFO {name} failed: {e}") from e
+            raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
         except redis.RedisError as e:
-            raise StoreError(f"FT.INFO {name} failed: {e}") from e
+            raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
 
     # -- writes and deletes --------------------------------------------------------------------
 
@@ -263,7 +268,8 @@ class TierStore:
             except redis.RedisError as e:
                 first = self.key(tier, records[0].entry_id) if records else "-"
                 raise StoreError(
-                    f"{what} of {len(records)} {tier} records ({first}, ...) failed: {e}"
+                    f"{what} of {len(records)} {tier} records ({first}, ...) failed: "
+                    f"{failure_text(e, self.keys)}"
                 ) from e
 
     # -- reads ---------------------------------------------------------------------------------
@@ -287,7 +293,9 @@ class TierStore:
         try:
             replies = pipe.execute()
         except redis.RedisError as e:
-            raise StoreError(f"reading {len(keys)} {tier} records failed: {e}") from e
+            raise StoreError(
+                f"reading {len(keys)} {tier} records failed: {failure_text(e, self.keys)}"
+            ) from e
         return [
             _decode_record(settings, key, key[len(prefix) :], fields)
             for key, fields in zip(keys, replies, strict=True)
@@ -309,7 +317,7 @@ class TierStore:
         try:
             return int(self.client.zcard(key))
         except redis.RedisError as e:
-            raise StoreError(f"ZCARD {key} failed: {e}") from e
+            raise StoreError(f"ZCARD {key} failed: {failure_text(e, self.keys)}") from e
 
     def oldest_keys(
         self, tier: str, limit: int, *, agent_id: str | None = None, max_ts: int | None = None
@@ -325,7 +333,7 @@ class TierStore:
         try:
             members = self.client.zrangebyscore(key, "-inf", high, start=0, num=limit)
         except redis.RedisError as e:
-            raise StoreError(f"ZRANGEBYSCORE {key} failed: {e}") from e
+            raise StoreError(f"ZRANGEBYSCORE {key} failed: {failure_text(e, self.keys)}") from e
         return [_text(m) for m in members]
 
     # -- search --------------------------------------------------------------------------------
@@ -372,7 +380,9 @@ class TierStore:
         try:
             docs = index.query(query)
         except (RedisVLError, redis.RedisError) as e:
-            raise StoreError(f"KNN on {index.name} ({query.filter}) failed: {e}") from e
+            raise StoreError(
+                f"KNN on {index.name} ({query.filter}) failed: {failure_text(e, self.keys)}"
+            ) from e
         hits = [_decode_hit(settings, self.keys, doc) for doc in docs]
         leaked = [h.key for h in hits if agent_id is not None and h.agent_id != agent_id]
         if leaked:
@@ -388,7 +398,28 @@ class TierStore:
             raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}") from None
 
 
-# -- helpers: client, FT.INFO ------------------------------------------------------------------
+# -- helpers: client, errors, FT.INFO ----------------------------------------------------------
+
+
+def failure_text(error: BaseException, keys: Keys) -> str:
+    """`error`'s text; for a Redis ACL refusal (NOPERM, also as a cause), with what the user
+    needs, since Redis names neither the user's key patterns nor, for a key, which key."""
+    cause: BaseException | None = error
+    while cause is not None and not _refused_by_acl(cause):
+        cause = cause.__cause__
+    if cause is None:
+        return str(error)
+    return (
+        f"{error} (Redis ACL: the user in {env_var('redis_url')} needs the key pattern "
+        f"~{keys.prefix}:* and the commands of the ACL SETUSER line in the README, Security)"
+    )
+
+
+def _refused_by_acl(error: BaseException) -> bool:
+    # A refusal inside MULTI/EXEC or a pipeline may come back as another ResponseError type.
+    return isinstance(error, NoPermissionError) or (
+        isinstance(error, redis.ResponseError) and "no permissions" in str(error).lower()
+    )
 
 
 def _check_client(client: redis.Redis) -> None:
