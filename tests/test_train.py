@@ -102,3 +102,20 @@ def test_split_keeps_time_order() -> None:
     assert train[:, 0].tolist() == list(range(8)) and val[:, 0].tolist() == [8, 9]
     with pytest.raises(ValueError, match="cannot be split"):
         split_data(data[:1], 0.2)
+
+
+class _Payload:
+    """What a hostile model file would pickle: code that runs when it is unpickled."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pickled code ran",))
+
+
+def test_a_model_file_with_pickled_code_is_refused_unrun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "hostile.pt"
+    torch.save({"format": 1, "state_dict": _Payload()}, path)
+    with pytest.raises(ModelError, match="cannot read model checkpoint"):
+        load_checkpoint(path)
+    assert "pickled code ran" not in capsys.readouterr().out
