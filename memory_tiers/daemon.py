@@ -369,7 +369,7 @@ class Daemon:
                 try:
                     pulse.tick()
                     if time.monotonic() >= next_claim:
-                        self._claim(ingestor, lane)
+                        self._claim(ingestor, lane, pulse)
                         next_claim = time.monotonic() + self._claim_interval_s
                     self._step(ingestor, lane, position)
                 except Exception as e:
@@ -419,11 +419,15 @@ class Daemon:
         except Exception as e:
             log.warning("the last batches were not stored (%s); their entries stay pending", e)
 
-    def _claim(self, ingestor: Ingestor, lane: _CommitLane) -> None:
-        """Take over and handle every entry other consumers left pending past claim_idle_ms."""
+    def _claim(self, ingestor: Ingestor, lane: _CommitLane, pulse: _Pulse) -> None:
+        """Take over and handle every entry other consumers left pending past claim_idle_ms.
+
+        A dead daemon may have left a long backlog: the heartbeat goes on between its pages.
+        """
         lane.wait()
         cursor = "0-0"
         while not self._stop.is_set():
+            pulse.tick()
             cursor, messages = ingestor.claim_idle(cursor)
             if messages:
                 log.info(
