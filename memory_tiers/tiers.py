@@ -27,10 +27,18 @@ never duplicate.
 
 Records that cannot move (a corrupt hash, a non-finite compressed vector, a value the store
 refuses) are logged and left where they are; the pass goes on past them instead of stopping.
+
+After a retrain, records another model encoded (their model_version differs from the
+engine's) are not pushed through this model's bottleneck, which would mix two models'
+spaces: their raw state (STM keeps it; IM too with keep_state_after_stm) is encoded again,
+exactly as a new state would be, and they take this model's version. One without a usable
+raw state still moves through the bottleneck, keeping its own version, and a warning counts
+them: its vector stays in its old model's space, approximate for recall either way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -124,6 +132,8 @@ class PassResult:
     """Records left in place: unreadable, refused, or conflicting after every retry."""
     conflicts: int = 0
     """Transactions aborted because a watched source changed (then read again)."""
+    reencoded: int = 0
+    """Moved memories of another model version, encoded again from their raw state."""
 
 
 def scheduled_tiers(settings: Settings) -> list[str]:
@@ -175,13 +185,14 @@ def consolidate(
             ) from e
     result = PassResult(
         run.moved, run.deleted, run.batches, time.perf_counter() - started,
-        len(run.skipped), run.conflicts,
+        len(run.skipped), run.conflicts, run.reencoded_moved,
     )  # fmt: skip
     log.info(
-        "consolidate %s: moved %d, deleted %d, skipped %d, conflicts %d, stale index entries %d,"
-        " %d batches in %.3f s%s",
-        policy.describe(), result.moved, result.deleted, result.skipped, result.conflicts,
-        run.stale, result.batches, result.seconds, " (stopped early)" if run.stopped else "",
+        "consolidate %s: moved %d (%d re-encoded from their state), deleted %d, skipped %d, "
+        "conflicts %d, stale index entries %d, %d batches in %.3f s%s",
+        policy.describe(), result.moved, result.reencoded, result.deleted, result.skipped,
+        result.conflicts, run.stale, result.batches, result.seconds,
+        " (stopped early)" if run.stopped else "",
     )  # fmt: skip
     return result
 
@@ -228,8 +239,11 @@ class _Pass:
         self.keys = store.keys
         self.source = policy.tier
         self.moved = self.deleted = self.batches = self.conflicts = self.stale = 0
+        self.reencoded_moved = 0
         self.skipped: set[str] = set()
         self.stopped = False
+        self.reencoded: set[str] = set()
+        """Entry ids whose destination vector came from their raw state (another model's)."""
 
     def run(self, now: int) -> None:
         if self.policy.max_age_s is not None:
@@ -368,6 +382,7 @@ class _Pass:
         if not sources:
             return []
         compressed = self.engine.compress(vectors, self.source)  # (N, destination dim)
+        sources = self._reencode_other_models(sources, compressed)
         finite = np.isfinite(compressed).all(axis=1)
         if not finite.all():
             bad = [s for s, ok in zip(sources, finite, strict=True) if not ok]
@@ -375,6 +390,37 @@ class _Pass:
             sources = [s for s, ok in zip(sources, finite, strict=True) if ok]
             compressed = compressed[finite]
         return _records(sources, compressed, keep_state=self.keep_state)
+
+    def _reencode_other_models(self, sources: list[_Source], compressed: Vector) -> list[_Source]:
+        """Sources another model encoded: their rows of `compressed` replaced by their raw
+        state encoded by this engine (in place), their version by its version."""
+        version = self.engine.version
+        other = [i for i, s in enumerate(sources) if s.model_version != version]
+        if not other:
+            return sources
+        with_state = [i for i in other if sources[i].state_json is not None]
+        sources = list(sources)
+        good: list[int] = []
+        if with_state:
+            states = [_parsed(sources[i].state_json) for i in with_state]
+            features, good, _ = self.engine.schema.extract_valid(states)
+        if good:
+            assert self.policy.destination is not None
+            vectors = self.engine.encode_features(features)[self.policy.destination]
+            for row, j in enumerate(good):
+                i = with_state[j]
+                compressed[i] = vectors[row]
+                sources[i] = sources[i]._replace(model_version=version)
+                self.reencoded.add(sources[i].entry_id)
+        if len(good) < len(other):
+            versions = sorted({s.model_version for s in sources if s.model_version != version})
+            log.warning(
+                "%s: %d memories of model %s have no usable raw state: moved through model "
+                "%s's bottleneck, approximate (keep_state_after_stm=true keeps states to "
+                "re-encode after a retrain)",
+                self.policy.describe(), len(other) - len(good), ", ".join(versions), version,
+            )  # fmt: skip
+        return sources
 
     def _commit(
         self, pipe: Pipeline, records: list[MemoryRecord], gone: list[str], owners: dict[str, str]
@@ -400,6 +446,7 @@ class _Pass:
                 if key in owners:
                     pipe.zrem(self.keys.agent_time_index(self.source, owners[key]), key)
         pipe.execute()
+        self.reencoded_moved += sum(1 for r in records if r.entry_id in self.reencoded)
         return len(records)
 
     def _read(self, keys: list[str]) -> tuple[list[_Source], Vector]:
@@ -460,6 +507,14 @@ class _Pass:
         for key in keys:
             log.error("%s: %s left in place, %s", self.policy.describe(), key, why)
         self.skipped.update(keys)
+
+
+def _parsed(state_json: str | None) -> object:
+    """A raw state from its JSON; None (which featurizing refuses) if it does not parse."""
+    try:
+        return json.loads(state_json or "")
+    except ValueError:
+        return None
 
 
 def _row_problem(row: list[Any], width: int) -> str | None:

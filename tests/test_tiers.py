@@ -293,6 +293,45 @@ def test_moved_vectors_equal_encoding_the_state_at_each_tier_and_knn_finds_them_
     assert set(tiers_of(redis_client, records).values()) == {"ltm"}
 
 
+def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
+    redis_client: redis.Redis,
+    store: TierStore,
+    settings: Settings,
+    engine: EmbeddingEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a retrain: another model's vectors would mean nothing to this model's bottleneck."""
+    settings = policy(settings, stm_max_age_s=0, im_max_age_s=0)
+    fresh = stm_records(engine, aged("a", [4, 3, 2, 1]), seed=9)
+    noise = np.random.default_rng(9).normal(size=(4, 384)).astype(np.float32)
+    old = [
+        dataclasses.replace(r, model_version="old-model", vector=v)
+        for r, v in zip(fresh, noise, strict=True)
+    ]
+    old[3] = dataclasses.replace(old[3], state_json="{not json")  # no usable raw state
+    store.write("stm", old)
+    expected = engine.encode_states([json.loads(r.state_json or "") for r in fresh[:3]])
+
+    result = run(redis_client, store, engine, settings, "stm")
+    assert (result.moved, result.reencoded) == (4, 3)
+    im = store.read("im", [store.key("im", r.entry_id) for r in old])
+    np.testing.assert_allclose(np.stack([r.vector for r in im[:3]]), expected["im"], atol=1e-4)
+    np.testing.assert_allclose(im[3].vector, engine.compress(noise[3:], "stm")[0], atol=1e-5)
+    assert [r.model_version for r in im] == [engine.version] * 3 + ["old-model"]
+    assert "1 memories of model old-model have no usable raw state" in caplog.text
+
+    # IM keeps no raw state (keep_state_after_stm off): those of another model move as they are.
+    result = run(redis_client, store, engine, settings, "im")
+    assert (result.moved, result.reencoded) == (4, 0)
+    ltm = store.read("ltm", [store.key("ltm", r.entry_id) for r in old])
+    np.testing.assert_allclose(
+        np.stack([r.vector for r in ltm]),
+        engine.compress(np.stack([r.vector for r in im]), "im"),
+        atol=1e-5,
+    )
+    assert [r.model_version for r in ltm] == [r.model_version for r in im]
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_raw_state_is_dropped_after_stm_unless_kept(
     redis_client: redis.Redis,
