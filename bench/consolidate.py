@@ -61,7 +61,10 @@ def clean(client: redis.Redis) -> None:
         client.unlink(*batch)
 
 
-def make_records(n: int, agents: int, dim: int, seed: int = 0) -> list[MemoryRecord]:
+def make_records(
+    n: int, agents: int, dim: int, model_version: str, seed: int = 0
+) -> list[MemoryRecord]:
+    """Memories the serving model wrote (its version): they move through its bottleneck."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     t0 = epoch_ms() - 3 * DAY_MS  # older than stm_max_age_s and im_max_age_s
@@ -73,7 +76,7 @@ def make_records(n: int, agents: int, dim: int, seed: int = 0) -> list[MemoryRec
             step=i // agents,
             ts=t0 + i,
             importance=0.5,
-            model_version="bench",
+            model_version=model_version,
             vector=vectors[i],
             state_json='{"status": "active", "health": 73}',
         )
@@ -187,7 +190,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = EmbeddingEngine.from_checkpoint(base.model_path, expect_dims=dims)
-    records = make_records(args.records, args.agents, base.stm_dim)
+    records = make_records(args.records, args.agents, base.stm_dim, engine.version)
     with redis_url(Settings.from_env()) as url:
         client = redis.Redis.from_url(url)
         settings = replace(base, redis_url=url, prefix=PREFIX, consolidate_batch=args.batch)
