@@ -37,7 +37,6 @@ import numpy.typing as npt
 import redis
 from redis.client import Pipeline
 from redis.exceptions import NoPermissionError
-from redis.typing import EncodableT, FieldT
 from redisvl.exceptions import RedisVLError
 from redisvl.index import SearchIndex
 from redisvl.query import VectorQuery
@@ -499,57 +498,40 @@ def _vector_bytes(tier: TierSettings, vector: npt.ArrayLike, what: str) -> bytes
     return stored.tobytes()
 
 
-def _encode_record(tier: TierSettings, record: MemoryRecord) -> dict[FieldT, EncodableT]:
-    where = f"record {record.entry_id!r}"
-    if not isinstance(record.entry_id, str) or not record.entry_id:
-        raise ValueError(f"{where}: entry_id must be a non-empty string")
-    for name in TAG_FIELDS:
-        problem = tag_problem(getattr(record, name))
-        if problem:
-            raise ValueError(f"{where}: {name} {getattr(record, name)!r} {problem}")
-    if not math.isfinite(record.importance):
-        raise ValueError(f"{where}: importance {record.importance!r} must be finite")
-    mapping: dict[FieldT, EncodableT] = {
-        "agent_id": record.agent_id,
-        "agent_type": record.agent_type,
-        "model_version": record.model_version,
-        "step": int(record.step),
-        "ts": int(record.ts),
-        "importance": float(record.importance),
-        VECTOR_FIELD: _vector_bytes(tier, record.vector, f"{where} vector"),
-    }
-    if record.state_json is not None:
-        mapping[STATE_FIELD] = record.state_json
-    return mapping
-
-
 def _hset_commands(
     prefix: str, tier: TierSettings, records: Sequence[MemoryRecord]
 ) -> list[tuple[Any, ...]]:
-    """One flat `HSET key field value ...` per record, the fields of `_encode_record`.
+    """One flat `HSET key field value ...` per record, after checking every record.
 
-    The checks of `_encode_record`, done once per batch where they can be (vectors converted
-    together, each TAG value checked once); if any record fails one, every record goes through
-    `_encode_record` in order, so the error is the one it raises first.
+    Checks once per batch where they can be: the vectors are converted together, and each
+    distinct TAG value is checked once. A record that does not fit raises for the first of
+    its fields that does not, in field order.
 
     Raises:
-        ValueError: as `_encode_record`, for the first record that does not fit.
+        ValueError: the first record that does not fit the tier, naming it and the field.
     """
     vectors = _batch_vector_bytes(tier, records)
     good_tags: set[str] = set()
     commands: list[tuple[Any, ...]] = []
-    for record, vector in zip(records, vectors or (), strict=False):
-        entry_id, importance = record.entry_id, record.importance
+    for i, record in enumerate(records):
+        entry_id = record.entry_id
+        if not isinstance(entry_id, str) or not entry_id:
+            raise ValueError(f"record {entry_id!r}: entry_id must be a non-empty string")
         tags = (record.agent_id, record.agent_type, record.model_version)
-        if (
-            type(entry_id) is not str
-            or not entry_id
-            or not all(
-                type(tag) is str and (tag in good_tags or _good_tag(tag, good_tags)) for tag in tags
-            )
-            or not math.isfinite(importance)
-        ):
-            break
+        for name, tag in zip(TAG_FIELDS, tags, strict=True):
+            if not (isinstance(tag, str) and tag in good_tags):
+                problem = tag_problem(tag)
+                if problem:
+                    raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
+                good_tags.add(tag)
+        importance = record.importance
+        if not math.isfinite(importance):
+            raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
+        vector = (
+            vectors[i]
+            if vectors is not None
+            else _vector_bytes(tier, record.vector, f"record {entry_id!r} vector")
+        )
         command: tuple[Any, ...] = (
             "HSET", prefix + entry_id,
             "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
@@ -559,22 +541,7 @@ def _hset_commands(
         if record.state_json is not None:
             command += (STATE_FIELD, record.state_json)
         commands.append(command)
-    if len(commands) == len(records):
-        return commands
-    # Some record is refused: raise exactly what the record-by-record encoding raises.
-    slow = [_encode_record(tier, record) for record in records]
-    return [  # only reached if the fast checks were stricter than the slow ones
-        ("HSET", prefix + r.entry_id, *(x for pair in m.items() for x in pair))
-        for r, m in zip(records, slow, strict=True)
-    ]
-
-
-def _good_tag(value: str, good: set[str]) -> bool:
-    """Whether `value` is a storable TAG value; remembered in `good` when it is."""
-    if tag_problem(value):
-        return False
-    good.add(value)
-    return True
+    return commands
 
 
 def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> list[bytes] | None:
