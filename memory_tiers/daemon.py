@@ -477,16 +477,28 @@ class Daemon:
         self._stop.set()
 
     def _summary(self, now: IngestStats, before: IngestStats, seconds: float, what: str) -> None:
+        """One INFO line of what was stored since `before`; its numbers are JSON fields too."""
         stored = now.stored - before.stored
+        fields = {
+            "consumer": self.ingestor.consumer if self.ingestor else "-",
+            "stored": stored,
+            "dead_letters": now.dead_letters - before.dead_letters,
+            "claimed": now.claimed - before.claimed,
+            "seconds": round(seconds, 3),
+            "states_per_s": round(stored / seconds, 1) if seconds > 0 else 0.0,
+            "prepare_s": round(now.prepare_s - before.prepare_s, 3),
+            "commit_s": round(now.commit_s - before.commit_s, 3),
+            "total_stored": now.stored,
+            "total_dead_letters": now.dead_letters,
+        }
         log.info(
-            "ingest %s%s: %d stored, %d dead letters, %d claimed in %.1f s (%.0f states/s; "
-            "prepare %.1f s, commit %.1f s); totals %d stored, %d dead letters",
-            self.ingestor.consumer if self.ingestor else "-", f" {what}" if what else "",
-            stored, now.dead_letters - before.dead_letters, now.claimed - before.claimed,
-            seconds, stored / seconds if seconds > 0 else 0.0,
-            now.prepare_s - before.prepare_s, now.commit_s - before.commit_s,
-            now.stored, now.dead_letters,
-        )  # fmt: skip
+            "ingest %(consumer)s%(what)s: %(stored)d stored, %(dead_letters)d dead letters, "
+            "%(claimed)d claimed in %(seconds).1f s (%(states_per_s).0f states/s; prepare "
+            "%(prepare_s).1f s, commit %(commit_s).1f s); totals %(total_stored)d stored, "
+            "%(total_dead_letters)d dead letters",
+            {**fields, "what": f" {what}" if what else ""},
+            extra=fields,
+        )
 
 
 def log_settings(settings: Settings, what: str) -> None:

@@ -361,7 +361,8 @@ def test_stats_plot_without_samples_says_why(settings: Settings, tmp_path: Path)
 # -- logs and settings -------------------------------------------------------------------------
 
 
-def test_json_logs_carry_the_startup_settings_without_the_password(
+def test_json_logs_carry_the_settings_without_the_password_and_the_summary_numbers(
+    redis_client: redis.Redis,
     settings: Settings,
     model_path: Path,
     engine: EmbeddingEngine,
@@ -372,7 +373,15 @@ def test_json_logs_carry_the_startup_settings_without_the_password(
     url = settings.redis_url.replace("redis://", "redis://default:not-the-password@")
     caplog.set_level(logging.DEBUG)
     with running(daemon(make_settings(url, model_path), engine, "logged")) as d:
-        assert d.wait_started(30)
+        xadd_states(redis_client, simulate_states(7, seed=9))
+        xadd_raw(redis_client, {"state": "{}"})
+        wait_for(lambda: d.stats.entries == 8, 10, "8 entries handled")
+    stopped = next(r for r in caplog.records if "logged stopped" in r.getMessage())
+    summary = json.loads(JsonFormatter().format(stopped))
+    assert (summary["consumer"], summary["total_stored"], summary["total_dead_letters"]) == (
+        "logged", 7, 1,
+    )  # fmt: skip
+    assert summary["message"].startswith("ingest logged stopped: 7 stored, 1 dead letters,")
     startup = next(r for r in caplog.records if "starting" in r.getMessage())
     line = json.loads(JsonFormatter().format(startup))
     assert line["level"] == "INFO" and line["logger"] == "memory_tiers.daemon"
