@@ -109,13 +109,24 @@ class EmbeddingEngine:
         return {"stm": config.stm_dim, "im": config.im_dim, "ltm": config.ltm_dim}
 
     @torch.no_grad()
-    def encode_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Feature rows (N, input_dim) to each tier's vectors {tier: (N, dim)} float32."""
+    def encode_features(
+        self, features: np.ndarray, tiers: Sequence[str] = TIERS
+    ) -> dict[str, np.ndarray]:
+        """Feature rows (N, input_dim) to the vectors of `tiers` {tier: (N, dim)} float32.
+
+        One encoder pass; the bottlenecks run only as far down as the lowest tier asked for
+        (the daemon asks for STM alone).
+        """
+        unknown = set(tiers) - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown tiers {sorted(unknown)}: expected some of {TIERS}")
         x = torch.as_tensor(features, dtype=torch.float32, device=self.device)
-        return {
-            tier: vectors.cpu().numpy()
-            for tier, vectors in zip(TIERS, self.model.encode_all(x), strict=True)
-        }
+        vectors = {"stm": self.model.encode_stm(x)}
+        if "im" in tiers or "ltm" in tiers:
+            vectors["im"] = self.model.stm_to_im(vectors["stm"])
+        if "ltm" in tiers:
+            vectors["ltm"] = self.model.im_to_ltm(vectors["im"])
+        return {tier: vectors[tier].cpu().numpy() for tier in tiers}
 
     def encode_states(self, states: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """States to each tier's vectors {tier: (N, dim)}, featurized and encoded as one batch.

@@ -370,7 +370,7 @@ class Ingestor:
             split.dead.sort(key=lambda letter: order[letter.entry_id])  # stream order
         records: list[MemoryRecord] = []
         if good:
-            vectors = self.engine.encode_features(features)[STM]  # (len(good), stm_dim)
+            vectors = self.engine.encode_features(features, (STM,))[STM]  # (len(good), stm_dim)
             records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources)

@@ -406,7 +406,8 @@ class _Pass:
             features, good, _ = self.engine.schema.extract_valid(states)
         if good:
             assert self.policy.destination is not None
-            vectors = self.engine.encode_features(features)[self.policy.destination]
+            destination = self.policy.destination
+            vectors = self.engine.encode_features(features, (destination,))[destination]
             for row, j in enumerate(good):
                 i = with_state[j]
                 compressed[i] = vectors[row]

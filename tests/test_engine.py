@@ -46,6 +46,18 @@ def test_compress_equals_encoding_one_tier_down(engine: EmbeddingEngine) -> None
         engine.compress(vectors["ltm"], "ltm")
 
 
+def test_encoding_only_some_tiers_gives_the_same_vectors(engine: EmbeddingEngine) -> None:
+    features = engine.schema.extract_batch(simulate_states(16, seed=6))
+    every = engine.encode_features(features)
+    for tiers in (("stm",), ("im",), ("ltm", "stm")):
+        some = engine.encode_features(features, tiers)
+        assert list(some) == list(tiers)
+        for tier in tiers:
+            np.testing.assert_array_equal(some[tier], every[tier])
+    with pytest.raises(ValueError, match=r"unknown tiers \['xtm'\]"):
+        engine.encode_features(features, ("xtm",))
+
+
 def test_action_maps_to_a_state_as_designed(engine: EmbeddingEngine) -> None:
     action = {
         "action_type": "gather",
