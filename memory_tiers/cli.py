@@ -322,6 +322,7 @@ def _query_state(text: str) -> dict[str, Any]:
 
 
 def _query_tiers(text: str) -> list[str]:
+    """The tiers of a --tiers option, in tier order, each once."""
     from .constants import TIERS
 
     tiers = [t.strip().lower() for t in text.split(",") if t.strip()]
@@ -329,7 +330,7 @@ def _query_tiers(text: str) -> list[str]:
         raise click.BadParameter(
             f"{text!r}: expected some of {','.join(TIERS)}, comma-separated", param_hint="--tiers"
         )
-    return tiers
+    return [t for t in TIERS if t in tiers]
 
 
 def _query_row(rank: int, item: MergedHit, client: MemoryClient) -> tuple[str, ...]:
@@ -546,6 +547,52 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
         raise click.ClickException(
             f"not run, their lock stayed held by another process: {', '.join(busy)}"
         )
+
+
+# -- reencode ---------------------------------------------------------------------------------
+
+REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "skipped", "seconds")
+"""Columns of the `reencode` table, one row per tier."""
+
+
+@main.command("reencode")
+@click.option(
+    "--tiers", default="stm,im,ltm", show_default=True, help="tiers to re-encode, comma-separated"
+)
+@click.pass_obj
+def reencode_command(settings: Settings, tiers: str) -> None:
+    """After a retrain: encode memories of other model versions again with MT_MODEL_PATH.
+
+    Each memory whose raw state is stored (STM always; IM and LTM with
+    MT_KEEP_STATE_AFTER_STM) gets the vector the current model gives its state. Those without
+    a raw state stay as they are ("without state"). Safe while daemons run.
+    """
+    from .engine import EmbeddingEngine
+    from .store import TierStore
+    from .tiers import reencode
+
+    if not settings.redis_url:
+        raise click.UsageError(
+            "reencode needs MT_REDIS_URL (or memory-tiers --redis-url URL reencode ...)"
+        )
+    chosen = _query_tiers(tiers)
+    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
+    try:
+        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=dims)
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            store = TierStore(client, settings)
+            results = {tier: reencode(client, store, engine, settings, tier) for tier in chosen}
+        finally:
+            client.close()
+    except (MemoryTiersError, redis.RedisError) as e:
+        raise click.ClickException(str(e)) from e
+    rows = [
+        (tier, str(r.reencoded), str(r.without_state), str(r.skipped), f"{r.seconds:.3f}")
+        for tier, r in results.items()
+    ]
+    click.echo(f"model {engine.version}")
+    click.echo(_table(REENCODE_COLUMNS, rows, numeric=range(1, 5)))
 
 
 # -- check and stats ---------------------------------------------------------------------------

@@ -133,7 +133,10 @@ class PassResult:
     conflicts: int = 0
     """Transactions aborted because a watched source changed (then read again)."""
     reencoded: int = 0
-    """Moved memories of another model version, encoded again from their raw state."""
+    """Memories of another model version encoded again from their raw state."""
+    without_state: int = 0
+    """Memories of another model version with no usable raw state: a consolidation pass moved
+    them through the bottleneck as they were, a re-encoding pass left them as they are."""
 
 
 def scheduled_tiers(settings: Settings) -> list[str]:
@@ -181,11 +184,12 @@ def consolidate(
         except redis.RedisError as e:
             raise StoreError(
                 f"consolidate {policy.describe()} failed after {run.batches} batches "
-                f"({run.moved} moved, {run.deleted} deleted, all committed): {e}"
+                f"({run.done} moved or deleted, all committed): {e}"
             ) from e
+    moved, deleted = (run.done, 0) if policy.destination else (0, run.done)
     result = PassResult(
-        run.moved, run.deleted, run.batches, time.perf_counter() - started,
-        len(run.skipped), run.conflicts, run.reencoded_moved,
+        moved, deleted, run.batches, time.perf_counter() - started,
+        len(run.skipped), run.conflicts, run.reencoded_moved, len(run.without_state),
     )  # fmt: skip
     log.info(
         "consolidate %s: moved %d (%d re-encoded from their state), deleted %d, skipped %d, "
@@ -193,6 +197,57 @@ def consolidate(
         policy.describe(), result.moved, result.reencoded, result.deleted, result.skipped,
         result.conflicts, run.stale, result.batches, result.seconds,
         " (stopped early)" if run.stopped else "",
+    )  # fmt: skip
+    return result
+
+
+def reencode(
+    client: redis.Redis,
+    store: TierStore,
+    engine: EmbeddingEngine,
+    settings: Settings,
+    tier: str,
+    max_batches: int | None = None,
+    keep_going: KeepGoing | None = None,
+) -> PassResult:
+    """Encode `tier`'s memories of other model versions again from their raw state, in place.
+
+    After a retrain: each record whose model_version is not the engine's and that keeps its
+    raw state (STM always; IM and LTM with keep_state_after_stm) gets the vector this engine
+    gives its state, and the engine's version. Those without a usable raw state stay as they
+    are (`PassResult.without_state`). Records are rewritten under the same WATCH guard as
+    consolidation, so a pass running meanwhile moves each memory exactly once.
+
+    Raises:
+        ConfigError: the engine's dimension for `tier` is not the index's.
+        StoreError: Redis failed; batches committed before stay committed.
+    """
+    if engine.dims[tier] != settings.tier(tier).dim:
+        raise ConfigError(
+            f"the model's {tier} vectors have {engine.dims[tier]} dims, the {tier} index "
+            f"{settings.tier(tier).dim}: re-encoding {tier} would not fit"
+        )
+    started = time.perf_counter()
+    run = _Reencode(
+        client, store, engine, settings, TierPolicy.from_settings(settings, tier),
+        max_batches, keep_going,
+    )  # fmt: skip
+    try:
+        run.run(0)
+    except redis.RedisError as e:
+        raise StoreError(
+            f"re-encoding {tier} failed after {run.batches} batches ({run.done} re-encoded, all "
+            f"committed): {e}"
+        ) from e
+    result = PassResult(
+        0, 0, run.batches, time.perf_counter() - started, len(run.skipped), run.conflicts,
+        run.reencoded_moved, len(run.without_state),
+    )  # fmt: skip
+    log.info(
+        "re-encode %s with model %s: %d re-encoded, %d without a usable raw state left as they "
+        "are, skipped %d, conflicts %d, %d batches in %.3f s",
+        tier, engine.version, result.reencoded, result.without_state, result.skipped,
+        result.conflicts, result.batches, result.seconds,
     )  # fmt: skip
     return result
 
@@ -238,8 +293,13 @@ class _Pass:
         self.keep_going = keep_going
         self.keys = store.keys
         self.source = policy.tier
-        self.moved = self.deleted = self.batches = self.conflicts = self.stale = 0
+        self.target = policy.destination
+        """Where the records a batch reads are written: the next tier, or None (retention)."""
+        self.what = policy.describe()
+        self.done = self.batches = self.conflicts = self.stale = 0
+        """done: records moved, deleted or re-encoded."""
         self.reencoded_moved = 0
+        self.without_state: set[str] = set()
         self.skipped: set[str] = set()
         self.stopped = False
         self.reencoded: set[str] = set()
@@ -329,14 +389,11 @@ class _Pass:
             done, stale = done + counts[0], stale + counts[1]
         self.batches += 1 if done or stale else 0
         self.stale += stale
-        if self.policy.destination is None:
-            self.deleted += done
-        else:
-            self.moved += done
+        self.done += done
         if pending:
             log.warning(
                 "%s: %d records kept changing during %d tries; left for the next pass (%s, ...)",
-                self.policy.describe(), len(pending), MAX_CONFLICT_RETRIES + 1, pending[0],
+                self.what, len(pending), MAX_CONFLICT_RETRIES + 1, pending[0],
             )  # fmt: skip
             self.skipped.update(pending)
 
@@ -381,8 +438,16 @@ class _Pass:
             return _records(sources, vectors, keep_state=True)
         if not sources:
             return []
+        destination = self.policy.destination
         compressed = self.engine.compress(vectors, self.source)  # (N, destination dim)
-        sources = self._reencode_other_models(sources, compressed)
+        sources, without_state = self._encode_again(sources, compressed, destination)
+        if without_state:
+            log.warning(
+                "%s: %d memories of another model have no usable raw state: moved through model "
+                "%s's bottleneck, approximate (keep_state_after_stm=true keeps states to "
+                "re-encode after a retrain)",
+                self.what, without_state, self.engine.version,
+            )  # fmt: skip
         finite = np.isfinite(compressed).all(axis=1)
         if not finite.all():
             bad = [s for s, ok in zip(sources, finite, strict=True) if not ok]
@@ -391,13 +456,16 @@ class _Pass:
             compressed = compressed[finite]
         return _records(sources, compressed, keep_state=self.keep_state)
 
-    def _reencode_other_models(self, sources: list[_Source], compressed: Vector) -> list[_Source]:
-        """Sources another model encoded: their rows of `compressed` replaced by their raw
-        state encoded by this engine (in place), their version by its version."""
+    def _encode_again(
+        self, sources: list[_Source], vectors: Vector, tier: str
+    ) -> tuple[list[_Source], int]:
+        """Sources another model encoded: their rows of `vectors` (`tier`'s) replaced by their
+        raw state encoded by this engine (in place), their version by its version; and how
+        many of them have no usable raw state (left as they were)."""
         version = self.engine.version
         other = [i for i, s in enumerate(sources) if s.model_version != version]
         if not other:
-            return sources
+            return sources, 0
         with_state = [i for i in other if sources[i].state_json is not None]
         sources = list(sources)
         good: list[int] = []
@@ -405,40 +473,36 @@ class _Pass:
             states = [_parsed(sources[i].state_json) for i in with_state]
             features, good, _ = self.engine.schema.extract_valid(states)
         if good:
-            assert self.policy.destination is not None
-            destination = self.policy.destination
-            vectors = self.engine.encode_features(features, (destination,))[destination]
+            encoded = self.engine.encode_features(features, (tier,))[tier]
             for row, j in enumerate(good):
                 i = with_state[j]
-                compressed[i] = vectors[row]
+                vectors[i] = encoded[row]
                 sources[i] = sources[i]._replace(model_version=version)
                 self.reencoded.add(sources[i].entry_id)
-        if len(good) < len(other):
-            versions = sorted({s.model_version for s in sources if s.model_version != version})
-            log.warning(
-                "%s: %d memories of model %s have no usable raw state: moved through model "
-                "%s's bottleneck, approximate (keep_state_after_stm=true keeps states to "
-                "re-encode after a retrain)",
-                self.policy.describe(), len(other) - len(good), ", ".join(versions), version,
-            )  # fmt: skip
-        return sources
+        encoded_ids = {sources[with_state[j]].entry_id for j in good}
+        self.without_state.update(
+            sources[i].entry_id for i in other if sources[i].entry_id not in encoded_ids
+        )
+        return sources, len(other) - len(good)
 
     def _commit(
         self, pipe: Pipeline, records: list[MemoryRecord], gone: list[str], owners: dict[str, str]
     ) -> int:
-        """Write `records` one tier down (unless retention) and delete their sources, and drop
-        the index members of vanished sources, in one MULTI/EXEC; how many records left."""
+        """Write `records` to the target tier (unless retention) and delete their sources
+        (unless the target is the source tier), and drop the index members of vanished
+        sources, in one MULTI/EXEC; how many records were written or deleted."""
         if not records and not gone:
             return 0  # leaving the `with` unwatches
         pipe.multi()
-        if self.policy.destination is not None:
+        if self.target is not None:
             try:
-                self.store.add_records(pipe, self.policy.destination, records)
+                self.store.add_records(pipe, self.target, records)
             except ValueError:  # add_records queued nothing; keep what it accepts
                 records = self._accepted(records)
-                self.store.add_records(pipe, self.policy.destination, records)
-        # queue_delete reads only entry_id and agent_id: destination records name the sources.
-        self.store.queue_delete(pipe, self.source, records)
+                self.store.add_records(pipe, self.target, records)
+        if self.target != self.source:
+            # queue_delete reads only entry_id and agent_id: the new records name the sources.
+            self.store.queue_delete(pipe, self.source, records)
         # Index members whose hash is gone (evicted, deleted by hand): drop them, or they would
         # be selected forever. WATCH guarantees the hash is still absent at EXEC.
         if gone:
@@ -490,13 +554,13 @@ class _Pass:
         return sources, vectors if kept.all() else vectors[kept]
 
     def _accepted(self, moved: list[MemoryRecord]) -> list[MemoryRecord]:
-        """The destination records the store accepts; the sources of the others are skipped."""
-        assert self.policy.destination is not None
+        """The new records the store accepts; the sources of the others are skipped."""
+        assert self.target is not None
         scratch = self.client.pipeline(transaction=False)  # never executed
         accepted = []
         for record in moved:
             try:
-                self.store.add_records(scratch, self.policy.destination, [record])
+                self.store.add_records(scratch, self.target, [record])
             except ValueError as e:
                 self._skip([self.keys.record(self.source, record.entry_id)], f"refused: {e}")
             else:
@@ -506,8 +570,49 @@ class _Pass:
 
     def _skip(self, keys: Sequence[str], why: str) -> None:
         for key in keys:
-            log.error("%s: %s left in place, %s", self.policy.describe(), key, why)
+            log.error("%s: %s left in place, %s", self.what, key, why)
         self.skipped.update(keys)
+
+
+class _Reencode(_Pass):
+    """A pass that rewrites a tier's records of other model versions in place (`reencode`)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.target = self.source
+        self.what = f"{self.source} re-encode"
+
+    def run(self, now: int) -> None:
+        """Walk the tier's time index by rank; re-encode the pages' records of other versions.
+
+        Rewrites keep each record's score, so ranks hold still; a record a concurrent pass
+        moves away meanwhile shifts the ranks after it, and a later record may be missed:
+        consolidation re-encodes it when it moves, or a second run does.
+        """
+        index = self.keys.time_index(self.source)
+        start = 0
+        while self._may_continue():
+            members = [_text(m) for m in self.client.zrange(index, start, start + self.batch - 1)]
+            if not members:
+                return
+            start += len(members)
+            pipe = self.client.pipeline(transaction=False)
+            for key in members:
+                pipe.hget(key, "model_version")
+            versions = pipe.execute()
+            other = [
+                key
+                for key, version in zip(members, versions, strict=True)
+                if version is not None and _text(version) != self.engine.version
+            ]
+            if other:
+                self._apply(other, {})
+
+    def _leaving(self, sources: list[_Source], vectors: Vector) -> list[MemoryRecord]:
+        """The sources that were encoded again, with their new vectors and version."""
+        sources, _ = self._encode_again(sources, vectors, self.source)
+        again = [i for i, s in enumerate(sources) if s.entry_id in self.reencoded]
+        return _records([sources[i] for i in again], vectors[again], keep_state=True)
 
 
 def _parsed(state_json: str | None) -> object:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import redis
+from click.testing import CliRunner
 
 from memory_tiers import (
     TIERS,
@@ -29,6 +30,7 @@ from memory_tiers import (
     simulate_states,
     tiers,
 )
+from memory_tiers.cli import main
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import PassResult, TierPolicy, consolidate, scheduled_tiers
 
@@ -313,16 +315,16 @@ def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
     expected = engine.encode_states([json.loads(r.state_json or "") for r in fresh[:3]])
 
     result = run(redis_client, store, engine, settings, "stm")
-    assert (result.moved, result.reencoded) == (4, 3)
+    assert (result.moved, result.reencoded, result.without_state) == (4, 3, 1)
     im = store.read("im", [store.key("im", r.entry_id) for r in old])
     np.testing.assert_allclose(np.stack([r.vector for r in im[:3]]), expected["im"], atol=1e-4)
     np.testing.assert_allclose(im[3].vector, engine.compress(noise[3:], "stm")[0], atol=1e-5)
     assert [r.model_version for r in im] == [engine.version] * 3 + ["old-model"]
-    assert "1 memories of model old-model have no usable raw state" in caplog.text
+    assert "stm->im: 1 memories of another model have no usable raw state" in caplog.text
 
     # IM keeps no raw state (keep_state_after_stm off): those of another model move as they are.
     result = run(redis_client, store, engine, settings, "im")
-    assert (result.moved, result.reencoded) == (4, 0)
+    assert (result.moved, result.reencoded, result.without_state) == (4, 0, 1)
     ltm = store.read("ltm", [store.key("ltm", r.entry_id) for r in old])
     np.testing.assert_allclose(
         np.stack([r.vector for r in ltm]),
@@ -330,6 +332,100 @@ def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
         atol=1e-5,
     )
     assert [r.model_version for r in ltm] == [r.model_version for r in im]
+
+
+def old_model_records(
+    engine: EmbeddingEngine, placed: Sequence[tuple[str, int]], seed: int
+) -> list[MemoryRecord]:
+    """STM records as another model wrote them: its version, vectors this model never made."""
+    records = stm_records(engine, placed, seed=seed)
+    noise = np.random.default_rng(seed).normal(size=(len(records), 384)).astype(np.float32)
+    return [
+        dataclasses.replace(r, model_version="old-model", vector=v)
+        for r, v in zip(records, noise, strict=True)
+    ]
+
+
+def test_reencode_rewrites_other_models_memories_from_their_state_in_place(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    old = old_model_records(engine, aged("a", [4, 3, 2, 1]), seed=12)
+    old[3] = dataclasses.replace(old[3], state_json=None)  # nothing to encode again
+    current = stm_records(engine, aged("b", [4.5, 3.5]), seed=13)  # keys of their own
+    store.write("stm", old + current)
+    expected = engine.encode_states([json.loads(r.state_json or "") for r in old[:3]])["stm"]
+
+    result = tiers.reencode(redis_client, store, engine, settings, "stm")
+
+    assert (result.reencoded, result.without_state, result.skipped) == (3, 1, 0)
+    after = store.read("stm", [store.key("stm", r.entry_id) for r in old + current])
+    np.testing.assert_allclose(np.stack([r.vector for r in after[:3]]), expected, atol=1e-5)
+    assert [r.model_version for r in after] == [engine.version] * 3 + ["old-model"] + [
+        engine.version
+    ] * 2
+    assert [r.state_json for r in after] == [r.state_json for r in old + current]
+    np.testing.assert_array_equal(after[3].vector, old[3].vector)  # left as it was
+    np.testing.assert_array_equal(after[4].vector, current[0].vector)
+    hit = store.search("stm", expected[1], k=1, agent_id="a")[0]
+    assert (hit.entry_id, hit.distance) == (old[1].entry_id, pytest.approx(0.0, abs=1e-6))
+    assert_indexes_match(redis_client, store, 6)
+
+    again = tiers.reencode(redis_client, store, engine, settings, "stm")
+    assert (again.reencoded, again.without_state) == (0, 1)
+
+
+def test_reencode_and_a_consolidation_at_once_keep_every_memory_in_one_tier(
+    redis_client: redis.Redis,
+    redis_server: EmbeddedRedis,
+    store: TierStore,
+    settings: Settings,
+    engine: EmbeddingEngine,
+) -> None:
+    old = old_model_records(engine, aged("a", [5, 4, 3, 2]), seed=14)
+    store.write("stm", old)
+    mover = redis.Redis.from_url(redis_server.url)
+    moving = policy(settings, stm_max_age_s=0)
+
+    class Racing:  # encodes like `engine`, but a consolidation moves everything first
+        schema, version, dims = engine.schema, engine.version, engine.dims
+
+        def encode_features(self, features: np.ndarray, tiers: Sequence[str]) -> Any:
+            consolidate(mover, TierStore(mover, moving), engine, moving, "stm", now_ms=NOW)
+            return engine.encode_features(features, tiers)
+
+    result = tiers.reencode(redis_client, store, cast(EmbeddingEngine, Racing()), settings, "stm")
+    mover.close()
+
+    assert (result.reencoded, result.conflicts) == (0, 1)  # its batch was moved from under it
+    assert set(tiers_of(redis_client, old).values()) == {"im"}
+    im = store.read("im", [store.key("im", r.entry_id) for r in old])
+    expected = engine.encode_states([json.loads(r.state_json or "") for r in old])["im"]
+    np.testing.assert_allclose(np.stack([r.vector for r in im]), expected, atol=1e-4)
+    assert_indexes_match(redis_client, store, 4)
+
+
+def test_reencode_command_prints_what_it_did(
+    redis_client: redis.Redis,
+    store: TierStore,
+    settings: Settings,
+    engine: EmbeddingEngine,
+    model_path: Path,
+) -> None:
+    store.write("stm", old_model_records(engine, aged("a", [2, 1]), seed=15))
+    assert settings.redis_url
+    result = CliRunner().invoke(
+        main,
+        ["reencode", "--tiers", "ltm,stm"],
+        env={"MT_REDIS_URL": settings.redis_url, "MT_MODEL_PATH": str(model_path)},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"model {engine.version}"
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["tier", "re-encoded", "without", "state"],
+        ["stm", "2", "0", "0"],
+        ["ltm", "0", "0", "0"],
+    ]
 
 
 @pytest.mark.parametrize("keep", [False, True])
