@@ -624,7 +624,7 @@ def check_command(settings: Settings, local: bool) -> None:
     """
     import socket
 
-    from .status import health_problem, snapshot
+    from .status import health, snapshot
 
     if not settings.redis_url:
         click.echo("unhealthy: no Redis to check: set MT_REDIS_URL (or --redis-url)")
@@ -642,16 +642,12 @@ def check_command(settings: Settings, local: bool) -> None:
         host = socket.gethostname()
         beats = [beat for beat in status.heartbeats if beat.host == host]
         status = dataclasses.replace(status, heartbeats=beats)
-    problem = health_problem(status, keys, settings.max_lag)
-    if problem:
-        where = f" on this host ({socket.gethostname()})" if local else ""
-        click.echo(f"unhealthy{where}: {problem}")
+    healthy, line = health(status, keys, settings.max_lag)
+    if not healthy and local:
+        line = line.replace("unhealthy:", f"unhealthy on this host ({socket.gethostname()}):", 1)
+    click.echo(line)
+    if not healthy:
         raise SystemExit(1)
-    daemons = ", ".join(beat.consumer for beat in status.heartbeats)
-    click.echo(
-        f"ok: {len(status.heartbeats)} live daemon(s) ({daemons}); lag {status.stream.lag} "
-        f"(max {settings.max_lag}), pending {status.stream.pending}"
-    )
 
 
 TIER_COLUMNS = ("tier", "memories", "agents")

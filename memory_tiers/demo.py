@@ -23,6 +23,7 @@ from .engine import EmbeddingEngine
 from .server import EmbeddedRedis
 from .settings import Settings
 from .sim import Simulation
+from .status import health, snapshot
 
 Echo = Callable[[str], None]
 
@@ -65,6 +66,7 @@ def run_demo(settings: Settings, seconds: float, echo: Echo) -> None:
                 first_state = dict(simulation.agents[0].get_state_data())
                 sent = _stream(client, simulation, seconds, echo)
                 _drain(client, sent, echo)
+                echo(f"memory-tiers check: {_health(client, settings)}")
                 last_state = dict(simulation.agents[0].get_state_data())
             _show_recalls(client, first_state, last_state, echo)
     echo("demo done: Redis stopped and its data removed")
@@ -125,6 +127,12 @@ def _drain(client: MemoryClient, sent: int, echo: Echo, timeout_s: float = 30.0)
     while time.monotonic() < deadline and sum(_snapshot(client).values()) < sent:
         time.sleep(0.2)
     echo(_progress(client, sent, "final "))
+
+
+def _health(client: MemoryClient, settings: Settings) -> str:
+    """What `memory-tiers check` says now: the daemon's heartbeat and the stream's lag."""
+    status = snapshot(client.redis, client.keys, count_lag_up_to=settings.max_lag + 1)
+    return health(status, client.keys, settings.max_lag)[1]
 
 
 def _snapshot(client: MemoryClient) -> dict[str, int]:

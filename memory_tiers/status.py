@@ -121,8 +121,8 @@ class Snapshot:
 
 
 def tier_sizes(client: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Memories per tier, from the tiers' time indexes (one ZCARD each)."""
-    pipe = client.pipeline(transaction=False)
+    """Memories per tier, from the tiers' time indexes (one ZCARD each, in one MULTI/EXEC)."""
+    pipe = client.pipeline(transaction=True)  # a batch moving between tiers is counted once
     for tier in TIERS:
         pipe.zcard(keys.time_index(tier))
     return {tier: int(size) for tier, size in zip(TIERS, pipe.execute(), strict=True)}
@@ -203,23 +203,31 @@ def snapshot(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> Snaps
     )
 
 
-def health_problem(status: Snapshot, keys: Keys, max_lag: int) -> str | None:
-    """Why the service is unhealthy (no live daemon, or lag over max_lag); None if healthy."""
+def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
+    """Whether the service is healthy, and one line saying why not or what is healthy.
+
+    Unhealthy: no live daemon, or more than max_lag entries undelivered. A lag Redis could not
+    tell and nobody counted (`stream_status` without `count_lag_up_to`) is not held against it.
+    """
+    stream = status.stream
     if not status.heartbeats:
-        return (
-            f"no live daemon: no {keys.heartbeat_pattern} key (a daemon rewrites its heartbeat "
-            "while it consumes; the key expires heartbeat_ttl_s after it stopped or froze)"
+        return False, (
+            f"unhealthy: no live daemon: no {keys.heartbeat_pattern} key (a daemon rewrites its "
+            "heartbeat while it consumes; the key expires heartbeat_ttl_s after it stopped or "
+            "froze)"
         )
-    lag = status.stream.lag
-    if lag is None:
-        return None  # the caller counted what it could: nothing undelivered was found
-    if lag > max_lag:
-        at_least = "at least " if status.stream.lag_capped else ""
-        return (
-            f"lagging: {at_least}{lag} stream entries wait unread, more than max_lag={max_lag} "
-            f"({len(status.heartbeats)} live daemon(s) cannot keep up, or are stuck)"
+    if stream.lag is not None and stream.lag > max_lag:
+        at_least = "at least " if stream.lag_capped else ""
+        return False, (
+            f"unhealthy: lagging: {at_least}{stream.lag} stream entries wait unread, more than "
+            f"max_lag={max_lag} ({len(status.heartbeats)} live daemon(s) cannot keep up, or are "
+            "stuck)"
         )
-    return None
+    daemons = ", ".join(beat.consumer for beat in status.heartbeats)
+    return True, (
+        f"ok: {len(status.heartbeats)} live daemon(s) ({daemons}); lag {stream.lag} "
+        f"(max {max_lag}), pending {stream.pending}"
+    )
 
 
 # -- the time series ---------------------------------------------------------------------------
