@@ -69,8 +69,9 @@ class Keys:
 
     @property
     def heartbeat_pattern(self) -> str:
-        """SCAN pattern of every daemon's heartbeat key."""
-        return f"{self.prefix}:heartbeat:*"
+        """SCAN pattern of every daemon's heartbeat key (glob characters of the prefix escaped)."""
+        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}:heartbeat:*"
 
     @property
     def stats_series(self) -> str:

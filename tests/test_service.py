@@ -31,7 +31,7 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
 from memory_tiers.cli import main
 from memory_tiers.errors import ConfigError
 from memory_tiers.logs import JsonFormatter
@@ -395,3 +395,13 @@ def test_json_logs_carry_the_settings_without_the_password_and_the_summary_numbe
 def test_heartbeats_must_outlive_a_blocking_read() -> None:
     with pytest.raises(ConfigError, match=r"heartbeat_ttl_s=2\.0: must be at least 3 x block_ms"):
         Settings(heartbeat_ttl_s=2.0, block_ms=1000)
+
+
+def test_heartbeats_are_found_under_a_prefix_with_glob_characters(
+    redis_client: redis.Redis,
+) -> None:
+    beat = Heartbeat("d", "h", 1, "v", time.time(), time.time(), 0, 0, 30.0)
+    globby, lookalike = Keys("t[1]*"), Keys("t1x")
+    redis_client.set(globby.heartbeat("d"), beat.to_json(), ex=30)
+    redis_client.set(lookalike.heartbeat("other"), beat.to_json(), ex=30)
+    assert [b.consumer for b in heartbeats(redis_client, globby)] == ["d"]
