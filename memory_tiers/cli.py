@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import redis
@@ -385,12 +385,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Collec
     return "\n".join([line(header), *(line(row) for row in rows)])
 
 
-class _Refused(click.ClickException):
-    """The daemon refused to start (model or indexes do not fit): exit code 2."""
-
-    exit_code = 2
-
-
 @main.command()
 @click.option(
     "--allow-untrained",
@@ -428,7 +422,7 @@ def serve(
     consolidate: bool,
 ) -> None:
     """Run the daemon: stream states into STM and consolidate tiers until SIGTERM or Ctrl-C."""
-    from .daemon import Daemon, load_engine
+    from .daemon import EXIT_REFUSED, Daemon, load_engine
     from .errors import ConfigError, ModelError
     from .server import redis_url
 
@@ -445,9 +439,9 @@ def serve(
             )  # fmt: skip
             code = daemon.run()
     except (ModelError, ConfigError) as e:
-        raise _Refused(str(e)) from e
+        _stop_serving(e, EXIT_REFUSED)
     except MemoryTiersError as e:
-        raise click.ClickException(str(e)) from e
+        _stop_serving(e, 1)
     raise SystemExit(code)
 
 
@@ -478,6 +472,13 @@ def init_command(settings: Settings) -> None:
         f"indexes {', '.join(keys.index(t) for t in TIERS)} ready; consumer group {keys.group} "
         f"on {keys.stream} {'created' if created else 'already there'}"
     )
+
+
+def _stop_serving(error: MemoryTiersError, code: int) -> NoReturn:
+    """Log why the daemon stops, as a log record (a JSON line with --log-format json, which a
+    log pipeline keeps where it would drop click's plain 'Error:' line), and exit."""
+    logging.getLogger(__name__).critical("memory-tiers serve stops: %s", error)
+    raise SystemExit(code) from error
 
 
 # -- consolidate -------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ EXIT_OK = 0
 """`run()` finished after a stop request."""
 
 EXIT_REFUSED = 2
-"""What `memory-tiers serve` exits with when the model or the indexes do not fit."""
+"""What `memory-tiers serve` exits with when the model, the indexes or the metrics port do not
+fit: a restart cannot help (systemd: RestartPreventExitStatus=2)."""
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 _REFUSALS = (

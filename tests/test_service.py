@@ -405,3 +405,20 @@ def test_heartbeats_are_found_under_a_prefix_with_glob_characters(
     redis_client.set(globby.heartbeat("d"), beat.to_json(), ex=30)
     redis_client.set(lookalike.heartbeat("other"), beat.to_json(), ex=30)
     assert [b.consumer for b in heartbeats(redis_client, globby)] == ["d"]
+
+
+def test_a_refused_serve_says_why_in_a_json_log_line(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["--log-format", "json", "--model-path", str(tmp_path / "none.pt"), "serve"],
+        env={"MT_REDIS_URL": redis_server.url},
+    )
+    assert result.exit_code == 2
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    fatal = [r for r in records if r["level"] == "CRITICAL"]
+    assert len(fatal) == 1 and fatal[0]["logger"] == "memory_tiers.cli"
+    assert fatal[0]["message"].startswith(
+        f"memory-tiers serve stops: no model checkpoint at {tmp_path / 'none.pt'}"
+    )
