@@ -655,6 +655,7 @@ TIER_COLUMNS = ("tier", "memories", "agents")
 STREAM_COLUMNS = ("stream", "length", "lag", "pending", "dead letters", "consumers")
 DAEMON_COLUMNS = ("daemon", "host", "pid", "model", "up", "stored", "dead letters", "heartbeat")
 AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
+MODEL_COLUMNS = ("model", "stm", "im", "ltm", "served")
 
 
 @main.command("stats")
@@ -670,12 +671,13 @@ AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
 )
 @click.pass_obj
 def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
-    """Print tier sizes, the stream's lag and dead letters, live daemons and the top agents.
+    """Print tier sizes, the stream's lag and dead letters, live daemons, the memories of each
+    model version (after a retrain: what `reencode` has left) and the top agents.
 
     Per-agent counts read every agent's time index: linear in the number of agents.
     """
     from .constants import TIERS
-    from .status import agent_counts, series, snapshot, top_agents
+    from .status import agent_counts, model_versions, series, snapshot, top_agents
 
     if not settings.redis_url:
         raise click.UsageError(
@@ -687,6 +689,7 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     try:
         status = snapshot(client, keys)
         counts = agent_counts(client, keys) if top else {}
+        versions = model_versions(client, keys)
         samples = series(client, keys) if plot_path else []
     except redis.RedisError as e:
         raise click.ClickException(
@@ -730,6 +733,17 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         if daemon_rows
         else "no live daemon (no heartbeat key)",
     ]
+    served = {beat.model_version for beat in status.heartbeats}
+    models = sorted(
+        {version for tier in TIERS for version in versions[tier]},
+        key=lambda v: (-sum(versions[t].get(v, 0) for t in TIERS), v),
+    )
+    model_rows = [
+        (v, *(str(versions[t].get(v, 0)) for t in TIERS), "yes" if v in served else "")
+        for v in models
+    ]
+    if model_rows:
+        sections.append(_table(MODEL_COLUMNS, model_rows, numeric=range(1, 4)))
     agents = top_agents(counts, top)
     if agents:
         agent_rows = [

@@ -27,3 +27,7 @@ class StoreError(MemoryTiersError):
 
 class EntryError(MemoryTiersError, ValueError):
     """A stream entry breaks the protocol (missing agent_id, state not a JSON object, ...)."""
+
+
+MISSING_INDEX_ERRORS = ("unknown index name", "no such index")
+"""What RediSearch says, lower-cased, about an index that does not exist."""

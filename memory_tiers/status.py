@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from .constants import TIERS, Keys
+from .errors import MISSING_INDEX_ERRORS
 
 SCAN_COUNT = 500
 """Keys per SCAN step when heartbeats are looked up."""
@@ -193,6 +194,35 @@ def top_agents(counts: dict[str, dict[str, int]], top: int) -> list[tuple[str, d
     return ranked[:top]
 
 
+MAX_MODEL_VERSIONS = 100
+"""Most model versions listed per tier (FT.AGGREGATE LIMIT)."""
+
+
+def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+    """Memories per model version in each tier, most first (an FT.AGGREGATE per tier).
+
+    After a retrain this shows what the old model still holds (`memory-tiers reencode`).
+    A tier whose index does not exist yet has none.
+    """
+    versions: dict[str, dict[str, int]] = {}
+    for tier in TIERS:
+        try:
+            reply = client.execute_command(
+                "FT.AGGREGATE", keys.index(tier), "*",
+                "GROUPBY", "1", "@model_version", "REDUCE", "COUNT", "0", "AS", "n",
+                "SORTBY", "2", "@n", "DESC", "LIMIT", "0", str(MAX_MODEL_VERSIONS),
+            )  # fmt: skip
+        except redis.ResponseError as e:
+            if any(text in str(e).lower() for text in MISSING_INDEX_ERRORS):
+                versions[tier] = {}
+                continue
+            raise
+        versions[tier] = {
+            _text(row["model_version"]): int(_text(row["n"])) for row in _aggregate_rows(reply)
+        }
+    return versions
+
+
 def snapshot(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> Snapshot:
     """Tier sizes, stream status and live daemons, now."""
     return Snapshot(
@@ -299,6 +329,18 @@ def _group_info(groups: Any, name: str) -> dict[str, Any] | None:
         if _text(info.get("name", "")) == name:
             return info
     return None
+
+
+def _aggregate_rows(reply: Any) -> list[dict[str, Any]]:
+    """The rows of an FT.AGGREGATE reply, RESP3 map or RESP2 [total, [k, v, ...], ...]."""
+    if isinstance(reply, dict):
+        results: list[Any] = next((v for k, v in reply.items() if _text(k) == "results"), [])
+        rows: list[dict[Any, Any]] = [
+            next((v for k, v in row.items() if _text(k) == "extra_attributes"), {})
+            for row in results
+        ]
+        return [{_text(k): v for k, v in row.items()} for row in rows]
+    return [{_text(k): v for k, v in zip(row[::2], row[1::2], strict=True)} for row in reply[1:]]
 
 
 def _text(value: Any) -> str:

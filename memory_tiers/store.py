@@ -44,7 +44,7 @@ from redisvl.query.filter import FilterExpression, Num, Tag
 from redisvl.schema import IndexSchema
 
 from .constants import TIERS, Keys
-from .errors import ConfigError, StoreError
+from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .protocol import tag_problem
 from .settings import Settings, TierSettings, env_var
 
@@ -70,7 +70,6 @@ NUMERIC_FIELDS = ("step", "ts", "importance")
 
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 _DISTANCE = VectorQuery.DISTANCE_ID
-_MISSING_INDEX_ERRORS = ("unknown index name", "no such index")
 
 Vector = npt.NDArray[np.float32]
 _Queue = Callable[[Pipeline, str, Sequence["MemoryRecord"]], None]
@@ -204,7 +203,7 @@ class TierStore:
         try:
             return self.client.execute_command("FT.INFO", name)
         except redis.ResponseError as e:
-            if any(text in str(e).lower() for text in _MISSING_INDEX_ERRORS):
+            if any(text in str(e).lower() for text in MISSING_INDEX_ERRORS):
                 return None
             raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
         except redis.RedisError as e:

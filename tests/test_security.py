@@ -47,7 +47,7 @@ HOSTILE = "a}|@x:{"
 
 COMMANDS = (
     "+@read +@write +@transaction +@connection -@dangerous "
-    "+evalsha +script|load +script|exists +ft.info +ft.search +ft.create"
+    "+evalsha +script|load +script|exists +ft.info +ft.search +ft.aggregate +ft.create"
 )
 """The service user's commands: data commands of every type, MULTI/EXEC/WATCH, HELLO/AUTH/
 CLIENT SETNAME, no admin or dangerous ones (FLUSHALL, KEYS, INFO, CONFIG, MODULE, DEBUG...);
@@ -158,6 +158,10 @@ def test_a_user_limited_to_the_prefix_runs_the_daemon_the_client_and_consolidati
         scheduler = ConsolidationScheduler(client.redis, settings, engine)
         results = scheduler.run_now(wait_s=5)
         after = {agent: client.recall(agent, states[0], k=10) for agent in (HOSTILE, "a")}
+        env = {"MT_REDIS_URL": url, "MT_PREFIX": prefix}
+        for command in (["check"], ["stats", "--top", "2"]):  # the operators' commands too
+            result = CliRunner().invoke(main, command, env=env)
+            assert result.exit_code == 0, result.output
 
     stm = before.by_tier["stm"]
     assert [h.key for h in stm][:1] == [keys.record("stm", ids[7])]

@@ -41,9 +41,11 @@ from memory_tiers.status import (
     add_sample,
     heartbeats,
     ingest_rates,
+    model_versions,
     series,
     stream_status,
 )
+from memory_tiers.store import MemoryRecord, TierStore
 
 HEARTBEAT_TTL_S = 4.0
 """Short heartbeats for the process tests (block_ms is 100 there), long enough that a loaded
@@ -328,6 +330,10 @@ def test_stats_prints_tiers_stream_daemons_and_top_agents_and_plots_the_series(
     assert daemon_row[0] == "stats-d" and daemon_row[2] == str(os.getpid())
     assert daemon_row[3] == engine.version and daemon_row[5:7] == ["55", "1"]
     assert [line.split() for line in tables[3].splitlines()] == [
+        ["model", "stm", "im", "ltm", "served"],
+        [engine.version, "55", "0", "0", "yes"],
+    ]
+    assert [line.split() for line in tables[4].splitlines()] == [
         ["agent", "stm", "im", "ltm", "total"],
         ["agent-busy", "15", "0", "0", "15"],
         ["agent-000", "10", "0", "0", "10"],
@@ -422,3 +428,32 @@ def test_a_refused_serve_says_why_in_a_json_log_line(
     assert fatal[0]["message"].startswith(
         f"memory-tiers serve stops: no model checkpoint at {tmp_path / 'none.pt'}"
     )
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_model_versions_are_counted_per_tier(
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    settings: Settings,
+    engine: EmbeddingEngine,
+    protocol: int,
+) -> None:
+    store = TierStore(redis_client, settings)
+    store.ensure_indexes()
+    vectors = engine.encode_states(simulate_states(5, seed=10))
+    records = [
+        MemoryRecord(
+            entry_id=f"{i + 1}-0",
+            agent_id="a",
+            agent_type="x",
+            step=i,
+            ts=i + 1,
+            model_version="old" if i < 2 else "new",
+            vector=vectors["im"][i],
+        )
+        for i in range(5)
+    ]
+    store.write("im", records)
+    client = redis.Redis.from_url(redis_server.url, protocol=protocol)  # RESP2 or RESP3 replies
+    assert model_versions(client, KEYS) == {"stm": {}, "im": {"new": 3, "old": 2}, "ltm": {}}
+    client.close()
