@@ -80,6 +80,12 @@ class DaemonMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.reencoded = Counter(
+            "memory_tiers_consolidation_reencoded",
+            "Moved memories of another model version, encoded again from their raw state.",
+            ["job"],
+            registry=self.registry,
+        )
         self.pass_seconds = Histogram(
             "memory_tiers_consolidation_seconds",
             "Duration of one consolidation pass that held its lock.",
@@ -107,6 +113,7 @@ class DaemonMetrics:
         if run.result is not None:
             self.moved.labels(run.job).inc(run.result.moved)
             self.deleted.labels(run.job).inc(run.result.deleted)
+            self.reencoded.labels(run.job).inc(run.result.reencoded)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (/metrics) in a background thread; the port it listens on."""

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -223,13 +224,25 @@ def test_metrics_after_an_ingest_and_a_consolidation(
         consolidate_interval_s=0.2, stm_max_per_agent=4, stm_max_age_s=None,
     )  # fmt: skip
     states = simulate_states(60, num_agents=3, seed=6)
+    # Six memories an older model wrote (with their raw state): the two oldest move, encoded again.
+    store = TierStore(redis_client, daemon_settings)
+    store.ensure_indexes()
+    noise = np.random.default_rng(6).normal(size=(6, 384)).astype(np.float32)
+    store.write("stm", [
+        MemoryRecord(
+            entry_id=f"{1000 + i}-0", agent_id="old-agent", agent_type="explorer", step=i,
+            ts=1000 + i, model_version="old-model", vector=noise[i],
+            state_json=json.dumps(states[i]),
+        )
+        for i in range(6)
+    ])  # fmt: skip
     with running(daemon(daemon_settings, engine, "metered")) as d:
         assert d.wait_started(30) and d.metrics_port
         xadd_states(redis_client, states)
         xadd_raw(redis_client, {"agent_id": "bad", "state": "{not json"})
         xadd_raw(redis_client, {"state": "{}"})  # no agent id
-        # 3 agents keep 4 STM memories each; the other 48 move to IM.
-        wait_for(lambda: redis_client.zcard(KEYS.time_index("im")) == 48, 30, "48 moved to IM")
+        # 4 agents keep 4 STM memories each; the other 48 + 2 move to IM.
+        wait_for(lambda: redis_client.zcard(KEYS.time_index("im")) == 50, 30, "50 moved to IM")
         wait_for(lambda: metrics(d.metrics_port or 0).get("memory_tiers_stream_pending") == 0,
                  10, "all acked")  # fmt: skip
         values = metrics(d.metrics_port)
@@ -245,10 +258,11 @@ def test_metrics_after_an_ingest_and_a_consolidation(
     assert values["memory_tiers_stream_length"] == 62
     assert values["memory_tiers_dead_letter_length"] == 2
     assert values["memory_tiers_live_daemons"] == 1
-    assert values['memory_tiers_tier_memories{tier="stm"}'] == 12
-    assert values['memory_tiers_tier_memories{tier="im"}'] == 48
+    assert values['memory_tiers_tier_memories{tier="stm"}'] == 16
+    assert values['memory_tiers_tier_memories{tier="im"}'] == 50
     assert values['memory_tiers_tier_memories{tier="ltm"}'] == 0
-    assert values['memory_tiers_consolidation_moved_total{job="consolidate-stm"}'] == 48
+    assert values['memory_tiers_consolidation_moved_total{job="consolidate-stm"}'] == 50
+    assert values['memory_tiers_consolidation_reencoded_total{job="consolidate-stm"}'] == 2
     passes = values['memory_tiers_consolidation_seconds_count{job="consolidate-stm",outcome="ok"}']
     assert passes >= 1
 
