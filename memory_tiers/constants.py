@@ -68,10 +68,10 @@ class Keys:
         return f"{self.prefix}:heartbeat:{consumer}"
 
     @property
-    def heartbeat_pattern(self) -> str:
-        """SCAN pattern of every daemon's heartbeat key (glob characters of the prefix escaped)."""
-        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
-        return f"{escaped}:heartbeat:*"
+    def heartbeats(self) -> str:
+        """Sorted set of the consumers that wrote a heartbeat, scored by their last one (ms):
+        readers find the heartbeat keys here instead of scanning the keyspace."""
+        return f"{self.prefix}:heartbeats"
 
     @property
     def stats_series(self) -> str:

@@ -7,7 +7,10 @@ lives in Redis under the prefix, so any host with the URL sees every daemon.
 
 - Heartbeat: `Keys.heartbeat(consumer)`, a JSON object written every heartbeat_ttl_s / 3 by the
   consumer loop itself, with a TTL of heartbeat_ttl_s: the key exists while the loop turns. A
-  daemon that stops cleanly deletes it; a dead or frozen one's expires.
+  daemon that stops cleanly deletes it; a dead or frozen one's expires. Readers find the keys
+  through `Keys.heartbeats`, a sorted set of consumers scored by their last beat, never by
+  scanning the keyspace (millions of memory keys); writers prune consumers silent for
+  HEARTBEAT_REGISTRY_KEEP_S.
 - Lag: XINFO GROUPS' `lag`, the entries not yet delivered to the group. Redis reports it as
   unknown after entries were deleted from the undelivered part of the stream; then it is
   counted with XRANGE, up to a cap.
@@ -31,7 +34,11 @@ from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS
 
 SCAN_COUNT = 500
-"""Keys per SCAN step when heartbeats are looked up."""
+"""Members per SSCAN step, and ZCARDs per pipeline, when agents are counted."""
+
+HEARTBEAT_REGISTRY_KEEP_S = 3600.0
+"""How long a consumer that stopped beating stays in the heartbeat registry (whose members
+readers look up), so clocks that disagree by minutes never hide a live daemon."""
 
 HEARTBEATS_PER_TTL = 3
 """A heartbeat is rewritten this many times per TTL, so one late write does not expire it."""
@@ -68,26 +75,37 @@ class Heartbeat:
 
 
 def beat(client: redis.Redis, keys: Keys, heartbeat: Heartbeat) -> None:
-    """Write a daemon's heartbeat key, to expire after its ttl_s."""
-    client.set(
+    """Write a daemon's heartbeat key, to expire after its ttl_s, and register its consumer."""
+    at_ms = round(heartbeat.at * 1000)
+    pipe = client.pipeline(transaction=False)
+    pipe.set(
         keys.heartbeat(heartbeat.consumer),
         heartbeat.to_json(),
         px=max(1, round(heartbeat.ttl_s * 1000)),
     )
+    pipe.zadd(keys.heartbeats, {heartbeat.consumer: at_ms})
+    pipe.zremrangebyscore(
+        keys.heartbeats, "-inf", f"({at_ms - round(HEARTBEAT_REGISTRY_KEEP_S * 1000)}"
+    )
+    pipe.execute()
 
 
 def clear_heartbeat(client: redis.Redis, keys: Keys, consumer: str) -> None:
-    """Delete a daemon's heartbeat: it stopped on purpose."""
-    client.delete(keys.heartbeat(consumer))
+    """Delete a daemon's heartbeat and its registration: it stopped on purpose."""
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(keys.heartbeat(consumer))
+    pipe.zrem(keys.heartbeats, consumer)
+    pipe.execute()
 
 
 def heartbeats(client: redis.Redis, keys: Keys) -> list[Heartbeat]:
-    """The heartbeats of the daemons alive now, by consumer name."""
-    names = sorted(set(client.scan_iter(match=keys.heartbeat_pattern, count=SCAN_COUNT)))
-    if not names:
+    """The heartbeats of the daemons alive now (their key exists), by consumer name."""
+    consumers = sorted(_text(c) for c in client.zrange(keys.heartbeats, 0, -1))
+    if not consumers:
         return []
-    found = (Heartbeat.from_json(raw) for raw in client.mget(names) if raw is not None)
-    return sorted((beat for beat in found if beat is not None), key=lambda b: b.consumer)
+    raws = client.mget([keys.heartbeat(consumer) for consumer in consumers])
+    found = (Heartbeat.from_json(raw) for raw in raws if raw is not None)
+    return [beat for beat in found if beat is not None]
 
 
 @dataclass(frozen=True)
@@ -242,9 +260,9 @@ def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
     stream = status.stream
     if not status.heartbeats:
         return False, (
-            f"unhealthy: no live daemon: no {keys.heartbeat_pattern} key (a daemon rewrites its "
-            "heartbeat while it consumes; the key expires heartbeat_ttl_s after it stopped or "
-            "froze)"
+            f"unhealthy: no live daemon: no {keys.heartbeat('<consumer>')} key (a daemon "
+            "rewrites its heartbeat while it consumes; the key expires heartbeat_ttl_s after it "
+            "stopped or froze)"
         )
     if stream.lag is not None and stream.lag > max_lag:
         at_least = "at least " if stream.lag_capped else ""

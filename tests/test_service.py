@@ -32,7 +32,7 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
+from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
 from memory_tiers.cli import main
 from memory_tiers.errors import ConfigError
 from memory_tiers.logs import JsonFormatter
@@ -40,12 +40,14 @@ from memory_tiers.status import (
     Heartbeat,
     Sample,
     add_sample,
+    clear_heartbeat,
     heartbeats,
     ingest_rates,
     model_versions,
     series,
     stream_status,
 )
+from memory_tiers.status import beat as status_beat
 from memory_tiers.store import MemoryRecord, TierStore
 
 HEARTBEAT_TTL_S = 4.0
@@ -116,8 +118,8 @@ def test_check_passes_for_a_live_daemon_and_fails_once_it_is_killed(
     dead = check(redis_server.url)
     assert dead.exit_code == 1
     assert dead.output == (
-        "unhealthy: no live daemon: no mt:heartbeat:* key (a daemon rewrites its heartbeat "
-        "while it consumes; the key expires heartbeat_ttl_s after it stopped or froze)\n"
+        "unhealthy: no live daemon: no mt:heartbeat:<consumer> key (a daemon rewrites its "
+        "heartbeat while it consumes; the key expires heartbeat_ttl_s after it stopped or froze)\n"
     )
 
 
@@ -156,7 +158,7 @@ def test_check_counts_the_lag_when_redis_cannot_tell_it(
     assert (capped.lag, capped.lag_capped) == (5, True)
 
     beat = Heartbeat("x", "h", 1, "v", time.time(), time.time(), 0, 0, 30.0)
-    redis_client.set(KEYS.heartbeat("x"), beat.to_json(), ex=30)
+    status_beat(redis_client, KEYS, beat)
     result = check(redis_server.url, MT_MAX_LAG="4")
     assert result.exit_code == 1
     assert "lagging: at least 5 stream entries wait unread, more than max_lag=4" in result.output
@@ -167,14 +169,14 @@ def test_check_local_counts_only_daemons_on_this_host(
     redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
     elsewhere = Heartbeat("far", "other-host", 1, "v", time.time(), time.time(), 0, 0, 30.0)
-    redis_client.set(KEYS.heartbeat("far"), elsewhere.to_json(), ex=30)
+    status_beat(redis_client, KEYS, elsewhere)
     assert check(redis_server.url).exit_code == 0
     local = CliRunner().invoke(main, ["check", "--local"], env={"MT_REDIS_URL": redis_server.url})
     assert local.exit_code == 1
     assert local.output.startswith(f"unhealthy on this host ({socket.gethostname()}): no live")
 
     here = dataclasses.replace(elsewhere, consumer="near", host=socket.gethostname())
-    redis_client.set(KEYS.heartbeat("near"), here.to_json(), ex=30)
+    status_beat(redis_client, KEYS, here)
     local = CliRunner().invoke(main, ["check", "--local"], env={"MT_REDIS_URL": redis_server.url})
     assert local.exit_code == 0
     assert local.output.startswith("ok: 1 live daemon(s) (near);")
@@ -417,14 +419,20 @@ def test_heartbeats_must_outlive_a_blocking_read() -> None:
         Settings(heartbeat_ttl_s=2.0, block_ms=1000)
 
 
-def test_heartbeats_are_found_under_a_prefix_with_glob_characters(
+def test_heartbeats_are_found_through_the_registry_which_forgets_long_silent_consumers(
     redis_client: redis.Redis,
 ) -> None:
-    beat = Heartbeat("d", "h", 1, "v", time.time(), time.time(), 0, 0, 30.0)
-    globby, lookalike = Keys("t[1]*"), Keys("t1x")
-    redis_client.set(globby.heartbeat("d"), beat.to_json(), ex=30)
-    redis_client.set(lookalike.heartbeat("other"), beat.to_json(), ex=30)
-    assert [b.consumer for b in heartbeats(redis_client, globby)] == ["d"]
+    now = time.time()
+    silent = Heartbeat("silent", "h", 1, "v", now - 7200, now - 7200, 0, 0, 30.0)
+    status_beat(redis_client, KEYS, silent)  # its key lives 30 s; its last beat was 2 h ago
+    assert [b.consumer for b in heartbeats(redis_client, KEYS)] == ["silent"]
+    live = dataclasses.replace(silent, consumer="live", started_at=now, at=now)
+    status_beat(redis_client, KEYS, live)  # prunes consumers silent for over an hour
+    assert redis_client.zrange(KEYS.heartbeats, 0, -1) == ["live"]
+    assert [b.consumer for b in heartbeats(redis_client, KEYS)] == ["live"]
+    clear_heartbeat(redis_client, KEYS, "live")
+    assert heartbeats(redis_client, KEYS) == []
+    assert redis_client.exists(KEYS.heartbeat("live"), KEYS.heartbeats) == 0
 
 
 def test_a_refused_serve_says_why_in_a_json_log_line(
