@@ -14,9 +14,10 @@ and once when it ends, and followed by a re-read of the own pending entries.
 Stop: SIGTERM, SIGINT or `request_stop()` lets the batches in hand (the one committing, the
 one read ahead) finish and be acked, then `run()` returns 0. A second signal exits at once
 (128 + the signal number); what was read and not acked is delivered again later.
-Between batches the loop rewrites the daemon's heartbeat key and, once per stats_interval_s
-across all daemons, appends a sample to the stats series (status.py); with metrics_port set,
-a Prometheus endpoint serves its counters and the service's gauges (metrics.py).
+Between batches the loop rewrites the daemon's heartbeat key, appends (once per
+stats_interval_s across all daemons) a sample to the stats series (status.py), and trims the
+state stream's entries older than stream_max_age_s that every group acked; with metrics_port
+set, a Prometheus endpoint serves its counters and the service's gauges (metrics.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from .ingest import (
     Outcome,
     consumer_client,
     default_consumer_name,
+    trim_acked,
 )
 from .metrics import DaemonMetrics
 from .scheduler import ConsolidationScheduler, JobRun
@@ -79,6 +81,9 @@ BACKOFF_MAX_S = 10.0
 
 DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
+
+MAX_TRIM_INTERVAL_S = 30.0
+"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s)."""
 
 MIN_CLAIM_INTERVAL_S = 0.05
 """Shortest pause between two XAUTOCLAIM sweeps, however small claim_idle_ms is."""
@@ -283,16 +288,16 @@ class Daemon:
         on_commit = metrics.observe_batch if metrics else None
         ingestor = Ingestor(client, engine, self.settings, consumer, on_commit=on_commit)
         self.ingestor = ingestor
-        pulse = _Pulse(client, self.settings, ingestor, engine.version)
+        chores = _Chores(client, self.settings, ingestor, engine.version)
         started = time.monotonic()
         try:
             with self._signals():
                 if self._set_up(ingestor):
                     self._started.set()
                     with self._consolidation(engine), frozen_heap():
-                        self._consume(ingestor, pulse)
+                        self._consume(ingestor, chores)
         finally:
-            pulse.stop()
+            chores.stop()
             client.close()
             if metrics is not None:
                 metrics.close()
@@ -358,7 +363,7 @@ class Daemon:
 
     # -- run -----------------------------------------------------------------------------------
 
-    def _consume(self, ingestor: Ingestor, pulse: _Pulse) -> None:
+    def _consume(self, ingestor: Ingestor, chores: _Chores) -> None:
         """The loop: claim idle entries now and then, read own pending ones, then new ones."""
         backoff = Backoff()
         position = _Position()
@@ -368,9 +373,9 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 try:
-                    pulse.tick()
+                    chores.tick()
                     if time.monotonic() >= next_claim:
-                        self._claim(ingestor, lane, pulse)
+                        self._claim(ingestor, lane, chores)
                         next_claim = time.monotonic() + self._claim_interval_s
                     self._step(ingestor, lane, position)
                 except Exception as e:
@@ -420,7 +425,7 @@ class Daemon:
         except Exception as e:
             log.warning("the last batches were not stored (%s); their entries stay pending", e)
 
-    def _claim(self, ingestor: Ingestor, lane: _CommitLane, pulse: _Pulse) -> None:
+    def _claim(self, ingestor: Ingestor, lane: _CommitLane, chores: _Chores) -> None:
         """Take over and handle every entry other consumers left pending past claim_idle_ms.
 
         A dead daemon may have left a long backlog: the heartbeat goes on between its pages.
@@ -428,7 +433,7 @@ class Daemon:
         lane.wait()
         cursor = "0-0"
         while not self._stop.is_set():
-            pulse.tick()
+            chores.tick()
             cursor, messages = ingestor.claim_idle(cursor)
             if messages:
                 log.info(
@@ -516,12 +521,13 @@ def log_settings(settings: Settings, what: str) -> None:
     )
 
 
-class _Pulse:
-    """The daemon's heartbeat and its share of the stats series, written by the consumer loop.
+class _Chores:
+    """What the consumer loop does between batches besides consuming: rewrite the heartbeat,
+    add this interval's stats sample, trim the acked old part of the state stream.
 
-    Written between batches, so the heartbeat means the loop turns. A failed write is logged
-    and tried again at the next turn due: telemetry never stops the ingest (an outage of Redis
-    stops it anyway, and the loop backs off).
+    Done between batches, so the heartbeat means the loop turns. A chore that fails is logged
+    and tried again when next due: chores never stop the ingest (an outage of Redis stops it
+    anyway, and the loop backs off). Each runs at once on the first turn.
     """
 
     def __init__(
@@ -533,20 +539,24 @@ class _Pulse:
         self._keys = Keys(settings.prefix)
         self._model_version = model_version
         self._started_at = time.time()
-        self._beat_every_s = settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL
-        self._next_beat = 0.0
-        self._next_sample = 0.0
         self._beating = False
+        chores: list[tuple[str, float, Callable[[], None]]] = [
+            ("heartbeat", settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL, self._beat),
+            ("stats sample", settings.stats_interval_s, self._sample),
+        ]
+        if settings.stream_max_age_s is not None:
+            every = min(MAX_TRIM_INTERVAL_S, settings.stream_max_age_s / 4)
+            chores.append(("stream trim", every, self._trim))
+        self._chores = chores
+        self._due = [0.0] * len(chores)
 
     def tick(self) -> None:
-        """Rewrite the heartbeat and add a sample, each if due."""
+        """Do each chore that is due."""
         now = time.monotonic()
-        if now >= self._next_beat:
-            self._next_beat = now + self._beat_every_s
-            self._try(self._beat, "heartbeat")
-        if now >= self._next_sample:
-            self._next_sample = now + self._settings.stats_interval_s
-            self._try(self._sample, "stats sample")
+        for i, (what, every_s, chore) in enumerate(self._chores):
+            if now >= self._due[i]:
+                self._due[i] = now + every_s
+                self._try(chore, what)
 
     def stop(self) -> None:
         """Delete the heartbeat: this daemon stopped on purpose (best effort)."""
@@ -582,12 +592,19 @@ class _Pulse:
             )
             add_sample(self._client, self._keys, sample, self._settings.stats_samples)
 
+    def _trim(self) -> None:
+        assert self._settings.stream_max_age_s is not None
+        now_ms = round(time.time() * 1000)
+        trimmed = trim_acked(self._client, self._keys, self._settings.stream_max_age_s, now_ms)
+        if trimmed:
+            log.debug("trimmed %d acked entries from %s", trimmed, self._keys.stream)
+
     @staticmethod
-    def _try(write: Callable[[], None], what: str) -> None:
+    def _try(chore: Callable[[], None], what: str) -> None:
         try:
-            write()
+            chore()
         except redis.RedisError as e:
-            log.warning("%s not written: %s", what, e)
+            log.warning("%s failed: %s", what, e)
 
 
 @dataclass

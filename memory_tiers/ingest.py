@@ -124,6 +124,43 @@ def ensure_group(client: redis.Redis, keys: Keys) -> bool:
     return True
 
 
+def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -> int:
+    """Trim the state stream's entries older than `max_age_s` that every consumer group has
+    been delivered and has acked; how many went.
+
+    An entry goes only if it is older than the cutoff, than every group's first undelivered
+    entry (after its last-delivered-id) and than every group's oldest pending entry: what a
+    lagging daemon, a dead consumer's pending list or another team's group still needs stays.
+    A stream nobody consumes yet keeps everything.
+    """
+    try:
+        groups = client.xinfo_groups(keys.stream)
+    except redis.ResponseError as e:
+        if "no such key" in str(e).lower():
+            return 0
+        raise
+    if not groups:
+        return 0
+    bound = (now_ms - round(max_age_s * 1000), 0)
+    pipe = client.pipeline(transaction=False)
+    for group in groups:
+        pipe.xpending(keys.stream, group["name"])
+        delivered_ms, delivered_seq = _stream_id(group["last-delivered-id"])
+        bound = min(bound, (delivered_ms, delivered_seq + 1))
+    for summary in pipe.execute():
+        if summary["pending"]:
+            bound = min(bound, _stream_id(summary["min"]))
+    if bound[0] < 0:
+        return 0
+    return int(client.xtrim(keys.stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence)."""
+    ms, _, seq = _text(raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _command_packer(client: redis.Redis) -> Any:
     """What packs commands into RESP: hiredis (as below) if installed, else redis-py's own."""
     if HIREDIS_AVAILABLE:

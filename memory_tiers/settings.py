@@ -78,6 +78,11 @@ class Settings:
     consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
     consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
+    stream_max_age_s: float | None = _setting(
+        3600.0,
+        "state stream entries older than this, once every group has acked them, are trimmed; "
+        "off: keep all",
+    )
     heartbeat_ttl_s: float = _setting(
         15.0, "a daemon's heartbeat key lives this long; it is rewritten every third of it"
     )
@@ -109,6 +114,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
+        if self.stream_max_age_s is not None and self.stream_max_age_s <= 0:
+            raise ConfigError(
+                f"stream_max_age_s={self.stream_max_age_s!r}: must be positive, or off"
+            )
         if self.max_lag < 0:
             raise ConfigError(f"max_lag={self.max_lag!r}: must be 0 or more")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -5,6 +5,7 @@ Helpers here (settings, XADD, a daemon in a thread, polling) are shared with tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -28,6 +29,7 @@ from memory_tiers.ingest import (
     Ingestor,
     consumer_client,
     default_consumer_name,
+    trim_acked,
 )
 from memory_tiers.protocol import encode_entry
 from memory_tiers.store import TierStore
@@ -521,4 +523,50 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(
     assert sorted(stored_ids(redis_client)) == sorted(ids)
     assert list(dead_letters(redis_client)) == [bad]
     assert redis_client.xlen(KEYS.dead_letters) == 1
+    assert pending(redis_client) == 0
+
+
+# -- stream retention --------------------------------------------------------------------------
+
+
+def test_trim_keeps_what_any_group_still_needs(redis_client: redis.Redis) -> None:
+    for second in range(1, 9):
+        redis_client.xadd(KEYS.stream, {"n": second}, id=f"{second * 1000}-0")
+    redis_client.xgroup_create(KEYS.stream, KEYS.group, id="0")
+    redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"}, count=6)  # 1..6 delivered
+    redis_client.xack(KEYS.stream, KEYS.group, "1000-0", "2000-0", "4000-0", "5000-0", "6000-0")
+
+    def left() -> list[str]:
+        return [entry_id for entry_id, _ in redis_client.xrange(KEYS.stream)]
+
+    # Older than the cutoff (t = 9 s, max age 1 s -> 8 s) and acked: 1, 2; 3 is still pending.
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=9000) == 2
+    assert left() == ["3000-0", "4000-0", "5000-0", "6000-0", "7000-0", "8000-0"]
+    redis_client.xack(KEYS.stream, KEYS.group, "3000-0")
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=9000) == 4  # 7, 8: never delivered
+    assert left() == ["7000-0", "8000-0"]
+    assert trim_acked(redis_client, KEYS, 5.0, now_ms=9000) == 0  # 7, 8: younger than 4 s too
+
+    redis_client.xgroup_create(KEYS.stream, "another-team", id="0")  # has read nothing
+    redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"})
+    redis_client.xack(KEYS.stream, KEYS.group, "7000-0", "8000-0")
+    assert trim_acked(redis_client, KEYS, 0.001, now_ms=99_000) == 0
+    assert left() == ["7000-0", "8000-0"]
+
+
+def test_a_stream_nobody_consumes_is_not_trimmed(redis_client: redis.Redis) -> None:
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**13) == 0  # no stream at all
+    redis_client.xadd(KEYS.stream, {"n": 1}, id="1000-0")
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**13) == 0
+    assert redis_client.xlen(KEYS.stream) == 1
+
+
+def test_the_daemon_trims_what_it_stored_once_old_enough(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    settings = dataclasses.replace(ingest_settings, stream_max_age_s=0.5)
+    with running(daemon(settings, engine, "trimmer")):
+        ids = xadd_states(redis_client, simulate_states(40, seed=12))
+        wait_for(lambda: redis_client.xlen(KEYS.stream) == 0, 15, "the stream trimmed")
+    assert sorted(stored_ids(redis_client)) == sorted(ids)
     assert pending(redis_client) == 0
