@@ -530,28 +530,37 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(
 
 
 def test_trim_keeps_what_any_group_still_needs(redis_client: redis.Redis) -> None:
-    for second in range(1, 9):
-        redis_client.xadd(KEYS.stream, {"n": second}, id=f"{second * 1000}-0")
+    """Entry n has id n*1000-0; trimming removes whole stream nodes of ~100 entries."""
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(1, 1001):
+        pipe.xadd(KEYS.stream, {"n": n}, id=f"{n * 1000}-0")
+    pipe.execute()
     redis_client.xgroup_create(KEYS.stream, KEYS.group, id="0")
-    redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"}, count=6)  # 1..6 delivered
-    redis_client.xack(KEYS.stream, KEYS.group, "1000-0", "2000-0", "4000-0", "5000-0", "6000-0")
+    delivered = redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"}, count=600)
+    redis_client.xack(KEYS.stream, KEYS.group, *(i for i, _ in delivered[0][1] if i != "300000-0"))
 
-    def left() -> list[str]:
-        return [entry_id for entry_id, _ in redis_client.xrange(KEYS.stream)]
+    def kept() -> list[int]:
+        entries = redis_client.xrange(KEYS.stream)
+        return [int(entry_id.split("-")[0]) // 1000 for entry_id, _ in entries]
 
-    # Older than the cutoff (t = 9 s, max age 1 s -> 8 s) and acked: 1, 2; 3 is still pending.
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=9000) == 2
-    assert left() == ["3000-0", "4000-0", "5000-0", "6000-0", "7000-0", "8000-0"]
-    redis_client.xack(KEYS.stream, KEYS.group, "3000-0")
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=9000) == 4  # 7, 8: never delivered
-    assert left() == ["7000-0", "8000-0"]
-    assert trim_acked(redis_client, KEYS, 5.0, now_ms=9000) == 0  # 7, 8: younger than 4 s too
+    def trimmed_up_to(bound: int) -> None:
+        """Everything from `bound` on is kept; of what is before it, less than a node."""
+        left = kept()
+        assert left[-(1001 - bound) :] == list(range(bound, 1001))
+        assert bound - 100 < left[0] <= bound
 
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) > 0
+    trimmed_up_to(300)  # the oldest pending entry
+    redis_client.xack(KEYS.stream, KEYS.group, "300000-0")
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) > 0
+    trimmed_up_to(601)  # the first entry never delivered
+    assert trim_acked(redis_client, KEYS, 999.5, now_ms=10**6) == 0  # cutoff: entry 0.5
     redis_client.xgroup_create(KEYS.stream, "another-team", id="0")  # has read nothing
     redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"})
-    redis_client.xack(KEYS.stream, KEYS.group, "7000-0", "8000-0")
-    assert trim_acked(redis_client, KEYS, 0.001, now_ms=99_000) == 0
-    assert left() == ["7000-0", "8000-0"]
+    redis_client.xack(KEYS.stream, KEYS.group, *(f"{n * 1000}-0" for n in range(601, 1001)))
+    before = kept()
+    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) == 0
+    assert kept() == before
 
 
 def test_a_stream_nobody_consumes_is_not_trimmed(redis_client: redis.Redis) -> None:
