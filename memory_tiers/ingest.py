@@ -69,6 +69,12 @@ UNKNOWN_AGENT_TYPE = "unknown"
 DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it was processed"
 """Dead-letter reason of a pending entry that no longer exists in the stream."""
 
+TRIM_BATCH = 10_000
+"""Entries one XTRIM call may remove (its LIMIT): a few milliseconds of Redis's time."""
+
+MAX_TRIM_CALLS = 100
+"""XTRIM calls per trim at most: a million entries, for a stream that grew long before."""
+
 DEAD_LETTER_FIELDS = ("error", "entry_id", "consumer")
 """Fields a dead letter adds to the entry's own (and replaces there, if it had them)."""
 
@@ -152,9 +158,15 @@ def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -
             bound = min(bound, _stream_id(summary["min"]))
     if bound[0] < 0:
         return 0
-    # Approximate: whole stream nodes (~100 entries) only, at most 100 nodes per call, so one
-    # call never blocks Redis for long; entries at or after the bound are never removed.
-    return int(client.xtrim(keys.stream, minid=f"{bound[0]}-{bound[1]}", approximate=True))
+    # Approximate: whole stream nodes (~100 entries) only, about TRIM_BATCH entries per call,
+    # so no call blocks Redis for long; entries at or after the bound are never removed.
+    minid, trimmed = f"{bound[0]}-{bound[1]}", 0
+    for _ in range(MAX_TRIM_CALLS):
+        removed = int(client.xtrim(keys.stream, minid=minid, approximate=True, limit=TRIM_BATCH))
+        trimmed += removed
+        if removed == 0:
+            break
+    return trimmed
 
 
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
