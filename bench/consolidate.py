@@ -186,10 +186,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.torch_threads)
     base = Settings.from_env()
-    dims = (base.stm_dim, base.im_dim, base.ltm_dim)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        engine = EmbeddingEngine.from_checkpoint(base.model_path, expect_dims=dims)
+        engine = EmbeddingEngine.from_checkpoint(base.model_path, expect_dims=base.dims)
     records = make_records(args.records, args.agents, base.stm_dim, engine.version)
     with redis_url(Settings.from_env()) as url:
         client = redis.Redis.from_url(url)

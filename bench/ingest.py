@@ -461,10 +461,9 @@ def run_recall(
 
     settings = replace(settings, prefix=RECALL)
     clean(client, RECALL)
-    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
     torch.set_num_threads(1)
     store = TierStore(client, settings)
     store.ensure_indexes()

@@ -516,9 +516,8 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
             "consolidate needs MT_REDIS_URL (or memory-tiers --redis-url URL consolidate ...): "
             "the Redis whose tiers to consolidate"
         )
-    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
         client = redis.Redis.from_url(settings.redis_url)
         try:
             scheduler = ConsolidationScheduler(client, settings, engine)
@@ -577,9 +576,8 @@ def reencode_command(settings: Settings, tiers: str) -> None:
             "reencode needs MT_REDIS_URL (or memory-tiers --redis-url URL reencode ...)"
         )
     chosen = _query_tiers(tiers)
-    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
         client = redis.Redis.from_url(settings.redis_url)
         try:
             store = TierStore(client, settings)

@@ -210,8 +210,9 @@ class MemoryClient:
         from .engine import EmbeddingEngine  # torch is imported here, not by writers
 
         started = time.perf_counter()
-        dims = (self.dims["stm"], self.dims["im"], self.dims["ltm"])
-        engine = EmbeddingEngine.from_checkpoint(self.settings.model_path, expect_dims=dims)
+        engine = EmbeddingEngine.from_checkpoint(
+            self.settings.model_path, expect_dims=self.settings.dims
+        )
         log.info(
             "loaded model %s from %s in %.2fs",
             engine.version,

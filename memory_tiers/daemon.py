@@ -111,7 +111,6 @@ def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingE
         ModelError: the checkpoint is missing or untrained (unless `allow_untrained`; then a
             missing one is replaced by random weights), unreadable, or of other dimensions.
     """
-    dims = (settings.stm_dim, settings.im_dim, settings.ltm_dim)
     path = Path(settings.model_path)
     fix = (
         f"train one (memory-tiers train --simulate 20000 --out {path}), point "
@@ -122,8 +121,8 @@ def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingE
         if not allow_untrained:
             raise ModelError(f"no model checkpoint at {path}: {fix}")
         log.warning("no model at %s: serving an UNTRAINED model (--allow-untrained)", path)
-        return EmbeddingEngine.untrained(dims=dims)
-    engine = EmbeddingEngine.from_checkpoint(path, expect_dims=dims)
+        return EmbeddingEngine.untrained(dims=settings.dims)
+    engine = EmbeddingEngine.from_checkpoint(path, expect_dims=settings.dims)
     if not engine.trained:
         if not allow_untrained:
             raise ModelError(f"{path} holds an untrained model: {fix}")

@@ -129,6 +129,11 @@ class Settings:
                 "while it waits for entries"
             )
 
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(STM, IM, LTM) vector sizes: what a model must produce to fit the indexes."""
+        return (self.stm_dim, self.im_dim, self.ltm_dim)
+
     def tier(self, name: str) -> TierSettings:
         """The settings of one tier ('stm', 'im' or 'ltm')."""
         if name not in TIERS:

@@ -17,6 +17,7 @@ from memory_tiers.settings import env_var
 def test_defaults_match_the_design() -> None:
     settings = Settings()
     assert [settings.tier(t).dim for t in ("stm", "im", "ltm")] == [384, 128, 32]
+    assert settings.dims == (384, 128, 32)
     assert {settings.tier(t).algorithm for t in ("stm", "im", "ltm")} == {"FLAT"}
     assert settings.tier("stm").max_per_agent == 1000
     assert settings.tier("stm").max_age_s == 3600.0
