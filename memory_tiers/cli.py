@@ -65,6 +65,16 @@ def main(ctx: click.Context, /, log_level: str, log_format: LogFormat, **values:
         raise click.UsageError(str(e)) from e
 
 
+def _require_redis(settings: Settings, command: str, what: str = "") -> str:
+    """settings.redis_url; a usage error naming the command (and `what` Redis) when unset."""
+    if not settings.redis_url:
+        raise click.UsageError(
+            f"{command} needs MT_REDIS_URL (or memory-tiers --redis-url URL {command} ...)"
+            + (f": {what}" if what else "")
+        )
+    return settings.redis_url
+
+
 class _StopSignals:
     """SIGINT and SIGTERM handlers that only note the signal.
 
@@ -230,10 +240,9 @@ def _training_states(
         source: dict[str, Any] = {"kind": "simulation", "seed": seed, "worlds": worlds}
     elif jsonl is not None:
         states, source = load_jsonl(jsonl), {"kind": "jsonl", "file": Path(jsonl).name}
-    elif not settings.redis_url:
-        raise click.UsageError("--from-stream needs MT_REDIS_URL (the Redis the agents write to)")
     else:
-        client = redis.Redis.from_url(settings.redis_url)
+        url = _require_redis(settings, "train --from-stream", "the Redis the agents write to")
+        client = redis.Redis.from_url(url)
         try:
             states = read_stream_states(client, Keys(settings.prefix), limit)
         finally:
@@ -290,11 +299,10 @@ def query_command(settings: Settings, agent_id: str, state_json: str, k: int, ti
     """
     from .client import MemoryClient
 
-    if not settings.redis_url:
-        raise click.UsageError(
-            "query needs MT_REDIS_URL (or memory-tiers --redis-url URL query ...): the Redis "
-            "the daemon writes to. A fresh embedded Redis would be empty: nothing to recall."
-        )
+    _require_redis(
+        settings, "query",
+        "the Redis the daemon writes to. A fresh embedded Redis would be empty: nothing to recall.",
+    )  # fmt: skip
     state = _query_state(state_json)
     searched = _query_tiers(tiers)
     try:
@@ -457,10 +465,8 @@ def init_command(settings: Settings) -> None:
     from .ingest import ensure_group
     from .store import TierStore
 
-    if not settings.redis_url:
-        raise click.UsageError("init needs MT_REDIS_URL (or memory-tiers --redis-url URL init)")
     keys = Keys(settings.prefix)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(_require_redis(settings, "init"))
     try:
         TierStore(client, settings).ensure_indexes()
         created = ensure_group(client, keys)
@@ -511,14 +517,10 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
         raise click.UsageError(
             "give --now: scheduled consolidation runs inside the daemons (memory-tiers serve)"
         )
-    if not settings.redis_url:
-        raise click.UsageError(
-            "consolidate needs MT_REDIS_URL (or memory-tiers --redis-url URL consolidate ...): "
-            "the Redis whose tiers to consolidate"
-        )
+    url = _require_redis(settings, "consolidate", "the Redis whose tiers to consolidate")
     try:
         engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(url)
         try:
             scheduler = ConsolidationScheduler(client, settings, engine)
             scheduler.store.ensure_indexes()
@@ -571,14 +573,11 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     from .store import TierStore
     from .tiers import reencode
 
-    if not settings.redis_url:
-        raise click.UsageError(
-            "reencode needs MT_REDIS_URL (or memory-tiers --redis-url URL reencode ...)"
-        )
+    url = _require_redis(settings, "reencode", "the Redis whose memories to re-encode")
     chosen = _query_tiers(tiers)
     try:
         engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(url)
         try:
             store = TierStore(client, settings)
             results = {tier: reencode(client, store, engine, settings, tier) for tier in chosen}
@@ -600,10 +599,9 @@ CHECK_TIMEOUT_S = 5.0
 """How long `check` and `stats` wait for Redis."""
 
 
-def _status_client(settings: Settings) -> redis.Redis:
-    assert settings.redis_url is not None  # the commands check it first
+def _status_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
     )
 
 
@@ -629,7 +627,7 @@ def check_command(settings: Settings, local: bool) -> None:
         click.echo("unhealthy: no Redis to check: set MT_REDIS_URL (or --redis-url)")
         raise SystemExit(1)
     keys = Keys(settings.prefix)
-    client = _status_client(settings)
+    client = _status_client(settings.redis_url)
     try:
         status = snapshot(client, keys, count_lag_up_to=settings.max_lag + 1)
     except redis.RedisError as e:
@@ -677,22 +675,16 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     from .constants import TIERS
     from .status import agent_counts, model_versions, series, snapshot, top_agents
 
-    if not settings.redis_url:
-        raise click.UsageError(
-            "stats needs MT_REDIS_URL (or memory-tiers --redis-url URL stats): the Redis the "
-            "daemons use"
-        )
+    url = _require_redis(settings, "stats", "the Redis the daemons use")
     keys = Keys(settings.prefix)
-    client = _status_client(settings)
+    client = _status_client(url)
     try:
         status = snapshot(client, keys)
         counts = agent_counts(client, keys) if top else {}
         versions = model_versions(client, keys)
         samples = series(client, keys) if plot_path else []
     except redis.RedisError as e:
-        raise click.ClickException(
-            f"cannot read Redis at {redact_url(settings.redis_url)}: {e}"
-        ) from e
+        raise click.ClickException(f"cannot read Redis at {redact_url(url)}: {e}") from e
     finally:
         client.close()
     agents_per_tier = {tier: sum(1 for n in counts.values() if n[tier]) for tier in TIERS}

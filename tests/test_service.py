@@ -479,3 +479,22 @@ def test_model_versions_are_counted_per_tier(
     client = redis.Redis.from_url(redis_server.url, protocol=protocol)  # RESP2 or RESP3 replies
     assert model_versions(client, KEYS) == {"stm": {}, "im": {"new": 3, "old": 2}, "ltm": {}}
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["query", "--agent", "a", "--state", "{}"], "query"),
+        (["init"], "init"),
+        (["consolidate", "--now"], "consolidate"),
+        (["reencode"], "reencode"),
+        (["stats"], "stats"),
+        (["train", "--from-stream"], "train --from-stream"),
+    ],
+)
+def test_commands_that_need_a_redis_say_so(args: list[str], command: str) -> None:
+    result = CliRunner().invoke(main, args, env={"MT_REDIS_URL": ""})
+    assert result.exit_code == 2
+    assert f"{command} needs MT_REDIS_URL (or memory-tiers --redis-url URL {command} ...)" in (
+        result.output
+    )
