@@ -46,6 +46,7 @@ import redis
 from .constants import TIERS, Keys
 from .errors import ConfigError, EntryError, StoreError
 from .protocol import MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
+from .replies import text
 from .settings import Settings, redact_url
 from .store import Hit, TierStore, failure_text
 
@@ -260,7 +261,7 @@ class MemoryClient:
             raise StoreError(
                 f"XADD to {stream} for agent {agent_id!r} failed: {failure_text(e, self.keys)}"
             ) from e
-        return _text(entry_id)
+        return text(entry_id)
 
     def remember_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """XADD many memories in one pipelined round trip; returns their entry ids in order.
@@ -288,7 +289,7 @@ class MemoryClient:
                 f"pipelined XADD of {len(entries)} entries to {stream} failed: "
                 f"{failure_text(e, self.keys)}"
             ) from e
-        return [_text(entry_id) for entry_id in ids]
+        return [text(entry_id) for entry_id in ids]
 
     def agent(self, agent_id: str) -> AgentMemory:
         """A handle that logs and recalls the memories of one agent.
@@ -547,7 +548,3 @@ def _hit_vector(hit: Hit) -> FloatArray:
     if hit.vector is None:
         raise StoreError(f"search hit {hit.key} came back without its vector")
     return hit.vector
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

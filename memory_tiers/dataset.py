@@ -12,6 +12,7 @@ import redis
 from .constants import Keys
 from .errors import EntryError, MemoryTiersError
 from .protocol import decode_entry
+from .replies import text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def read_stream_states(
         )
         for entry_id, fields in page:
             try:
-                entry = decode_entry(_text(entry_id), fields)
+                entry = decode_entry(text(entry_id), fields)
             except EntryError:
                 skipped += 1
                 continue
@@ -62,10 +63,6 @@ def read_stream_states(
                 states.append(entry.state)
         if len(page) < STREAM_PAGE:
             break
-        start = "(" + _text(page[-1][0])
+        start = "(" + text(page[-1][0])
     log.info("read %d states from %s (%d malformed skipped)", len(states), keys.stream, skipped)
     return states[:limit]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

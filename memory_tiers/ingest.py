@@ -52,6 +52,7 @@ from .constants import TIERS, Keys
 from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, StoreError
 from .protocol import StreamEntry, decode_entry, tag_problem
+from .replies import text
 from .settings import Settings
 from .store import MemoryRecord, TierStore
 
@@ -171,7 +172,7 @@ def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -
 
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     """A stream entry id as (milliseconds, sequence)."""
-    ms, _, seq = _text(raw).partition("-")
+    ms, _, seq = text(raw).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -216,7 +217,7 @@ class DeadLetter:
 
     def stream_fields(self, consumer: str) -> dict[FieldT, EncodableT]:
         """The entry's own fields plus error, entry_id and consumer, for XADD."""
-        own = {k: v for k, v in self.fields.items() if _text(k) not in DEAD_LETTER_FIELDS}
+        own = {k: v for k, v in self.fields.items() if text(k) not in DEAD_LETTER_FIELDS}
         return {**own, "error": self.error, "entry_id": self.entry_id, "consumer": consumer}
 
 
@@ -393,7 +394,7 @@ class Ingestor:
             )  # fmt: skip
         except redis.RedisError as e:
             raise StoreError(f"XAUTOCLAIM {stream} {group} {self.consumer} failed: {e}") from e
-        next_cursor = _text(reply[0])
+        next_cursor = text(reply[0])
         messages: list[Message] = list(reply[1])
         deleted = reply[2] if len(reply) > 2 else []
         messages += [(entry_id, None) for entry_id in deleted]
@@ -502,7 +503,7 @@ class Ingestor:
             raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
         for args, reply in zip(transaction.commands, replies, strict=True):
             if isinstance(reply, Exception):
-                raise redis.ResponseError(f"{args[0]} {_text(args[1])} failed: {reply}")
+                raise redis.ResponseError(f"{args[0]} {text(args[1])} failed: {reply}")
         return replies
 
     def _featurize(
@@ -601,7 +602,7 @@ def _split(messages: Sequence[Message]) -> _Split:
     """Decode every message: the good ones with their fields, the others as dead letters."""
     split = _Split()
     for raw_id, raw_fields in messages:
-        entry_id = _text(raw_id)
+        entry_id = text(raw_id)
         fields: Fields = raw_fields or {}
         split.ids.append(entry_id)
         try:
@@ -649,11 +650,7 @@ def _tag_problem(value: str) -> str | None:
 
 def _field_text(fields: Fields, name: str) -> str:
     value = fields.get(name.encode(), fields.get(name))
-    return _text(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text(value)
 
 
 def _stream_messages(reply: Any) -> list[Message]:

@@ -32,6 +32,7 @@ import redis
 
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS
+from .replies import text
 
 SCAN_COUNT = 500
 """Members per SSCAN step, and ZCARDs per pipeline, when agents are counted."""
@@ -100,7 +101,7 @@ def clear_heartbeat(client: redis.Redis, keys: Keys, consumer: str) -> None:
 
 def heartbeats(client: redis.Redis, keys: Keys) -> list[Heartbeat]:
     """The heartbeats of the daemons alive now (their key exists), by consumer name."""
-    consumers = sorted(_text(c) for c in client.zrange(keys.heartbeats, 0, -1))
+    consumers = sorted(text(c) for c in client.zrange(keys.heartbeats, 0, -1))
     if not consumers:
         return []
     raws = client.mget([keys.heartbeat(consumer) for consumer in consumers])
@@ -168,11 +169,11 @@ def stream_status(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> 
     lag = group.get("lag")
     capped = False
     if lag is None and count_lag_up_to > 0:
-        after = "(" + _text(group.get("last-delivered-id", "0-0"))
+        after = "(" + text(group.get("last-delivered-id", "0-0"))
         lag = len(client.xrange(keys.stream, min=after, count=count_lag_up_to) or [])
         capped = lag >= count_lag_up_to
     entries_read = group.get("entries-read")
-    if entries_read is None and _text(group.get("last-delivered-id")) == "0-0":
+    if entries_read is None and text(group.get("last-delivered-id")) == "0-0":
         entries_read = 0  # Redis says nil until the first delivery
     return StreamStatus(
         length=int(length),
@@ -194,7 +195,7 @@ def agent_counts(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
     """
     counts: dict[str, dict[str, int]] = {}
     for tier in TIERS:
-        agents = [_text(a) for a in client.sscan_iter(keys.agents(tier), count=SCAN_COUNT)]
+        agents = [text(a) for a in client.sscan_iter(keys.agents(tier), count=SCAN_COUNT)]
         for start in range(0, len(agents), SCAN_COUNT):
             chunk = agents[start : start + SCAN_COUNT]
             pipe = client.pipeline(transaction=False)
@@ -231,12 +232,12 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
                 "SORTBY", "2", "@n", "DESC", "LIMIT", "0", str(MAX_MODEL_VERSIONS),
             )  # fmt: skip
         except redis.ResponseError as e:
-            if any(text in str(e).lower() for text in MISSING_INDEX_ERRORS):
+            if any(phrase in str(e).lower() for phrase in MISSING_INDEX_ERRORS):
                 versions[tier] = {}
                 continue
             raise
         versions[tier] = {
-            _text(row["model_version"]): int(_text(row["n"])) for row in _aggregate_rows(reply)
+            text(row["model_version"]): int(text(row["n"])) for row in _aggregate_rows(reply)
         }
     return versions
 
@@ -343,8 +344,8 @@ def _group_info(groups: Any, name: str) -> dict[str, Any] | None:
             return None
         raise groups
     for group in groups:
-        info = {_text(k): v for k, v in group.items()}
-        if _text(info.get("name", "")) == name:
+        info = {text(k): v for k, v in group.items()}
+        if text(info.get("name", "")) == name:
             return info
     return None
 
@@ -352,14 +353,10 @@ def _group_info(groups: Any, name: str) -> dict[str, Any] | None:
 def _aggregate_rows(reply: Any) -> list[dict[str, Any]]:
     """The rows of an FT.AGGREGATE reply, RESP3 map or RESP2 [total, [k, v, ...], ...]."""
     if isinstance(reply, dict):
-        results: list[Any] = next((v for k, v in reply.items() if _text(k) == "results"), [])
+        results: list[Any] = next((v for k, v in reply.items() if text(k) == "results"), [])
         rows: list[dict[Any, Any]] = [
-            next((v for k, v in row.items() if _text(k) == "extra_attributes"), {})
+            next((v for k, v in row.items() if text(k) == "extra_attributes"), {})
             for row in results
         ]
-        return [{_text(k): v for k, v in row.items()} for row in rows]
-    return [{_text(k): v for k, v in zip(row[::2], row[1::2], strict=True)} for row in reply[1:]]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return [{text(k): v for k, v in row.items()} for row in rows]
+    return [{text(k): v for k, v in zip(row[::2], row[1::2], strict=True)} for row in reply[1:]]

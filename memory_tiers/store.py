@@ -46,6 +46,7 @@ from redisvl.schema import IndexSchema
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .protocol import tag_problem
+from .replies import text
 from .settings import Settings, TierSettings, env_var
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class TierStore:
         try:
             return self.client.execute_command("FT.INFO", name)
         except redis.ResponseError as e:
-            if any(text in str(e).lower() for text in MISSING_INDEX_ERRORS):
+            if any(phrase in str(e).lower() for phrase in MISSING_INDEX_ERRORS):
                 return None
             raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
         except redis.RedisError as e:
@@ -332,7 +333,7 @@ class TierStore:
             members = self.client.zrangebyscore(key, "-inf", high, start=0, num=limit)
         except redis.RedisError as e:
             raise StoreError(f"ZRANGEBYSCORE {key} failed: {failure_text(e, self.keys)}") from e
-        return [_text(m) for m in members]
+        return [text(m) for m in members]
 
     # -- search --------------------------------------------------------------------------------
 
@@ -430,17 +431,13 @@ def _check_client(client: redis.Redis) -> None:
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _lookup(reply: Any, key: str) -> Any:
     """`key`'s value in a RESP3 map or a RESP2 flat key/value list (flags may trail), else None."""
     if isinstance(reply, dict):
-        return next((v for k, v in reply.items() if _text(k).lower() == key), None)
+        return next((v for k, v in reply.items() if text(k).lower() == key), None)
     if isinstance(reply, (list, tuple)):
         for i in range(0, len(reply) - 1, 2):
-            if _text(reply[i]).lower() == key:
+            if text(reply[i]).lower() == key:
                 return reply[i + 1]
     return None
 
@@ -448,13 +445,13 @@ def _lookup(reply: Any, key: str) -> Any:
 def _index_problems(keys: Keys, tier: TierSettings, info: Any) -> list[str]:
     """What in an FT.INFO reply differs from the index the store declares for `tier`."""
     problems = []
-    prefixes = [_text(p) for p in _lookup(_lookup(info, "index_definition"), "prefixes") or []]
+    prefixes = [text(p) for p in _lookup(_lookup(info, "index_definition"), "prefixes") or []]
     if prefixes != [keys.record_prefix(tier.name)]:
         problems.append(f"prefixes {prefixes}, the store writes {keys.record_prefix(tier.name)!r}")
-    attributes = {_text(_lookup(a, "attribute")): a for a in _lookup(info, "attributes") or []}
+    attributes = {text(_lookup(a, "attribute")): a for a in _lookup(info, "attributes") or []}
     expected = {**dict.fromkeys(TAG_FIELDS, "TAG"), **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC")}
     for name, kind in {**expected, VECTOR_FIELD: "VECTOR"}.items():
-        actual = _text(_lookup(attributes.get(name), "type")).upper()
+        actual = text(_lookup(attributes.get(name), "type")).upper()
         if actual != kind:
             problems.append(f"field {name} of type {actual}, the store needs {kind}")
     vec = attributes.get(VECTOR_FIELD)
@@ -466,12 +463,12 @@ def _index_problems(keys: Keys, tier: TierSettings, info: Any) -> list[str]:
         ("TYPE", "data_type", tier.datatype, f"{tier.name}_datatype"),
     ]
     for label, key, wanted, setting in settings_say:
-        actual = _text(_lookup(vec, key)).upper()
+        actual = text(_lookup(vec, key)).upper()
         if actual != wanted.upper():
             problems.append(
                 f"{VECTOR_FIELD} {label} {actual}, settings say {wanted} ({env_var(setting)})"
             )
-    metric = _text(_lookup(vec, "distance_metric")).upper()
+    metric = text(_lookup(vec, "distance_metric")).upper()
     if metric != DISTANCE_METRIC:
         problems.append(
             f"{VECTOR_FIELD} DISTANCE_METRIC {metric}, the store needs {DISTANCE_METRIC}"
@@ -571,26 +568,26 @@ def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
 def _decode_record(
     tier: TierSettings, key: str, entry_id: str, fields: Mapping[Any, Any]
 ) -> MemoryRecord:
-    values = {_text(k): v for k, v in fields.items()}
+    values = {text(k): v for k, v in fields.items()}
     try:
         state = values.get(STATE_FIELD)
         return MemoryRecord(
             entry_id=entry_id,
-            agent_id=_text(values["agent_id"]),
-            agent_type=_text(values["agent_type"]),
+            agent_id=text(values["agent_id"]),
+            agent_type=text(values["agent_type"]),
             step=int(values["step"]),
             ts=int(values["ts"]),
             importance=float(values["importance"]),
-            model_version=_text(values["model_version"]),
+            model_version=text(values["model_version"]),
             vector=_decode_vector(tier, values[VECTOR_FIELD], key),
-            state_json=None if state is None else _text(state),
+            state_json=None if state is None else text(state),
         )
     except (KeyError, ValueError) as e:
         raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
 
 
 def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:
-    key = _text(doc["id"])
+    key = text(doc["id"])
     try:
         raw_vector = doc.get(VECTOR_FIELD)
         state = doc.get(STATE_FIELD)
@@ -598,15 +595,15 @@ def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:
             tier=tier.name,
             key=key,
             entry_id=key[len(keys.record_prefix(tier.name)) :],
-            agent_id=_text(doc["agent_id"]),
-            agent_type=_text(doc["agent_type"]),
+            agent_id=text(doc["agent_id"]),
+            agent_type=text(doc["agent_type"]),
             step=int(doc["step"]),
             ts=int(doc["ts"]),
             importance=float(doc["importance"]),
-            model_version=_text(doc["model_version"]),
+            model_version=text(doc["model_version"]),
             distance=float(doc[_DISTANCE]),
             vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
-            state=None if state is None else json.loads(_text(state)),
+            state=None if state is None else json.loads(text(state)),
         )
     except (KeyError, ValueError) as e:
         raise StoreError(f"search hit {key} is incomplete or corrupt: {e!r}") from e

@@ -53,6 +53,7 @@ from redis.client import Pipeline
 from .constants import TIERS
 from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
+from .replies import text
 from .settings import Settings
 from .store import STATE_FIELD, VECTOR_FIELD, MemoryRecord, TierStore, Vector
 
@@ -266,10 +267,6 @@ def _check_dims(engine: EmbeddingEngine, settings: Settings, policy: TierPolicy)
             )
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 class _Pass:
     """One pass's state: counters, and the keys it leaves in place (offsets past them)."""
 
@@ -326,7 +323,7 @@ class _Pass:
             members = self.client.zrangebyscore(
                 index, "-inf", f"({cutoff_ms}", start=len(self.skipped), num=self.batch
             )
-            keys = [k for k in (_text(m) for m in members) if k not in self.skipped]
+            keys = [k for k in (text(m) for m in members) if k not in self.skipped]
             if not keys:  # only records left in place are older than the cutoff
                 return
             self._apply(keys, {})
@@ -345,7 +342,7 @@ class _Pass:
                 pipe.zrange(self.keys.agent_time_index(self.source, agent), start, start + take - 1)
             owners: dict[str, str] = {}
             for (agent, take), members in zip(plan, pipe.execute(), strict=True):
-                owners.update((_text(m), agent) for m in members)
+                owners.update((text(m), agent) for m in members)
                 excess[agent] -= take
                 if excess[agent] <= 0 or len(members) < take:
                     del excess[agent]
@@ -362,7 +359,7 @@ class _Pass:
             if self.keep_going is not None and not self.keep_going():  # renews a job's lock
                 self.stopped = True
                 return
-            agents = [_text(a) for a in chunk]
+            agents = [text(a) for a in chunk]
             pipe = self.client.pipeline(transaction=False)
             for agent in agents:
                 pipe.zcard(self.keys.agent_time_index(self.source, agent))
@@ -592,7 +589,7 @@ class _Reencode(_Pass):
         index = self.keys.time_index(self.source)
         start = 0
         while self._may_continue():
-            members = [_text(m) for m in self.client.zrange(index, start, start + self.batch - 1)]
+            members = [text(m) for m in self.client.zrange(index, start, start + self.batch - 1)]
             if not members:
                 return
             start += len(members)
@@ -603,7 +600,7 @@ class _Reencode(_Pass):
             other = [
                 key
                 for key, version in zip(members, versions, strict=True)
-                if version is not None and _text(version) != self.engine.version
+                if version is not None and text(version) != self.engine.version
             ]
             if other:
                 self._apply(other, {})
