@@ -12,6 +12,7 @@ from memory_tiers import (
     EmbeddedRedis,
     EmbeddingEngine,
     Settings,
+    TierStore,
     save_checkpoint,
     simulate_states,
     train_autoencoder_pipeline,
@@ -38,6 +39,14 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 def settings(redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Settings:
     """Settings pointing at the flushed session server."""
     return Settings(redis_url=redis_server.url)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
+    """The tier store on the flushed server, its three indexes made."""
+    tiers = TierStore(redis_client, settings)
+    tiers.ensure_indexes()
+    return tiers
 
 
 @pytest.fixture(scope="session")

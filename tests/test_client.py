@@ -41,13 +41,6 @@ HOSTILE = "a}|@x:{"
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
-    tiers = TierStore(redis_client, settings)
-    tiers.ensure_indexes()
-    return tiers
-
-
-@pytest.fixture
 def client(redis_client: redis.Redis, settings: Settings, engine: EmbeddingEngine) -> MemoryClient:
     return MemoryClient(redis_client, settings, engine)
 

@@ -39,13 +39,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str =
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
-    tiers = TierStore(redis_client, settings)
-    tiers.ensure_indexes()
-    return tiers
-
-
-@pytest.fixture
 def clients(redis_server: EmbeddedRedis) -> Iterator[list[redis.Redis]]:
     """Two more clients of the session server, as two daemons would have."""
     made = [redis.Redis.from_url(redis_server.url) for _ in range(2)]

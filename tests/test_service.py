@@ -454,14 +454,8 @@ def test_a_refused_serve_says_why_in_a_json_log_line(
 
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_model_versions_are_counted_per_tier(
-    redis_server: EmbeddedRedis,
-    redis_client: redis.Redis,
-    settings: Settings,
-    engine: EmbeddingEngine,
-    protocol: int,
+    redis_server: EmbeddedRedis, store: TierStore, engine: EmbeddingEngine, protocol: int
 ) -> None:
-    store = TierStore(redis_client, settings)
-    store.ensure_indexes()
     vectors = engine.encode_states(simulate_states(5, seed=10))
     records = [
         MemoryRecord(

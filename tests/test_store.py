@@ -62,13 +62,6 @@ def record_keys(client: redis.Redis, tier: str) -> list[str]:
     return sorted(client.scan_iter(match=f"{Keys().record_prefix(tier)}*"))
 
 
-@pytest.fixture
-def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
-    tiers = TierStore(redis_client, settings)
-    tiers.ensure_indexes()
-    return tiers
-
-
 # -- indexes -----------------------------------------------------------------------------------
 
 

@@ -43,13 +43,6 @@ NO_RULES: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
-    tiers = TierStore(redis_client, settings)
-    tiers.ensure_indexes()
-    return tiers
-
-
 def policy(settings: Settings, **rules: Any) -> Settings:
     """`settings` with every rule off except `rules` (e.g. stm_max_age_s=3600)."""
     return dataclasses.replace(settings, **{**NO_RULES, **rules})
