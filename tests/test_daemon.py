@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,10 +61,12 @@ def serve_env(model_path: Path, url: str | None) -> dict[str, str]:
     return env
 
 
-def start_serve(
+@contextmanager
+def serving(
     tmp_path: Path, env: dict[str, str], consumer: str, stdout: int | IO[Any] | None = None
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """`python -m memory_tiers serve --consumer NAME`; its log file."""
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`python -m memory_tiers serve --consumer NAME` and its log file; killed (woken first,
+    if it was stopped) when the block ends with the process still running."""
     log_path = tmp_path / f"{consumer}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -73,7 +76,13 @@ def start_serve(
             stdout=log_file if stdout is None else stdout,
             stderr=log_file,
         )
-    return process, log_path
+    try:
+        yield process, log_path
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait(10)
 
 
 @pytest.fixture
@@ -190,8 +199,8 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     engine: EmbeddingEngine,
     stream_20k: list[str],
 ) -> None:
-    victim, log_path = start_serve(tmp_path, serve_env(model_path, redis_server.url), "victim")
-    try:
+    env = serve_env(model_path, redis_server.url)
+    with serving(tmp_path, env, "victim") as (victim, log_path):
         wait_for(lambda: stm_count(redis_client) >= 1000, 30, "the victim storing")
         # Freeze it where it holds read, unacked entries, then kill it there.
         deadline = time.monotonic() + 10
@@ -203,10 +212,6 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
             time.sleep(0.005)
         victim.kill()
         assert victim.wait(10) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
     orphaned = pending(redis_client, "victim")
     assert orphaned > 0, log_path.read_text()
     assert 1000 <= stm_count(redis_client) < STREAMED
@@ -226,15 +231,11 @@ def test_sigterm_acks_what_was_read_exits_0_and_a_restart_finishes(
     engine: EmbeddingEngine,
     stream_20k: list[str],
 ) -> None:
-    process, log_path = start_serve(tmp_path, serve_env(model_path, redis_server.url), "polite")
-    try:
+    env = serve_env(model_path, redis_server.url)
+    with serving(tmp_path, env, "polite") as (process, log_path):
         wait_for(lambda: stm_count(redis_client) >= 1000, 30, "storing under way")
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     log_text = log_path.read_text()
     assert "SIGTERM: finishing the batch in hand" in log_text
     assert pending(redis_client) == 0  # everything it read was stored and acked
@@ -258,8 +259,7 @@ def test_serve_without_a_url_starts_an_embedded_redis_and_prints_it(
     tmp_path: Path, model_path: Path
 ) -> None:
     env = serve_env(model_path, None)
-    process, log_path = start_serve(tmp_path, env, "hermit", stdout=subprocess.PIPE)
-    try:
+    with serving(tmp_path, env, "hermit", stdout=subprocess.PIPE) as (process, log_path):
         assert process.stdout is not None
         url = read_line(process.stdout, 30)
         assert url.startswith("redis://127.0.0.1:"), log_path.read_text()
@@ -269,10 +269,6 @@ def test_serve_without_a_url_starts_an_embedded_redis_and_prints_it(
         client.close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 # -- signals and backoff, in process -----------------------------------------------------------

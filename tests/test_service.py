@@ -20,7 +20,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon import serve_env, start_serve
+from test_daemon import serve_env, serving
 from test_ingest import (
     KEYS,
     daemon,
@@ -79,15 +79,9 @@ def serve_process(
     """A `memory-tiers serve` child with short heartbeats, killed at the end whatever happened."""
     env = serve_env(model_path, redis_server.url)
     env.update(MT_HEARTBEAT_TTL_S=str(HEARTBEAT_TTL_S), MT_CONSOLIDATE="false")
-    process, _ = start_serve(tmp_path, env, "svc")
-    try:
+    with serving(tmp_path, env, "svc") as (process, _):
         wait_for(lambda: redis_client.exists(KEYS.heartbeat("svc")) == 1, 60, "first heartbeat")
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-        process.wait(10)
 
 
 # -- check -------------------------------------------------------------------------------------
