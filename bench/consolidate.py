@@ -25,14 +25,13 @@ import logging
 import time
 import warnings
 from collections import defaultdict
-from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import redis
 import torch
-from machine import machine
+from machine import clean, machine
 from redis.client import Pipeline
 
 from memory_tiers import EmbeddingEngine, Keys, MemoryRecord, Settings, TierStore
@@ -44,21 +43,6 @@ DAY_MS = 86_400_000
 MODES = ("raw", "model")
 GUARD_MODE = "raw+watch"
 KEYS = Keys(PREFIX)
-
-
-def clean(client: redis.Redis) -> None:
-    """Drop the bench's indexes and keys (this script only: the service never scans)."""
-    for tier in ("stm", "im", "ltm"):
-        with suppress(redis.ResponseError):
-            client.execute_command("FT.DROPINDEX", KEYS.index(tier))
-    batch = []
-    for key in client.scan_iter(match=f"{PREFIX}:*", count=5000):
-        batch.append(key)
-        if len(batch) == 5000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
 
 
 def make_records(
@@ -200,7 +184,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 # Alternate the order so drift on a shared box hits every mode alike.
                 for mode in modes if round_ % 2 == 0 else modes[::-1]:
-                    clean(client)
+                    clean(client, PREFIX)
                     store.ensure_indexes()
                     write_rate = fill_stm(store, records, args.batch)
                     if mode == "model":
@@ -212,7 +196,7 @@ def main() -> None:
                     left = [store.count(tier) for tier in ("stm", "im", "ltm")]
                     assert left == [0, 0, args.records], f"{mode}: stm/im/ltm hold {left}"
         finally:
-            clean(client)
+            clean(client, PREFIX)
             client.close()
     print(
         f"{args.records:,} memories, {args.agents:,} agents, batch {args.batch}, "

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from machine import machine
+from machine import clean, machine
 
 from memory_tiers import (
     TIERS,
@@ -80,22 +80,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- machine and Redis -------------------------------------------------------------------------
-
-
-def clean(client: redis.Redis, prefix: str) -> None:
-    """Drop the indexes and keys under `prefix` (this script only: the service never scans)."""
-    keys = Keys(prefix)
-    for tier in TIERS:
-        with suppress(redis.ResponseError):
-            client.execute_command("FT.DROPINDEX", keys.index(tier))
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
-        batch.append(key)
-        if len(batch) == 10_000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
