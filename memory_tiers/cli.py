@@ -641,7 +641,7 @@ def check_command(settings: Settings, local: bool) -> None:
         status = dataclasses.replace(status, heartbeats=beats)
     healthy, line = health(status, keys, settings.max_lag)
     if not healthy and local:
-        line = line.replace("unhealthy:", f"unhealthy on this host ({socket.gethostname()}):", 1)
+        line = line.replace("unhealthy:", f"unhealthy on this host ({host}):", 1)
     click.echo(line)
     if not healthy:
         raise SystemExit(1)

@@ -535,7 +535,7 @@ class _Chores:
         self._client = client
         self._settings = settings
         self._ingestor = ingestor
-        self._keys = Keys(settings.prefix)
+        self._keys = ingestor.keys
         self._model_version = model_version
         self._started_at = time.time()
         self._beating = False
