@@ -218,6 +218,9 @@ def test_metrics_after_an_ingest_and_a_consolidation(
     daemon_settings = make_settings(
         settings.redis_url, model_path, metrics_port=0, metrics_host="127.0.0.1",
         consolidate_interval_s=0.2, stm_max_per_agent=4, stm_max_age_s=None,
+        # Nothing leaves IM: the old records' ts=1000 is decades past any IM age limit, and
+        # the IM job would move them on to LTM before the other 48 arrive in IM.
+        im_max_age_s=None, im_max_per_agent=None,
     )  # fmt: skip
     states = simulate_states(60, num_agents=3, seed=6)
     # Six memories an older model wrote (with their raw state): the two oldest move, encoded again.
