@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from .errors import ModelError
 from .features import FeatureSchema, default_schema
 from .model import ModelConfig, StateAutoencoder
+from .sampling import sample_states
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,12 @@ CHECKPOINT_FORMAT = 1
 
 LOSS_WEIGHTS = (0.5, 0.3, 0.2)
 """Weights of the STM, IM and LTM reconstruction losses, higher on STM accuracy (the design)."""
+
+DEFAULT_DISTANCE_WEIGHT = 0.1
+"""λ of the distance-preservation term; chosen by measurement (README, "The model")."""
+
+SAMMON_OFFSET = 0.01
+"""Added to feature distances in the Sammon weights 1/(d + offset): equal states weigh finitely."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,16 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     progress: bool = True
+    distance_weight: float = DEFAULT_DISTANCE_WEIGHT
+    """λ of the distance-preservation term (`distance_stress`); 0: reconstruction alone."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}: must be between 0 and 1")
+        if not (math.isfinite(self.distance_weight) and self.distance_weight >= 0):
+            raise ValueError(
+                f"distance_weight={self.distance_weight}: must be a finite number >= 0"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be at least 1")
 
@@ -89,16 +103,60 @@ def split_data(features: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
     return features[:n_train], features[n_train:]
 
 
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """L2 distances of every pair of rows, (B, d) -> (B * (B - 1) / 2,), differentiable at 0.
+
+    torch.pdist's gradient is NaN where two rows are equal (sqrt at 0), and batches of agent
+    states do hold equal rows; the square root here is of the squared distance plus 1e-12.
+    """
+    rows, cols = torch.triu_indices(len(x), len(x), offset=1, device=x.device)
+    squared = (x * x).sum(1)  # (B,)
+    d2 = squared[:, None] + squared[None, :] - 2.0 * (x @ x.T)  # (B, B), one matmul
+    return torch.sqrt(d2[rows, cols].clamp_min(0.0) + 1e-12)
+
+
+def distance_stress(embedding: torch.Tensor, feature_distances: torch.Tensor) -> torch.Tensor:
+    """How badly a tier's space keeps the batch's feature distances: 1 - cos², in [0, 1].
+
+    cos is the Sammon-weighted (w = 1 / (d_x + SAMMON_OFFSET)) cosine between the pairwise
+    distances in the tier's space and in feature space. It ignores scale, so each tier may
+    shrink or stretch distances freely, and it stresses near pairs most: the neighbours
+    that recall must find. 0 when every distance is kept up to one factor.
+    """
+    d_tier = pairwise_distances(embedding)
+    weights = 1.0 / (feature_distances + SAMMON_OFFSET)
+    dot = (weights * d_tier * feature_distances).sum()
+    norms = (weights * d_tier * d_tier).sum() * (weights * feature_distances**2).sum()
+    return 1.0 - dot * dot / norms.clamp_min(1e-12)
+
+
 def tier_losses(
     model: StateAutoencoder, x: torch.Tensor, criterion: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reconstruction loss from each tier's embedding, the encoder run once."""
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Reconstruction loss and distance stress from each tier's embedding, the encoder run once.
+
+    Returns:
+        (STM, IM, LTM) reconstruction losses, and the same tiers' `distance_stress`.
+    """
     stm, im, ltm = model.encode_all(x)  # (B, 384), (B, 128), (B, 32)
-    return (
+    reconstruction = (
         criterion(model.decode_from_stm(stm), x),
         criterion(model.decode_from_im(im), x),
         criterion(model.decode_from_ltm(ltm), x),
     )
+    feature_distances = pairwise_distances(x)
+    stress = tuple(distance_stress(z, feature_distances) for z in (stm, im, ltm))
+    return reconstruction, stress
+
+
+def objective(
+    reconstruction: Sequence[torch.Tensor], stress: Sequence[torch.Tensor], distance_weight: float
+) -> torch.Tensor:
+    """The training objective: Σ w_t·MSE_t + λ·Σ w_t·stress_t, tier weights LOSS_WEIGHTS."""
+    total = torch.zeros((), device=reconstruction[0].device)
+    for weight, mse, tier_stress in zip(LOSS_WEIGHTS, reconstruction, stress, strict=True):
+        total = total + weight * (mse + distance_weight * tier_stress)
+    return total
 
 
 class AutoencoderTrainer:
@@ -109,17 +167,23 @@ class AutoencoderTrainer:
         schema: FeatureSchema,
         model_config: ModelConfig | None = None,
         config: TrainConfig | None = None,
+        start_from: StateAutoencoder | None = None,
     ) -> None:
+        """A trainer of a new model, or of a copy of `start_from` (fine-tuning: its dims win)."""
         self.schema = schema
         self.config = config or TrainConfig()
         self.device = pick_device(self.config.device)
         torch.manual_seed(self.config.seed)
+        if start_from is not None:
+            model_config = start_from.config
         model_config = model_config or ModelConfig(input_dim=schema.input_dim)
         if model_config.input_dim != schema.input_dim:
             raise ModelError(
                 f"model input_dim {model_config.input_dim} != schema input_dim {schema.input_dim}"
             )
         self.model = StateAutoencoder(model_config).to(self.device)
+        if start_from is not None:
+            self.model.load_state_dict(start_from.state_dict())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
         self.criterion = nn.MSELoss()
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
@@ -135,9 +199,9 @@ class AutoencoderTrainer:
         for start in range(0, len(x), self.config.batch_size):
             batch = x[order[start : start + self.config.batch_size]]
             self.optimizer.zero_grad(set_to_none=True)
-            losses = tier_losses(self.model, batch, self.criterion)
-            loss = sum(w * part for w, part in zip(LOSS_WEIGHTS, losses, strict=True))
-            assert isinstance(loss, torch.Tensor)
+            loss = objective(
+                *tier_losses(self.model, batch, self.criterion), self.config.distance_weight
+            )
             loss.backward()
             self.optimizer.step()
             total += loss.item()
@@ -146,12 +210,33 @@ class AutoencoderTrainer:
 
     @torch.no_grad()
     def evaluate(self, features: np.ndarray | torch.Tensor) -> dict[str, float]:
-        """Reconstruction MSE from each tier's embedding, and their weighted sum as 'loss'."""
+        """Per tier: reconstruction MSE and distance stress; 'loss' is the full objective.
+
+        Stress is measured over pairs within batches of `batch_size` (as trained) and averaged,
+        so the objective chosen on is the one optimized.
+        """
         self.model.eval()
         x = features if isinstance(features, torch.Tensor) else self._tensor(features)
-        mse = [part.item() for part in tier_losses(self.model, x, self.criterion)]
-        weighted = sum(w * m for w, m in zip(LOSS_WEIGHTS, mse, strict=True))
-        return {"stm": mse[0], "im": mse[1], "ltm": mse[2], "loss": weighted}
+        size = self.config.batch_size
+        sums = np.zeros(6)
+        for start in range(0, len(x), size):
+            batch = x[start : start + size]
+            if len(batch) < 2:
+                continue
+            reconstruction, stress = tier_losses(self.model, batch, self.criterion)
+            sums += len(batch) * np.array([part.item() for part in (*reconstruction, *stress)])
+        mse, stress_mean = sums[:3] / len(x), sums[3:] / len(x)
+        loss = objective(
+            [torch.tensor(m) for m in mse],
+            [torch.tensor(v) for v in stress_mean],
+            self.config.distance_weight,
+        ).item()
+        names = ("stm", "im", "ltm")
+        return {
+            **dict(zip(names, mse.tolist(), strict=True)),
+            **{f"{n}_stress": v for n, v in zip(names, stress_mean.tolist(), strict=True)},
+            "loss": loss,
+        }
 
     def train(self, train_features: np.ndarray, val_features: np.ndarray) -> dict[str, Any]:
         """Train until `epochs` or until validation loss stops improving for `patience` epochs.
@@ -203,6 +288,9 @@ def train_autoencoder_pipeline(
     schema: FeatureSchema | None = None,
     batch_size: int = 64,
     epochs: int = 50,
+    *,
+    broad_states: int = 0,
+    start_from: Checkpoint | None = None,
     **train_options: Any,
 ) -> tuple[AutoencoderTrainer, Checkpoint]:
     """The whole flow as designed: featurize, split 80/20, train, keep the best model.
@@ -210,16 +298,29 @@ def train_autoencoder_pipeline(
     Args:
         training_data: agent state dicts, in time order.
         schema: the feature schema; the default one covers the design's fields.
+        broad_states: also train on this many states sampled across the whole schema
+            (`sampling.sample_states`, seeded with the run's seed), so the model serves agents
+            unlike `training_data` too. Each source is split in its own time order.
+        start_from: fine-tune this checkpoint's model instead of a new one; its schema is the
+            schema (giving another one raises ModelError).
         train_options: further TrainConfig fields (val_fraction, patience, seed, device, ...).
 
     Returns:
         The trainer and a checkpoint of its best model, ready for save_checkpoint().
     """
+    if start_from is not None:
+        if schema is not None and schema.to_dict() != start_from.schema.to_dict():
+            raise ModelError(
+                f"cannot fine-tune model {start_from.version} (schema "
+                f"{start_from.schema.fingerprint()}) on schema {schema.fingerprint()}"
+            )
+        schema = start_from.schema
     schema = schema or default_schema()
-    features = schema.extract_batch(training_data)
     config = TrainConfig(batch_size=batch_size, epochs=epochs, **train_options)
-    train_features, val_features = split_data(features, config.val_fraction)
-    trainer = AutoencoderTrainer(schema, config=config)
+    train_features, val_features = training_split(schema, training_data, broad_states, config)
+    trainer = AutoencoderTrainer(
+        schema, config=config, start_from=start_from.model if start_from else None
+    )
     log.info(
         "training on %d states (%d validation), input_dim=%d, device=%s",
         len(train_features), len(val_features), schema.input_dim, trainer.device,
@@ -227,6 +328,30 @@ def train_autoencoder_pipeline(
     metrics = trainer.train(train_features, val_features)
     model = trainer.model.to("cpu").eval()
     return trainer, Checkpoint(model, schema, weights_version(model), metrics)
+
+
+def training_split(
+    schema: FeatureSchema,
+    training_data: Sequence[Mapping[str, Any]],
+    broad_states: int,
+    config: TrainConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) features of the data and of `broad_states` schema-wide samples.
+
+    Each source is split on its own, so validation holds the later part of both.
+    """
+    parts = [split_data(schema.extract_batch(training_data), config.val_fraction)]
+    if broad_states:
+        broad = sample_states(
+            schema, broad_states, num_agents=broad_agents(broad_states), seed=config.seed
+        )
+        parts.append(split_data(schema.extract_batch(broad), config.val_fraction))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def broad_agents(num_states: int) -> int:
+    """Sampled agents for `num_states` broad training states: many profiles, 200 states each."""
+    return max(50, num_states // 200)
 
 
 def weights_version(model: nn.Module) -> str:

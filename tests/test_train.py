@@ -13,8 +13,11 @@ from memory_tiers.errors import ModelError
 from memory_tiers.features import default_schema
 from memory_tiers.sim import simulate_states
 from memory_tiers.train import (
+    LOSS_WEIGHTS,
     Checkpoint,
+    distance_stress,
     load_checkpoint,
+    pairwise_distances,
     save_checkpoint,
     split_data,
     train_autoencoder_pipeline,
@@ -36,8 +39,17 @@ def test_five_thousand_states_three_epochs_learn(trained: tuple[Checkpoint, Path
     assert (metrics["train_samples"], metrics["val_samples"]) == (4000, 1000)
     assert metrics["epochs_run"] == 3 and len(metrics["val_loss"]) == 3
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
-    # The kept model is the best epoch's: its weighted validation loss is the minimum seen.
-    assert metrics["val_mse"]["loss"] == pytest.approx(min(metrics["val_loss"]), rel=1e-5)
+    # The kept model is the best epoch's on the full objective: reconstruction plus λ x stress.
+    val = metrics["val_mse"]
+    assert val["loss"] == pytest.approx(min(metrics["val_loss"]), rel=1e-5)
+    weight = metrics["config"]["distance_weight"]
+    assert weight == 0.1
+    full = sum(
+        w * (val[t] + weight * val[f"{t}_stress"])
+        for w, t in zip(LOSS_WEIGHTS, ("stm", "im", "ltm"), strict=True)
+    )
+    assert val["loss"] == pytest.approx(full, rel=1e-5)
+    assert all(0.0 <= val[f"{t}_stress"] < 0.2 for t in ("stm", "im", "ltm"))
     # Every tier reconstructs far better than predicting 0.5 everywhere would.
     features = default_schema().extract_batch(simulate_states(5000, seed=3))[4000:]
     baseline = float(((features - 0.5) ** 2).mean())
@@ -94,6 +106,38 @@ def test_early_stop_when_validation_stops_improving() -> None:
     )
     assert checkpoint.metrics["epochs_run"] == 3
     assert checkpoint.metrics["best_epoch"] == 1
+
+
+def test_stress_ignores_scale_and_sees_scrambled_distances() -> None:
+    x = torch.rand(64, 20, generator=torch.Generator().manual_seed(0))
+    d_x = pairwise_distances(x)
+    assert torch.allclose(d_x, torch.pdist(x), atol=1e-5)
+    assert distance_stress(3.0 * x, d_x).item() == pytest.approx(0.0, abs=1e-5)
+    rotated = x @ torch.linalg.qr(torch.randn(20, 20))[0]  # same distances, other axes
+    assert distance_stress(rotated, d_x).item() == pytest.approx(0.0, abs=1e-5)
+    scrambled = x[torch.randperm(64)]
+    assert distance_stress(scrambled, d_x).item() > 0.02
+
+
+def test_stress_has_finite_gradients_with_equal_rows() -> None:
+    x = torch.rand(8, 5).repeat(2, 1)  # every row twice: distance 0 pairs
+    z = torch.rand(16, 3, requires_grad=True)
+    distance_stress(z, pairwise_distances(x)).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    same = x.clone().requires_grad_(True)
+    distance_stress(same, pairwise_distances(x)).backward()
+    assert same.grad is not None and torch.isfinite(same.grad).all()
+
+
+def test_the_distance_term_keeps_neighbourhoods() -> None:
+    states = simulate_states(1500, seed=4)
+    stress = {
+        weight: train_autoencoder_pipeline(
+            states, epochs=2, progress=False, device="cpu", distance_weight=weight
+        )[1].metrics["val_mse"]["ltm_stress"]
+        for weight in (0.0, 1.0)
+    }
+    assert stress[1.0] < stress[0.0] / 2
 
 
 def test_split_keeps_time_order() -> None:
