@@ -1,139 +1,163 @@
-"""Model quality per tier against PCA at the same dimension, on held-out simulated states.
+"""Recall quality per agent and reconstruction error, per tier, against PCA of the same size.
 
-For each tier (STM 384, IM 128, LTM 32) it measures, on states of a simulated world the
-model never saw:
-  - reconstruction MSE (decode the tier's embedding back to features);
-  - neighbour recall@10: KNN in the tier's vector space against exact KNN in feature space.
-PCA is fitted with numpy's SVD on the same training states the checkpoint was trained on
-(regenerated from the checkpoint's recorded simulation seed and worlds). PCA with at least as
-many components as there are features is exact, so at STM and IM it is the ceiling, not a rival.
+Two held-out sets, each a few agents with `--stored` memories and `--queries` held-out query
+states apiece (a query is never among the memories it searches):
+  - sim: agents of a simulated world the model never saw (seed 10,000);
+  - broad: agents sampled across the whole feature schema (sampling.py, seed 20,000): other
+    grid sizes, missing and unknown keys, unknown categories, values over the whole range.
+Per tier it prints reconstruction MSE; recall@k of plain KNN over the tier's vectors; of
+recall as the client does it (over-fetch, re-sort), in memory; through the real
+`MemoryClient.recall` on an embedded Redis with default settings, and with the raw state kept
+in every tier (MT_KEEP_STATE_AFTER_STM); and of PCA's projections. PCA is fitted on (a sample
+of) the data the checkpoint was trained on, regenerated from its recorded seeds.
 
-    python bench/model_quality.py [--model models/state_autoencoder.pt] [--heldout 10000]
+    python bench/model_quality.py [--model models/state_autoencoder.pt] [--agents 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import redis
+from machine import machine
 
-from memory_tiers import TIERS, EmbeddingEngine, load_checkpoint, simulate_states
-from memory_tiers.train import split_data
+from memory_tiers import EmbeddedRedis, EmbeddingEngine, MemoryClient, Settings, load_checkpoint
+from memory_tiers.evaluation import (
+    AgentStates,
+    AgentTrial,
+    TierQuality,
+    client_recall,
+    evaluate,
+)
+from memory_tiers.features import FeatureSchema
+from memory_tiers.sampling import sample_states
+from memory_tiers.sim import simulate_states
+from memory_tiers.train import broad_agents, split_data
 
 HELDOUT_SEED = 10_000
-"""Seed of the held-out world: far from any seed a training run uses by default."""
+"""Seed of the held-out simulated world: far from any seed a training run uses by default."""
+
+BROAD_SEED = 20_000
+"""Seed of the held-out schema-wide agents."""
+
+PCA_SAMPLE = 60_000
+"""Training rows PCA is fitted on at most (an even sample)."""
 
 
-@dataclass(frozen=True)
-class Row:
-    tier: str
-    dim: int
-    ae_mse: float
-    pca_mse: float
-    ae_recall: float
-    pca_recall: float
-    pca_components: int
-
-
-def knn(points: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each query's k nearest points by L2, the query itself (index i) excluded."""
-    sq = (points**2).sum(1)
-    result = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 256):
-        q = queries[start : start + 256]
-        d = sq[None, :] - 2.0 * q @ points.T + (q**2).sum(1)[:, None]  # (B, N)
-        d[np.arange(len(q)), np.arange(start, start + len(q))] = np.inf
-        result[start : start + len(q)] = np.argpartition(d, k, axis=1)[:, :k]
-    return result
-
-
-def recall_at_k(truth: np.ndarray, found: np.ndarray) -> float:
-    """Mean share of the true neighbours that the approximate search found."""
-    hits = [len(set(t) & set(f)) for t, f in zip(truth, found, strict=True)]
-    return float(np.mean(hits)) / truth.shape[1]
-
-
-@dataclass(frozen=True)
-class PCA:
-    """The top principal components of training features, fitted with numpy's SVD."""
-
-    mean: np.ndarray  # (input_dim,)
-    components: np.ndarray  # (d, input_dim); d <= input_dim
-
-    @classmethod
-    def fit(cls, train: np.ndarray, dim: int) -> PCA:
-        mean = train.mean(0)
-        _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-        return cls(mean, vt[: min(dim, vt.shape[0])])
-
-    def project(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) @ self.components.T  # (N, input_dim) -> (N, d)
-
-    def reconstruct(self, projected: np.ndarray) -> np.ndarray:
-        return projected @ self.components + self.mean  # (N, d) -> (N, input_dim)
-
-
-def measure(model_path: str, heldout: int, queries: int, k: int) -> list[Row]:
-    checkpoint = load_checkpoint(model_path)
-    data = checkpoint.metrics.get("data", {})
-    if data.get("kind") != "simulation":
-        sys.exit(f"{model_path} was not trained on the simulation ({data}); cannot refit PCA")
-    engine = EmbeddingEngine.from_loaded(checkpoint, device="cpu")
-    schema = engine.schema
-    training = simulate_states(data["states"], seed=data["seed"], worlds=data["worlds"])
-    val_fraction = checkpoint.metrics["config"]["val_fraction"]
-    train_features, _ = split_data(schema.extract_batch(training), val_fraction)
-    test = schema.extract_batch(simulate_states(heldout, seed=HELDOUT_SEED))
-    truth = knn(test, test[:queries], k)
-    embeddings = engine.encode_features(test)
-    rows = []
-    for tier in TIERS:
-        vectors = embeddings[tier]
-        ae_mse = float(((engine.decode(vectors, tier) - test) ** 2).mean())
-        fitted = PCA.fit(train_features, vectors.shape[1])
-        projected = fitted.project(test)
-        pca_mse = float(((fitted.reconstruct(projected) - test) ** 2).mean())
-        rows.append(
-            Row(
-                tier=tier,
-                dim=vectors.shape[1],
-                ae_mse=ae_mse,
-                pca_mse=pca_mse,
-                ae_recall=recall_at_k(truth, knn(vectors, vectors[:queries], k)),
-                pca_recall=recall_at_k(truth, knn(projected, projected[:queries], k)),
-                pca_components=len(fitted.components),
+def heldout_trials(
+    schema: FeatureSchema, kind: str, agents: int, stored: int, queries: int
+) -> list[AgentTrial]:
+    """`agents` agents of a held-out set, each `stored` memories and `queries` queries."""
+    per_agent = stored + queries
+    if kind == "sim":  # a 50-agent world, as trained on; the first `agents` agents kept
+        states = simulate_states(per_agent * 50, num_agents=50, seed=HELDOUT_SEED)
+    else:
+        states = sample_states(schema, per_agent * agents, num_agents=agents, seed=BROAD_SEED)
+    rng = np.random.default_rng(0)
+    trials = []
+    for agent_id in list(dict.fromkeys(str(s["agent_id"]) for s in states))[:agents]:
+        mine = [s for s in states if s["agent_id"] == agent_id]
+        held = np.zeros(len(mine), dtype=bool)
+        held[rng.choice(len(mine), size=queries, replace=False)] = True
+        trials.append(
+            AgentTrial(
+                agent_id,
+                [s for s, h in zip(mine, held, strict=True) if not h],
+                [s for s, h in zip(mine, held, strict=True) if h],
             )
         )
-    return rows
+    return trials
+
+
+def training_features(schema: FeatureSchema, data: Mapping[str, Any], val: float) -> np.ndarray:
+    """The training part of the checkpoint's training data, regenerated, sampled evenly."""
+    if data.get("kind") != "simulation":
+        sys.exit(f"the model was not trained on the simulation ({data}); cannot refit PCA")
+    sim = simulate_states(data["states"], seed=data["seed"], worlds=data["worlds"])
+    parts = [split_data(schema.extract_batch(sim), val)[0]]
+    broad = int(data.get("broad", 0))
+    if broad:
+        sampled = sample_states(schema, broad, num_agents=broad_agents(broad), seed=data["seed"])
+        parts.append(split_data(schema.extract_batch(sampled), val)[0])
+    rows = np.concatenate(parts)
+    step = max(1, len(rows) // PCA_SAMPLE)
+    return rows[::step]
+
+
+def through_redis(
+    engine: EmbeddingEngine, sets: Mapping[str, list[AgentTrial]], k: int
+) -> dict[tuple[str, bool], dict[str, float]]:
+    """{(set, state kept): {tier: MemoryClient recall@k}} on a fresh embedded Redis."""
+    results = {}
+    with EmbeddedRedis() as server:
+        for n, (name, trials) in enumerate(sets.items()):
+            for keep in (False, True):
+                settings = Settings(
+                    redis_url=server.url, prefix=f"q{n}{int(keep)}", keep_state_after_stm=keep
+                )
+                with redis.Redis.from_url(server.url) as connection:
+                    client = MemoryClient(connection, settings, engine)
+                    results[name, keep] = client_recall(client, trials, k=k)
+    return results
+
+
+def table(
+    rows: Sequence[TierQuality], client: Mapping[str, float], kept: Mapping[str, float], k: int
+) -> list[str]:
+    lines = [
+        f"| tier | dim | AE MSE | PCA MSE | KNN recall@{k} | re-sorted (in memory) "
+        f"| MemoryClient | MemoryClient, state kept | PCA recall@{k} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.tier.upper()} | {r.dim} | {r.mse:.5f} | {r.pca_mse:.5f} "
+            f"| {r.vector_recall:.3f} | {r.recall:.3f} | {client[r.tier]:.3f} "
+            f"| {kept[r.tier]:.3f} | {r.pca_recall:.3f} |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="models/state_autoencoder.pt")
-    parser.add_argument("--heldout", type=int, default=10_000, help="held-out states")
-    parser.add_argument("--queries", type=int, default=1000, help="recall queries")
+    parser.add_argument("--agents", type=int, default=5)
+    parser.add_argument("--stored", type=int, default=1000, help="memories per agent")
+    parser.add_argument("--queries", type=int, default=200, help="held-out queries per agent")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
-    rows = measure(args.model, args.heldout, args.queries, args.k)
+    started = time.perf_counter()
+    checkpoint = load_checkpoint(args.model)
+    engine = EmbeddingEngine.from_loaded(checkpoint, device="cpu")
+    schema = engine.schema
+    val = checkpoint.metrics["config"]["val_fraction"]
+    pca_rows = training_features(schema, checkpoint.metrics.get("data", {}), val)
+    sets = {
+        kind: heldout_trials(schema, kind, args.agents, args.stored, args.queries)
+        for kind in ("sim", "broad")
+    }
+    redis_recall = through_redis(engine, sets, args.k)
     print(
-        f"held-out: {args.heldout} states of an unseen world (seed {HELDOUT_SEED}); "
-        f"recall@{args.k} over {args.queries} queries"
+        f"model {engine.version}; {machine()}; per set {args.agents} agents x {args.stored} "
+        f"memories, {args.queries} held-out queries each; candidates "
+        f"{Settings().candidates(args.k)}; PCA fitted on {len(pca_rows)} training rows"
     )
-    print(
-        f"| tier | dim | AE MSE | PCA MSE | AE/PCA MSE | AE recall@{args.k} | PCA recall@{args.k} |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        pca_label = f"{r.pca_mse:.5f}" + (
-            "" if r.pca_components == r.dim else f" ({r.pca_components} comp., exact)"
+    for name, trials in sets.items():
+        agents = [
+            AgentStates(t.agent_id, schema.extract_batch(t.stored), schema.extract_batch(t.queries))
+            for t in trials
+        ]
+        rows = evaluate(
+            engine, agents, pca_rows, k=args.k, candidates=Settings().candidates(args.k)
         )
-        ratio = r.ae_mse / r.pca_mse if r.pca_mse > 1e-9 else float("inf")
-        print(
-            f"| {r.tier.upper()} | {r.dim} | {r.ae_mse:.5f} | {pca_label} | {ratio:.2f} "
-            f"| {r.ae_recall:.3f} | {r.pca_recall:.3f} |"
-        )
+        print(f"\n{name}:")
+        print("\n".join(table(rows, redis_recall[name, False], redis_recall[name, True], args.k)))
+    print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

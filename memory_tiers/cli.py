@@ -156,6 +156,19 @@ def demo(settings: Settings, seconds: float) -> None:
 )
 @click.option("--limit", type=int, default=None, help="with --from-stream: at most this many")
 @click.option(
+    "--broad",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="also train on N states sampled across the whole schema (serves agents unlike the data)",
+)
+@click.option(
+    "--init",
+    "init_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="fine-tune this checkpoint instead of training a new model",
+)
+@click.option(
     "--schema",
     "schema_path",
     type=click.Path(exists=True, dir_okay=False),
@@ -165,8 +178,21 @@ def demo(settings: Settings, seconds: float) -> None:
 @click.option("--batch-size", "train_batch_size", default=64, show_default=True)
 @click.option("--learning-rate", default=1e-3, show_default=True)
 @click.option("--patience", default=5, show_default=True, help="epochs without improvement")
+@click.option(
+    "--distance-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="weight of the term that keeps feature distances in each tier, for recall; 0 = off "
+    "[default: TrainConfig's, 0.1]",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda [default: cuda when available]")
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for training [default: torch's choice; 1 is often fastest on a busy box]",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -181,33 +207,46 @@ def train(
     from_stream: bool,
     worlds: int,
     limit: int | None,
+    broad: int,
+    init_path: str | None,
     schema_path: str | None,
     epochs: int,
     train_batch_size: int,
     learning_rate: float,
     patience: int,
+    distance_weight: float | None,
     seed: int,
     device: str | None,
+    torch_threads: int | None,
     out: str | None,
 ) -> None:
     """Train the autoencoder; write the checkpoint, a metrics JSON and a loss-curve PNG."""
-    from .features import FeatureSchema, default_schema
+    import torch
+
+    from .features import FeatureSchema
     from .plots import plot_loss_curve
-    from .train import save_checkpoint, train_autoencoder_pipeline
+    from .train import load_checkpoint, save_checkpoint, train_autoencoder_pipeline
 
     if sum((simulate is not None, jsonl is not None, from_stream)) != 1:
         raise click.UsageError("give exactly one of --simulate N, --jsonl FILE, --from-stream")
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     try:
         states, source = _training_states(
-            settings, simulate, worlds, jsonl, from_stream, limit, seed
+            settings, simulate, worlds, jsonl, from_stream, limit, seed, broad
         )
-        schema = FeatureSchema.from_file(schema_path) if schema_path else default_schema()
+        schema = FeatureSchema.from_file(schema_path) if schema_path else None
+        start_from = load_checkpoint(init_path) if init_path else None
+        options = {} if distance_weight is None else {"distance_weight": distance_weight}
         _, checkpoint = train_autoencoder_pipeline(
             states, schema, batch_size=train_batch_size, epochs=epochs,
             learning_rate=learning_rate, patience=patience, seed=seed, device=device,
+            broad_states=broad, start_from=start_from, **options,
         )  # fmt: skip
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
+    if start_from is not None:
+        source["fine_tuned_from"] = start_from.version
     checkpoint.metrics["data"] = source
     path = save_checkpoint(checkpoint, out or settings.model_path)
     metrics_path = path.with_suffix(".metrics.json")
@@ -230,8 +269,12 @@ def _training_states(
     from_stream: bool,
     limit: int | None,
     seed: int,
+    broad: int,
 ) -> tuple[Sequence[Mapping[str, Any]], dict[str, Any]]:
-    """The training states and a description of where they came from (kept in the metrics)."""
+    """The training states and a description of where they came from (kept in the metrics).
+
+    `broad` schema-wide states are sampled by the trainer; the description counts them.
+    """
     from .dataset import load_jsonl, read_stream_states
     from .sim import simulate_states
 
@@ -249,6 +292,7 @@ def _training_states(
             client.close()
         source = {"kind": "stream", "stream": Keys(settings.prefix).stream}
     source["states"] = len(states)
+    source["broad"] = broad
     source["description"] = f"{len(states)} states: " + ", ".join(
         f"{key} {value}" for key, value in source.items() if key != "states"
     )
@@ -274,6 +318,8 @@ def _metrics_summary(checkpoint: Checkpoint) -> dict[str, Any]:
 
 if TYPE_CHECKING:
     from .client import MemoryClient, MergedHit
+    from .evaluation import TierQuality
+    from .status import Heartbeat
 
 QUERY_COLUMNS = ("rank", "tier", "feature_dist", "tier_dist", "step", "ts", "key", "state")
 """Columns of the `query` table; feature_dist ranks across tiers, tier_dist is squared L2."""
@@ -293,9 +339,10 @@ _QUERY_SUMMARY_FIELDS = ("agent_type", "status", "current_action")
 def query_command(settings: Settings, agent_id: str, state_json: str, k: int, tiers: str) -> None:
     """Recall an agent's memories nearest to a state; print them ranked across tiers.
 
-    feature_dist is the mean squared difference between a memory's decoded features and the
-    query's reconstruction, comparable across tiers; tier_dist is the squared L2 distance
-    within its tier. States marked '~' are reconstructed from IM/LTM vectors: approximate.
+    feature_dist is the mean squared feature difference to the query, comparable across tiers:
+    exact where the memory keeps its raw state, else between its reconstruction and the
+    query's; tier_dist is the squared L2 distance within its tier. States marked '~' are
+    reconstructed from IM/LTM vectors: approximate.
     """
     from .client import MemoryClient
 
@@ -391,6 +438,106 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Collec
         ).rstrip()
 
     return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+EVALUATE_COLUMNS = (
+    "tier", "dim", "AE_mse", "PCA_mse", "KNN_recall", "recall", "PCA_recall", "state",
+)  # fmt: skip
+"""Columns of the `evaluate` table; recall is what MemoryClient.recall returns (re-sorted)."""
+
+
+@main.command("evaluate")
+@click.option("--jsonl", type=click.Path(exists=True, dir_okay=False), help="states in a file")
+@click.option("--from-stream", is_flag=True, help="the states in the Redis stream")
+@click.option(
+    "--tier", "from_tier", type=click.Choice(["stm", "im", "ltm"]), help="a live tier's states"
+)
+@click.option("--limit", default=20_000, show_default=True, help="states read at most")
+@click.option(
+    "--queries", default=20, show_default=True, help="held-out query states per agent (at most 1/5)"
+)
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, help="which states are held out")
+@click.pass_obj
+def evaluate_command(
+    settings: Settings,
+    jsonl: str | None,
+    from_stream: bool,
+    from_tier: str | None,
+    limit: int,
+    queries: int,
+    k: int,
+    seed: int,
+) -> None:
+    """How well the model (MT_MODEL_PATH) recalls these states, per tier, against PCA.
+
+    Each agent's states are split into memories and held-out queries; recall@k is the share
+    of a query's k truly nearest memories (L2 over features) that recall returns. PCA of the
+    same size is fitted on the same states (it has seen the queries: a generous rival). A
+    JSONL state's agent is its "agent_id" key (one agent "-" where it has none).
+    """
+    from .daemon import load_engine
+    from .evaluation import evaluate, split_agents, verdict
+
+    if sum((jsonl is not None, from_stream, from_tier is not None)) != 1:
+        raise click.UsageError("give exactly one of --jsonl FILE, --from-stream, --tier TIER")
+    try:
+        engine = load_engine(settings)
+        memories, source = _evaluation_states(settings, jsonl, from_stream, from_tier, limit)
+        features, good, errors = engine.schema.extract_valid([state for _, state in memories])
+        agent_ids = [memories[i][0] for i in good]
+        agents = split_agents(features, agent_ids, queries, seed=seed)
+        state_tiers = ["stm"] + (["im", "ltm"] if settings.keep_state_after_stm else [])
+        rows = evaluate(
+            engine, agents, features, k=k, candidates=settings.candidates(k),
+            state_tiers=state_tiers,
+        )  # fmt: skip
+    except MemoryTiersError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(
+        f"model {engine.version} on {len(good)} states of {source} ({len(errors)} refused by "
+        f"the schema); {len(agents)} agents, recall@{k} over "
+        f"{sum(len(a.queries) for a in agents)} held-out queries, "
+        f"{settings.candidates(k)} candidates re-sorted"
+    )
+    click.echo(_table(EVALUATE_COLUMNS, [_evaluate_row(row) for row in rows], range(1, 7)))
+    click.echo(verdict(rows, engine.validation_mse))
+
+
+def _evaluation_states(
+    settings: Settings, jsonl: str | None, from_stream: bool, tier: str | None, limit: int
+) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """(agent id, state) pairs of the chosen source, and the source in words."""
+    from .dataset import load_jsonl, read_stream_memories, read_tier_memories
+    from .store import TierStore
+
+    if jsonl is not None:
+        states = load_jsonl(jsonl)[:limit]
+        ids = [s.get("agent_id") for s in states]
+        return [(i if isinstance(i, str) else "-", s) for i, s in zip(ids, states, strict=True)], (
+            Path(jsonl).name
+        )
+    url = _require_redis(settings, "evaluate", "the Redis the agents write to")
+    client = redis.Redis.from_url(url)
+    try:
+        if from_stream:
+            keys = Keys(settings.prefix)
+            return read_stream_memories(client, keys, limit), keys.stream
+        assert tier is not None
+        memories = read_tier_memories(TierStore(client, settings), tier, limit)
+        return memories, f"the {tier.upper()} tier"
+    finally:
+        client.close()
+
+
+def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
+    return (
+        row.tier.upper(), str(row.dim), f"{row.mse:.5f}", f"{row.pca_mse:.5f}",
+        f"{row.vector_recall:.3f}", f"{row.recall:.3f}", f"{row.pca_recall:.3f}",
+        "kept" if row.keeps_state else "-",
+    )  # fmt: skip
 
 
 @main.command()
@@ -654,6 +801,42 @@ AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
 MODEL_COLUMNS = ("model", "stm", "im", "ltm", "served")
 
 
+DRIFT_COLUMNS = ("daemon", "tier", "live_mse", "held_out_mse", "ratio")
+"""Columns of the `stats` drift table: sampled error on live states vs the model's held-out."""
+
+
+def _drift_rows(heartbeats: Sequence[Heartbeat]) -> list[tuple[str, ...]]:
+    """Per daemon and tier: the sampled live reconstruction error beside the held-out one."""
+    rows: list[tuple[str, ...]] = []
+    for beat in heartbeats:
+        live, held_out = beat.reconstruction_mse, beat.validation_mse or {}
+        for tier, mse in (live or {}).items():
+            base = held_out.get(tier)
+            ratio = f"{mse / base:.1f}x" if base else "-"
+            rows.append(
+                (beat.consumer, tier, f"{mse:.5f}", "-" if base is None else f"{base:.5f}", ratio)
+            )
+    return rows
+
+
+def _drift_warnings(heartbeats: Sequence[Heartbeat]) -> list[str]:
+    """A line per daemon whose live states reconstruct DRIFT_FACTOR times worse than held-out."""
+    from .evaluation import DRIFT_FACTOR
+
+    lines = []
+    for beat in heartbeats:
+        live, held_out = beat.reconstruction_mse or {}, beat.validation_mse or {}
+        far = [t for t in live if held_out.get(t) and live[t] > DRIFT_FACTOR * held_out[t]]
+        if far:
+            lines.append(
+                f"far off: the states {beat.consumer} encodes reconstruct over {DRIFT_FACTOR:g}x "
+                f"worse than its model's held-out states ({', '.join(t.upper() for t in far)}). "
+                "Recall suffers: run `memory-tiers evaluate --tier stm`, then retrain "
+                "(README, 'When to retrain')"
+            )
+    return lines
+
+
 @main.command("stats")
 @click.option(
     "--top", default=10, show_default=True, type=click.IntRange(min=0), help="agents listed"
@@ -723,6 +906,10 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         if daemon_rows
         else "no live daemon (no heartbeat key)",
     ]
+    drift = _drift_rows(status.heartbeats)
+    if drift:
+        table = _table(DRIFT_COLUMNS, drift, numeric={2, 3, 4})
+        sections.append("\n".join([table, *_drift_warnings(status.heartbeats)]))
     served = {beat.model_version for beat in status.heartbeats}
     models = sorted(
         {version for tier in TIERS for version in versions[tier]},

@@ -41,6 +41,7 @@ import redis
 import torch
 
 from .constants import Keys
+from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine
 from .errors import ConfigError, ModelError, StoreError
 from .ingest import (
@@ -282,12 +283,18 @@ class Daemon:
         assert self.settings.redis_url is not None  # checked in __init__
         consumer = self.consumer or default_consumer_name()
         log_settings(self.settings, f"daemon {consumer} starting, model {engine.version}:")
+        every = self.settings.drift_sample_every
+        drift = ReconstructionDrift(engine, every) if every else None
         metrics = self._start_metrics()
+        if metrics is not None:
+            metrics.watch_drift(drift, engine.validation_mse)
         client = consumer_client(self.settings.redis_url, self.settings, client_name(consumer))
         on_commit = metrics.observe_batch if metrics else None
-        ingestor = Ingestor(client, engine, self.settings, consumer, on_commit=on_commit)
+        ingestor = Ingestor(
+            client, engine, self.settings, consumer, on_commit=on_commit, drift=drift
+        )
         self.ingestor = ingestor
-        chores = _Chores(client, self.settings, ingestor, engine.version)
+        chores = _Chores(client, self.settings, ingestor, engine)
         started = time.monotonic()
         try:
             with self._signals():
@@ -530,13 +537,13 @@ class _Chores:
     """
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, ingestor: Ingestor, model_version: str
+        self, client: redis.Redis, settings: Settings, ingestor: Ingestor, engine: EmbeddingEngine
     ) -> None:
         self._client = client
         self._settings = settings
         self._ingestor = ingestor
         self._keys = ingestor.keys
-        self._model_version = model_version
+        self._engine = engine
         self._started_at = time.time()
         self._beating = False
         chores: list[tuple[str, float, Callable[[], None]]] = [
@@ -571,12 +578,14 @@ class _Chores:
             consumer=self._ingestor.consumer,
             host=socket.gethostname(),
             pid=os.getpid(),
-            model_version=self._model_version,
+            model_version=self._engine.version,
             started_at=self._started_at,
             at=time.time(),
             stored=stats.stored,
             dead_letters=stats.dead_letters,
             ttl_s=self._settings.heartbeat_ttl_s,
+            reconstruction_mse=drift.mse() if (drift := self._ingestor.drift) else None,
+            validation_mse=self._engine.validation_mse,
         )
         beat(self._client, self._keys, heartbeat)
         self._beating = True

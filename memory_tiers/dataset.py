@@ -13,6 +13,7 @@ from .constants import Keys
 from .errors import EntryError, MemoryTiersError
 from .protocol import decode_entry
 from .replies import text
+from .store import TierStore
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,20 @@ def read_stream_states(
     client: redis.Redis, keys: Keys, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """The states agents XADDed (kind=state), oldest first; malformed entries are skipped."""
-    states: list[dict[str, Any]] = []
+    return [state for _, state in read_stream_memories(client, keys, limit)]
+
+
+def read_stream_memories(
+    client: redis.Redis, keys: Keys, limit: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(agent id, state) of the states agents XADDed (kind=state), oldest first.
+
+    Malformed entries are skipped and counted in the log.
+    """
+    memories: list[tuple[str, dict[str, Any]]] = []
     skipped = 0
     start = "-"
-    while limit is None or len(states) < limit:
+    while limit is None or len(memories) < limit:
         page = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
             client.xrange(keys.stream, min=start, max="+", count=STREAM_PAGE),
@@ -60,9 +71,21 @@ def read_stream_states(
                 skipped += 1
                 continue
             if entry.kind == "state":
-                states.append(entry.state)
+                memories.append((entry.agent_id, entry.state))
         if len(page) < STREAM_PAGE:
             break
         start = "(" + text(page[-1][0])
-    log.info("read %d states from %s (%d malformed skipped)", len(states), keys.stream, skipped)
-    return states[:limit]
+    log.info("read %d states from %s (%d malformed skipped)", len(memories), keys.stream, skipped)
+    return memories[:limit]
+
+
+def read_tier_memories(store: TierStore, tier: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """(agent id, state) of up to `limit` of a tier's oldest memories that keep their state."""
+    records = store.read(tier, store.oldest_keys(tier, limit))
+    memories = [
+        (record.agent_id, json.loads(record.state_json))
+        for record in records
+        if record.state_json is not None
+    ]
+    log.info("read %d states of %d %s memories", len(memories), len(records), tier)
+    return memories

@@ -50,7 +50,9 @@ class EmbeddingEngine:
         version: str,
         trained: bool = True,
         device: str | torch.device | None = None,
+        validation_mse: Mapping[str, float] | None = None,
     ) -> None:
+        """An engine over `model`; `validation_mse` is its checkpoint's held-out MSE per tier."""
         if model.config.input_dim != schema.input_dim:
             raise ModelError(
                 f"model input_dim {model.config.input_dim} != schema input_dim {schema.input_dim}"
@@ -60,6 +62,10 @@ class EmbeddingEngine:
         self.schema = schema
         self.version = version
         self.trained = trained
+        self.validation_mse = (
+            {t: float(validation_mse[t]) for t in TIERS} if validation_mse else None
+        )
+        """Reconstruction MSE per tier on the training run's held-out states; None if unknown."""
         if not trained:
             message = (
                 "memory_tiers is using an UNTRAINED autoencoder: its vectors carry no learned "
@@ -85,8 +91,12 @@ class EmbeddingEngine:
         cls, checkpoint: Checkpoint, device: str | torch.device | None = None
     ) -> EmbeddingEngine:
         """An engine over a checkpoint already in memory."""
-        trained = bool(checkpoint.metrics.get("trained", False))
-        return cls(checkpoint.model, checkpoint.schema, checkpoint.version, trained, device)
+        metrics = checkpoint.metrics
+        trained = bool(metrics.get("trained", False))
+        return cls(
+            checkpoint.model, checkpoint.schema, checkpoint.version, trained, device,
+            validation_mse=metrics.get("val_mse"),
+        )  # fmt: skip
 
     @classmethod
     def untrained(

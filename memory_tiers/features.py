@@ -530,6 +530,16 @@ class FeatureSchema:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def feature_distances(reference: npt.ArrayLike, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Mean squared difference of each feature row (n, input_dim) to `reference` (input_dim,).
+
+    Mean, not sum: on the scale of a model's reconstruction MSE; the order is L2's.
+    """
+    diff = np.asarray(rows, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    distances: npt.NDArray[np.float64] = np.mean(diff * diff, axis=-1)
+    return distances
+
+
 def default_schema() -> FeatureSchema:
     """The design's fields: five ranged numbers, three categories, an 11x11 perception grid."""
     return FeatureSchema(

@@ -49,6 +49,7 @@ if HIREDIS_AVAILABLE:
     from redis.connection import HiredisRespSerializer
 
 from .constants import TIERS, Keys
+from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, StoreError
 from .protocol import StreamEntry, decode_entry, tag_problem
@@ -315,6 +316,7 @@ class Ingestor:
         dead_letter_maxlen: approximate cap of the dead-letter stream.
         on_commit: called with each committed batch and its outcome, on the committing thread
             (the daemon's metrics count them there).
+        drift: samples the reconstruction error of the states encoded; None: not watched.
     """
 
     def __init__(
@@ -327,6 +329,7 @@ class Ingestor:
         store: TierStore | None = None,
         dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN,
         on_commit: Callable[[Batch, Outcome], None] | None = None,
+        drift: ReconstructionDrift | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -337,6 +340,7 @@ class Ingestor:
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
         self.on_commit = on_commit
+        self.drift = drift
         self._packer = _command_packer(client)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -423,6 +427,8 @@ class Ingestor:
         records: list[MemoryRecord] = []
         if good:
             vectors = self.engine.encode_features(features, (STM,))[STM]  # (len(good), stm_dim)
+            if self.drift is not None:
+                self.drift.sample(features)
             records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources)

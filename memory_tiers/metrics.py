@@ -4,7 +4,8 @@ Two kinds of series:
 
 - this daemon's own, counted as it works: states ingested, dead letters, batch latency,
   consolidation moves, deletions and pass durations (counters reset when the process restarts,
-  as Prometheus expects);
+  as Prometheus expects), and the sampled reconstruction error of the states it encodes beside
+  its model's held-out error (drift.py);
 - the service's, read from Redis at each scrape through `status.py`, the same numbers
   `memory-tiers stats` prints: stream lag and pending (XINFO GROUPS), stream and dead-letter
   lengths, tier sizes, live daemons. When Redis cannot be reached, `memory_tiers_redis_up` is 0
@@ -16,16 +17,18 @@ Each `DaemonMetrics` has its own registry, so several daemons in one process nev
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .constants import Keys
+from .constants import TIERS, Keys
+from .drift import ReconstructionDrift
 from .ingest import Batch, Outcome
 from .scheduler import JobRun
 from .status import snapshot
@@ -100,6 +103,31 @@ class DaemonMetrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
+    def watch_drift(
+        self, drift: ReconstructionDrift | None, validation_mse: Mapping[str, float] | None
+    ) -> None:
+        """Export the sampled reconstruction error beside the model's held-out error, per tier.
+
+        The sampled error is read at each scrape: NaN until the first state was sampled.
+        """
+        sampled = Gauge(
+            "memory_tiers_reconstruction_mse",
+            "Recent reconstruction MSE of a sample of the states this daemon encodes.",
+            ["tier"],
+            registry=self.registry,
+        )
+        held_out = Gauge(
+            "memory_tiers_model_validation_mse",
+            "Reconstruction MSE of the served model on its training run's held-out states.",
+            ["tier"],
+            registry=self.registry,
+        )
+        for tier in TIERS:
+            if drift is not None:
+                sampled.labels(tier).set_function(_tier_reading(drift, tier))
+            if validation_mse:
+                held_out.labels(tier).set(validation_mse[tier])
+
     def observe_batch(self, batch: Batch, outcome: Outcome) -> None:
         """Count one committed batch (called on the commit thread)."""
         self.ingested.inc(outcome.stored)
@@ -132,6 +160,11 @@ class DaemonMetrics:
             self._thread.join()
             self._thread = None
         self._client.close()
+
+
+def _tier_reading(drift: ReconstructionDrift, tier: str) -> Callable[[], float]:
+    """A gauge callback: the drift's current error at `tier`, NaN before the first sample."""
+    return lambda: (drift.mse() or {}).get(tier, math.nan)
 
 
 class _ServiceCollector(Collector):

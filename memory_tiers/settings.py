@@ -78,6 +78,16 @@ class Settings:
     consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
     consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
+    drift_sample_every: int = _setting(
+        100,
+        "one in this many encoded states is also decoded at every tier, to watch the "
+        "reconstruction error (metrics, stats); 0: off",
+    )
+    recall_candidates: int | None = _setting(
+        None,
+        "KNN candidates per tier that a recall re-sorts by feature distance before keeping k; "
+        "unset: max(5 x k, 50)",
+    )
     stream_max_age_s: float | None = _setting(
         3600.0,
         "state stream entries older than this, once every group has acked them, are trimmed; "
@@ -118,6 +128,14 @@ class Settings:
             raise ConfigError(
                 f"stream_max_age_s={self.stream_max_age_s!r}: must be positive, or off"
             )
+        if self.recall_candidates is not None and self.recall_candidates < 1:
+            raise ConfigError(
+                f"recall_candidates={self.recall_candidates!r}: must be positive, or unset"
+            )
+        if self.drift_sample_every < 0:
+            raise ConfigError(
+                f"drift_sample_every={self.drift_sample_every!r}: must be 0 (off) or more"
+            )
         if self.max_lag < 0:
             raise ConfigError(f"max_lag={self.max_lag!r}: must be 0 or more")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -128,6 +146,11 @@ class Settings:
                 f"({3 * self.block_ms / 1000:g} s), or an idle daemon's heartbeat expires "
                 "while it waits for entries"
             )
+
+    def candidates(self, k: int) -> int:
+        """KNN candidates per tier a recall of `k` re-sorts: recall_candidates, at least k."""
+        wanted = max(5 * k, 50) if self.recall_candidates is None else self.recall_candidates
+        return max(wanted, k)
 
     @property
     def dims(self) -> tuple[int, int, int]:

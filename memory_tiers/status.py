@@ -61,6 +61,10 @@ class Heartbeat:
     """States the daemon stored since it started."""
     dead_letters: int
     ttl_s: float
+    reconstruction_mse: dict[str, float] | None = None
+    """Recent sampled reconstruction MSE per tier of the states it encodes (drift.py)."""
+    validation_mse: dict[str, float] | None = None
+    """Its model's MSE per tier on the training run's held-out states."""
 
     def to_json(self) -> str:
         """The heartbeat key's value."""

@@ -27,7 +27,8 @@ def assert_outputs(model: Path, states: int, kind: str) -> None:
     assert checkpoint.metrics["data"]["states"] == states
     metrics = json.loads(model.with_suffix(".metrics.json").read_text())
     assert metrics["version"] == checkpoint.version
-    assert set(metrics["val_mse"]) == {"stm", "im", "ltm", "loss"}
+    tiers = ("stm", "im", "ltm")
+    assert set(metrics["val_mse"]) == {*tiers, *(f"{t}_stress" for t in tiers), "loss"}
     assert metrics["epochs_run"] == len(metrics["val_loss"]) == 2
     assert model.with_suffix(".loss.png").read_bytes()[:8] == PNG_SIGNATURE
 
@@ -37,6 +38,24 @@ def test_train_on_the_simulation(tmp_path: Path) -> None:
     output = run_train(["--simulate", "600", "--worlds", "2", "--epochs", "2", "--out", str(model)])
     assert "held-out MSE stm=" in output and str(model) in output
     assert_outputs(model, 600, "simulation")
+
+
+def test_fine_tune_with_schema_wide_states(tmp_path: Path) -> None:
+    first = tmp_path / "first.pt"
+    run_train(["--simulate", "300", "--epochs", "1", "--out", str(first)])
+    tuned = tmp_path / "tuned.pt"
+    run_train([
+        "--simulate", "300", "--broad", "200", "--init", str(first), "--epochs", "2",
+        "--distance-weight", "0.5", "--torch-threads", "1", "--out", str(tuned),
+    ])  # fmt: skip
+    assert_outputs(tuned, 300, "simulation")
+    checkpoint = load_checkpoint(tuned)
+    data = checkpoint.metrics["data"]
+    assert (data["broad"], data["fine_tuned_from"]) == (200, load_checkpoint(first).version)
+    assert "broad 200" in data["description"]
+    # Each source split 80/20 on its own: 240 + 160 to train, 60 + 40 to validate.
+    assert (checkpoint.metrics["train_samples"], checkpoint.metrics["val_samples"]) == (400, 100)
+    assert checkpoint.metrics["config"]["distance_weight"] == 0.5
 
 
 def test_train_on_a_jsonl_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ STM vectors and the raw state; IM and LTM records hold those vectors compressed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -231,45 +232,96 @@ def test_recall_of_a_stored_state_finds_it_first(
     assert (stm[0].step, stm[0].ts, stm[0].agent_id) == (3, target.ts, AGENT)
     assert recall.merged[0].hit.key == stm[0].key
     assert recall.merged[0].tier == "stm"
-    assert recall.merged[0].feature_distance == pytest.approx(0.0, abs=1e-9)
+    assert recall.merged[0].exact
+    assert recall.merged[0].feature_distance == 0.0
     assert recall.query_tier is None
-    stm_vector = engine.encode_states([states[3]])["stm"]
-    np.testing.assert_allclose(recall.reference, engine.decode(stm_vector, "stm")[0], rtol=1e-6)
+    np.testing.assert_array_equal(recall.reference, engine.schema.extract(states[3]))
 
 
-def test_a_state_and_its_stm_vector_rank_the_same(
-    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
-) -> None:
-    seed_tiers(engine, store, AGENT, states)
-    stm_vector = engine.encode_states([states[14]])["stm"][0]
-
-    by_state = client.recall(AGENT, states[14], k=8)
-    by_vector = client.recall(AGENT, stm_vector, k=8)
-
-    assert [m.hit.key for m in by_state.merged] == [m.hit.key for m in by_vector.merged]
-    assert [m.feature_distance for m in by_state.merged] == pytest.approx(
-        [m.feature_distance for m in by_vector.merged], abs=1e-9
-    )
-
-
-def test_extracted_reference_measures_against_the_states_features(
-    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
-) -> None:
-    seed_tiers(engine, store, AGENT, states)
-    features = engine.schema.extract(states[5])
-
-    recall = client.agent(AGENT).recall(states[5], k=6, reference="extracted")
-
-    np.testing.assert_array_equal(recall.reference, features)
-    for item in recall.merged:
+def expected_distance(engine: EmbeddingEngine, query: Mapping[str, Any], item: MergedHit) -> float:
+    """What a state query's recall ranks `item` by: exact on a state, else its reconstruction
+    against the midpoint of the query's features and its reconstruction at the tier."""
+    if item.hit.state is not None:
+        diff = engine.schema.extract(item.hit.state) - engine.schema.extract(query)
+    else:
         assert item.hit.vector is not None
-        decoded = engine.decode(item.hit.vector, item.tier)[0]
-        expected = float(np.mean((decoded.astype(np.float64) - features) ** 2))
-        assert item.feature_distance == pytest.approx(expected, rel=1e-6)
+        features = engine.schema.extract(query)
+        query_vector = engine.encode_features(features[None, :])[item.tier]
+        midpoint = (engine.decode(query_vector, item.tier) + features) / 2
+        diff = engine.decode(item.hit.vector, item.tier) - midpoint
+    return float(np.mean(diff.astype(np.float64) ** 2))
+
+
+def test_a_state_query_ranks_states_exactly_and_vectors_by_their_reconstruction(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+
+    recall = client.agent(AGENT).recall(states[14], k=30)
+
+    assert len(recall.merged) == 30
+    for item in recall.merged:
+        assert item.exact == (item.tier == "stm")
+        assert item.feature_distance == pytest.approx(
+            expected_distance(engine, states[14], item), rel=1e-5, abs=1e-9
+        )
     distances = [m.feature_distance for m in recall.merged]
     assert distances == sorted(distances)
-    with pytest.raises(ValueError, match="reference='raw'"):
-        client.recall(AGENT, states[5], reference="raw")  # type: ignore[arg-type]
+    # Its own IM memory reconstructs as the query does: a quarter of its reconstruction error.
+    own = next(m for m in recall.merged if m.hit.step == 14)
+    assert own.hit.vector is not None
+    error = engine.decode(own.hit.vector, "im")[0] - engine.schema.extract(states[14])
+    assert own.feature_distance == pytest.approx(float(np.mean(error**2)) / 4, rel=1e-5)
+
+
+def test_a_vector_query_ranks_every_tier_by_reconstruction(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    seed_tiers(engine, store, AGENT, states)
+    stm_vector = engine.encode_states([states[4]])["stm"][0]
+
+    recall = client.recall(AGENT, stm_vector, k=8)
+
+    assert not any(m.exact for m in recall.merged)
+    assert recall.merged[0].hit.step == 4
+    assert recall.merged[0].feature_distance == pytest.approx(0.0, abs=1e-9)
+    for item in recall.merged:
+        assert item.hit.vector is not None
+        query = engine.decode(stm_vector[None, :], "stm")
+        if item.tier != "stm":
+            query = engine.decode(recall_vector(engine, stm_vector, item.tier), item.tier)
+        diff = engine.decode(item.hit.vector, item.tier) - query
+        assert item.feature_distance == pytest.approx(float(np.mean(diff**2)), rel=1e-5, abs=1e-9)
+
+
+def recall_vector(engine: EmbeddingEngine, stm_vector: np.ndarray, tier: str) -> np.ndarray:
+    """An STM vector compressed down to `tier`, as recall reaches lower tiers exactly."""
+    im = engine.compress(stm_vector[None, :], "stm")
+    return im if tier == "im" else engine.compress(im, "im")
+
+
+def test_recall_over_fetches_candidates_and_keeps_the_k_nearest_states(
+    redis_client: redis.Redis,
+    settings: Settings,
+    engine: EmbeddingEngine,
+    store: TierStore,
+    states: list[Any],
+) -> None:
+    stm = seed_tiers(engine, store, AGENT, states)["stm"]
+    query = states[20]  # stored in LTM only: its STM neighbours are other states
+    exact = engine.schema.extract_batch([states[r.step] for r in stm])
+    nearest = np.argsort(np.mean((exact - engine.schema.extract(query)) ** 2, axis=1))[:3]
+    knn = store.search("stm", engine.encode_states([query])["stm"][0], 3, agent_id=AGENT)
+
+    recall = MemoryClient(redis_client, settings, engine).recall(AGENT, query, k=3, tiers="stm")
+    plain = MemoryClient(
+        redis_client, dataclasses.replace(settings, recall_candidates=3), engine
+    ).recall(AGENT, query, k=3, tiers="stm")
+
+    # 10 STM memories, 50 candidates: every one was re-sorted, so the 3 kept are the nearest.
+    assert [h.step for h in recall.by_tier["stm"]] == [stm[i].step for i in nearest]
+    # Without over-fetching, the same 3 that KNN found, re-sorted.
+    assert {h.key for h in plain.by_tier["stm"]} == {h.key for h in knn}
 
 
 def test_recall_returns_typed_hits_of_every_tier_and_a_sorted_merge(
@@ -284,7 +336,10 @@ def test_recall_returns_typed_hits_of_every_tier_and_a_sorted_merge(
         hits = recall.by_tier[tier]
         assert len(hits) == 4
         assert all(h.tier == tier and h.agent_id == AGENT for h in hits)
-        assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        ranked = [
+            expected_distance(engine, states[0], MergedHit(tier, h, 0.0, False)) for h in hits
+        ]
+        assert ranked == sorted(ranked)
         keys = {store.key(tier, r.entry_id) for r in written[tier]}
         assert {h.key for h in hits} <= keys
         assert all(h.vector is not None and h.vector.shape == (client.dims[tier],) for h in hits)
@@ -297,12 +352,10 @@ def test_recall_returns_typed_hits_of_every_tier_and_a_sorted_merge(
     distances = [m.feature_distance for m in recall.merged]
     assert distances == sorted(distances)
     assert all(isinstance(m, MergedHit) and m.tier == m.hit.tier for m in recall.merged)
-    # The feature distance is the mean squared error of the decoded hit vector.
     some = recall.merged[-1]
-    assert some.hit.vector is not None
-    decoded = engine.decode(some.hit.vector[None, :], some.tier)[0]
-    expected = np.mean((decoded.astype(np.float64) - recall.reference) ** 2)
-    assert some.feature_distance == pytest.approx(float(expected), rel=1e-3)
+    assert some.feature_distance == pytest.approx(
+        expected_distance(engine, states[0], some), rel=1e-5, abs=1e-9
+    )
 
 
 def test_merged_list_ranks_all_tiers_together(
@@ -370,9 +423,9 @@ def test_step_range_and_filters_narrow_the_search(
 def test_tiers_argument_limits_the_searched_tiers(
     client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
 ) -> None:
-    seed_tiers(engine, store, AGENT, states)
+    ltm = seed_tiers(engine, store, AGENT, states)["ltm"]
 
-    recall = client.recall(AGENT, states[25], k=3, tiers=("ltm",))
+    recall = client.recall(AGENT, ltm[5].vector, k=3, tiers=("ltm",))  # step 25's
 
     assert list(recall.by_tier) == ["ltm"]
     assert {m.tier for m in recall.merged} == {"ltm"}

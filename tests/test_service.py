@@ -32,7 +32,7 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
 from memory_tiers.cli import main
 from memory_tiers.errors import ConfigError
 from memory_tiers.logs import JsonFormatter
@@ -264,6 +264,15 @@ def test_metrics_after_an_ingest_and_a_consolidation(
     assert values['memory_tiers_consolidation_reencoded_total{job="consolidate-stm"}'] == 2
     passes = values['memory_tiers_consolidation_seconds_count{job="consolidate-stm",outcome="ok"}']
     assert passes >= 1
+    # Drift: one in 100 encoded states is sampled (the first of 60), beside the held-out error.
+    assert engine.validation_mse is not None
+    features = engine.schema.extract_batch(states[:1])
+    for tier in TIERS:
+        decoded = engine.decode(engine.encode_features(features)[tier], tier)
+        sampled = values[f'memory_tiers_reconstruction_mse{{tier="{tier}"}}']
+        assert sampled == pytest.approx(float(((decoded - features) ** 2).mean()), rel=1e-4)
+        held_out = values[f'memory_tiers_model_validation_mse{{tier="{tier}"}}']
+        assert held_out == pytest.approx(engine.validation_mse[tier], rel=1e-9)
 
 
 def test_the_metrics_endpoint_says_when_redis_is_gone(
@@ -315,8 +324,9 @@ def test_stats_prints_tiers_stream_daemons_and_top_agents_and_plots_the_series(
 ) -> None:
     assert settings.redis_url
     daemon_settings = make_settings(
-        settings.redis_url, model_path, stats_interval_s=0.2, heartbeat_ttl_s=0.6
-    )
+        settings.redis_url, model_path, stats_interval_s=0.2, heartbeat_ttl_s=0.6,
+        drift_sample_every=1,
+    )  # fmt: skip
     states = simulate_states(40, num_agents=4, seed=7)
     states += [dict(s, agent_id="agent-busy") for s in simulate_states(15, seed=8)]
     with running(daemon(daemon_settings, engine, "stats-d", consolidate=False)):
@@ -342,11 +352,24 @@ def test_stats_prints_tiers_stream_daemons_and_top_agents_and_plots_the_series(
     daemon_row = tables[2].splitlines()[1].split()
     assert daemon_row[0] == "stats-d" and daemon_row[2] == str(os.getpid())
     assert daemon_row[3] == engine.version and daemon_row[5:7] == ["55", "1"]
+    # Every state sampled (fewer than drift.RECENT_SAMPLES): the plain mean of their errors.
+    features = engine.schema.extract_batch(states)
+    vectors = engine.encode_features(features)
+    live = {t: float(((engine.decode(vectors[t], t) - features) ** 2).mean()) for t in TIERS}
+    held_out = engine.validation_mse
+    assert held_out is not None
     assert [line.split() for line in tables[3].splitlines()] == [
+        ["daemon", "tier", "live_mse", "held_out_mse", "ratio"],
+        *(
+            ["stats-d", t, f"{live[t]:.5f}", f"{held_out[t]:.5f}", f"{live[t] / held_out[t]:.1f}x"]
+            for t in TIERS
+        ),
+    ]
+    assert [line.split() for line in tables[4].splitlines()] == [
         ["model", "stm", "im", "ltm", "served"],
         [engine.version, "55", "0", "0", "yes"],
     ]
-    assert [line.split() for line in tables[4].splitlines()] == [
+    assert [line.split() for line in tables[5].splitlines()] == [
         ["agent", "stm", "im", "ltm", "total"],
         ["agent-busy", "15", "0", "0", "15"],
         ["agent-000", "10", "0", "0", "10"],
