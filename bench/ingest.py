@@ -471,7 +471,7 @@ def run_recall(
                         ts=t0 + i + j,
                         model_version=engine.version,
                         vector=vectors[tier][j],
-                        state_json=None,
+                        state_json=json.dumps(s) if tier == "stm" else None,  # as ingested
                     )
                     for j, s in enumerate(part)
                 ],

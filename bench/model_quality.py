@@ -26,7 +26,15 @@ import numpy as np
 import redis
 from machine import machine
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, MemoryClient, Settings, load_checkpoint
+from memory_tiers import (
+    TIERS,
+    EmbeddedRedis,
+    EmbeddingEngine,
+    Keys,
+    MemoryClient,
+    Settings,
+    load_checkpoint,
+)
 from memory_tiers.evaluation import (
     AgentStates,
     AgentTrial,
@@ -91,19 +99,29 @@ def training_features(schema: FeatureSchema, data: Mapping[str, Any], val: float
 
 def through_redis(
     engine: EmbeddingEngine, sets: Mapping[str, list[AgentTrial]], k: int
-) -> dict[tuple[str, bool], dict[str, float]]:
-    """{(set, state kept): {tier: MemoryClient recall@k}} on a fresh embedded Redis."""
-    results = {}
-    with EmbeddedRedis() as server:
+) -> tuple[dict[tuple[str, bool], dict[str, float]], dict[tuple[str, bool], dict[str, float]]]:
+    """On a fresh embedded Redis, per (set, state kept): {tier: MemoryClient recall@k} and
+    {tier: mean MEMORY USAGE of a record, bytes}."""
+    recall, sizes = {}, {}
+    with EmbeddedRedis() as server, redis.Redis.from_url(server.url) as connection:
         for n, (name, trials) in enumerate(sets.items()):
             for keep in (False, True):
                 settings = Settings(
                     redis_url=server.url, prefix=f"q{n}{int(keep)}", keep_state_after_stm=keep
                 )
-                with redis.Redis.from_url(server.url) as connection:
-                    client = MemoryClient(connection, settings, engine)
-                    results[name, keep] = client_recall(client, trials, k=k)
-    return results
+                client = MemoryClient(connection, settings, engine)
+                recall[name, keep] = client_recall(client, trials, k=k)
+                sizes[name, keep] = record_sizes(connection, Keys(settings.prefix))
+    return recall, sizes
+
+
+def record_sizes(client: redis.Redis, keys: Keys, sample: int = 200) -> dict[str, float]:
+    """Mean MEMORY USAGE of `sample` records per tier: the hash alone, no index overhead."""
+    sizes = {}
+    for tier in TIERS:
+        members = client.zrange(keys.time_index(tier), 0, sample - 1)
+        sizes[tier] = float(np.mean([client.memory_usage(m) for m in members]))
+    return sizes
 
 
 def table(
@@ -141,7 +159,7 @@ def main() -> None:
         kind: heldout_trials(schema, kind, args.agents, args.stored, args.queries)
         for kind in ("sim", "broad")
     }
-    redis_recall = through_redis(engine, sets, args.k)
+    redis_recall, sizes = through_redis(engine, sets, args.k)
     print(
         f"model {engine.version}; {machine()}; per set {args.agents} agents x {args.stored} "
         f"memories, {args.queries} held-out queries each; candidates "
@@ -157,6 +175,13 @@ def main() -> None:
         )
         print(f"\n{name}:")
         print("\n".join(table(rows, redis_recall[name, False], redis_recall[name, True], args.k)))
+        print(
+            "bytes per record (MEMORY USAGE): "
+            + ", ".join(
+                f"{t.upper()} {sizes[name, False][t]:,.0f} (state kept {sizes[name, True][t]:,.0f})"
+                for t in TIERS
+            )
+        )
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
