@@ -45,7 +45,7 @@ from redisvl.schema import IndexSchema
 
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
-from .protocol import tag_problem
+from .protocol import integer_problem, tag_problem
 from .replies import text
 from .settings import Settings, TierSettings, env_var
 
@@ -520,9 +520,13 @@ def _hset_commands(
                 if problem:
                     raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
                 good_tags.add(tag)
-        importance = record.importance
+        importance, step, ts = record.importance, int(record.step), int(record.ts)
         if not math.isfinite(importance):
             raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
+        problem = integer_problem("step", step) or integer_problem("ts", ts)
+        if problem:
+            # Redis would round it, fail to index it, or fail the time index's ZADD.
+            raise ValueError(f"record {entry_id!r}: {problem}")
         vector = (
             vectors[i]
             if vectors is not None
@@ -531,7 +535,7 @@ def _hset_commands(
         command: tuple[Any, ...] = (
             "HSET", prefix + entry_id,
             "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
-            "step", int(record.step), "ts", int(record.ts), "importance", float(importance),
+            "step", step, "ts", ts, "importance", float(importance),
             VECTOR_FIELD, vector,
         )  # fmt: skip
         if record.state_json is not None:

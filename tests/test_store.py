@@ -246,6 +246,9 @@ def test_a_bad_record_queues_nothing(redis_client: redis.Redis, store: TierStore
         ("agent_type", "x\n", "leading or trailing whitespace"),
         ("model_version", "", "is empty"),
         ("importance", float("nan"), "must be finite"),
+        ("step", 10**400, r"step '1000.* is out of range"),
+        ("step", 2**53, r"step '9007199254740992' is out of range"),
+        ("ts", -1, r"ts '-1' is out of range \[0, 253402300799999\]"),
         ("vector", np.full(32, np.nan, np.float32), "NaN or infinity"),
     ],
 )

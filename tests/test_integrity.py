@@ -1,0 +1,79 @@
+"""Integrity under hostile input and failures: bounded numbers, truthful commits, owned writes,
+self-healing indexes (issue 11). Against the embedded Redis, through the real daemon."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from test_ingest import (
+    KEYS,
+    daemon,
+    dead_letters,
+    make_settings,
+    pending,
+    running,
+    stored_ids,
+    wait_for,
+    xadd_raw,
+    xadd_states,
+)
+
+from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers.protocol import encode_entry
+
+HOSTILE_NUMBERS: list[tuple[dict[str, str], str]] = [
+    ({"step": "9" * 400}, "step="),
+    ({"ts": "9" * 400}, "ts="),
+    ({"step": str(2**63 - 1)}, "step="),
+    ({"ts": "-5"}, "ts="),
+    ({"ts": "1732600000000000"}, "ts="),  # microseconds
+    ({"importance": "NaN"}, "importance="),
+    ({"importance": "-inf"}, "importance="),
+    ({"importance": "1e999"}, "importance="),
+]
+
+
+@pytest.fixture
+def ingest_settings(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, model_path: Path
+) -> Settings:
+    """Settings on the flushed session server with the session's trained model."""
+    return make_settings(redis_server.url, model_path)
+
+
+def ft_info(client: redis.Redis, tier: str = "stm") -> dict[str, Any]:
+    """FT.INFO of one tier's index as a dict."""
+    info: dict[str, Any] = client.ft(KEYS.index(tier)).info()
+    return info
+
+
+def test_hostile_numbers_are_dead_lettered_and_every_valid_entry_is_indexed(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    states = simulate_states(50 * len(HOSTILE_NUMBERS), num_agents=25, seed=21)
+    valid: list[str] = []
+    hostile: dict[str, str] = {}
+    for i, (override, field) in enumerate(HOSTILE_NUMBERS):  # 50 valid, 1 hostile, ...
+        valid += xadd_states(redis_client, states[50 * i : 50 * (i + 1)], first_step=50 * i)
+        fields = {**encode_entry("hostile", {"health": 1}, step=1), **override}
+        hostile[xadd_raw(redis_client, fields)] = field
+    with running(daemon(ingest_settings, engine, "strict")) as d:
+        wait_for(lambda: d.stats.entries == len(valid) + len(hostile), 30, "every entry")
+    assert sorted(stored_ids(redis_client)) == sorted(valid)
+    by_agent: defaultdict[str, set[str]] = defaultdict(set)
+    for entry_id, state in zip(valid, states, strict=True):
+        by_agent[state["agent_id"]].add(KEYS.record("stm", entry_id))
+    for agent, keys in by_agent.items():
+        assert set(redis_client.zrange(KEYS.agent_time_index("stm", agent), 0, -1)) == keys
+    assert not redis_client.exists(KEYS.agent_time_index("stm", "hostile"))
+    info = ft_info(redis_client)
+    assert (int(info["num_docs"]), int(info["hash_indexing_failures"])) == (len(valid), 0)
+    letters = dead_letters(redis_client)
+    assert set(letters) == set(hostile)
+    for entry_id, field in hostile.items():
+        assert letters[entry_id]["error"].startswith(field), letters[entry_id]["error"]
+    assert pending(redis_client) == 0
