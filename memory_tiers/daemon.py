@@ -42,7 +42,7 @@ import torch
 
 from .constants import Keys
 from .engine import EmbeddingEngine
-from .errors import ConfigError, ModelError, StoreError
+from .errors import ConfigError, ModelError, PartialCommitError, StoreError
 from .ingest import (
     Batch,
     Ingestor,
@@ -158,6 +158,14 @@ def _chain(error: BaseException) -> list[BaseException]:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     return chain
+
+
+def commit_failure(error: BaseException) -> str:
+    """What a failed step or commit did to its entries, for a log line: the truth, which only
+    a partly applied commit knows otherwise (its message says what applied)."""
+    if isinstance(error, PartialCommitError):
+        return str(error)
+    return f"{error}; its entries stay pending and are read again"
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -390,7 +398,7 @@ class Daemon:
             self._finish(ingestor, lane, position)
         finally:
             for error in lane.close():
-                log.warning("the last commit failed (%s); its entries stay pending", error)
+                log.warning("the last commit failed: %s", commit_failure(error))
 
     def _step(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
         """Handle one batch: prepare it, read the next one, then hand this one to the lane.
@@ -422,7 +430,7 @@ class Daemon:
         try:
             lane.commit(ingestor.prepare(position.ahead))
         except Exception as e:
-            log.warning("the last batches were not stored (%s); their entries stay pending", e)
+            log.warning("the last batches were not stored: %s", commit_failure(e))
 
     def _claim(self, ingestor: Ingestor, lane: _CommitLane, chores: _Chores) -> None:
         """Take over and handle every entry other consumers left pending past claim_idle_ms.
@@ -452,7 +460,10 @@ class Daemon:
             log.warning("consumer group gone (%s); setting it up again", error)
             self._set_up(ingestor)
             return
-        log.error("ingest step failed; its entries stay pending and are read again", exc_info=error)
+        if isinstance(error, PartialCommitError):
+            log.error("ingest step failed: %s", commit_failure(error))
+            return
+        log.error("ingest step failed: %s", commit_failure(error), exc_info=error)
 
     # -- signals and logs ----------------------------------------------------------------------
 

@@ -25,6 +25,16 @@ class StoreError(MemoryTiersError):
     """A Redis operation on the tier indexes or records failed."""
 
 
+class PartialCommitError(StoreError):
+    """A commit's MULTI/EXEC ran with some commands failing: Redis applied the others (it never
+    rolls a transaction back). The message says which failed and whether the XACK applied."""
+
+    def __init__(self, message: str, acked: int) -> None:
+        super().__init__(message)
+        self.acked = acked
+        """Entries the commit's XACK removed from the pending list (0 if the XACK failed)."""
+
+
 class EntryError(MemoryTiersError, ValueError):
     """A stream entry breaks the protocol (missing agent_id, state not a JSON object, ...)."""
 

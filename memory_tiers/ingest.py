@@ -12,6 +12,9 @@ over with XAUTOCLAIM, then handled in two steps:
   acked, or neither and still pending. It sends the packed bytes and reads the replies itself
   (not through redis-py's pipeline): little Python runs there, so a commit on another thread
   (the daemon's) hardly competes with the next batch's prepare for the GIL.
+  Redis never rolls a transaction back: every reply of EXEC is read, and a command that failed
+  there raises PartialCommitError saying what applied. Numbers are bounded at the protocol and
+  every record is checked by the store first, so nothing of ours is expected to fail there.
 
 Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
 keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
@@ -50,7 +53,7 @@ if HIREDIS_AVAILABLE:
 
 from .constants import TIERS, Keys
 from .engine import EmbeddingEngine, action_to_state
-from .errors import EntryError, StoreError
+from .errors import EntryError, PartialCommitError, StoreError
 from .protocol import StreamEntry, decode_entry, tag_problem
 from .replies import text
 from .settings import Settings
@@ -433,18 +436,21 @@ class Ingestor:
         """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
 
         Raises:
-            StoreError: Redis failed; nothing of the batch may be assumed written or acked.
+            PartialCommitError: some queued commands failed and Redis applied the others; the
+                message says which, and whether the entries were acked.
+            StoreError: Redis failed otherwise; nothing of the batch may be assumed written or
+                acked.
         """
         start = time.perf_counter()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
         transaction = batch.transaction or self._transaction(batch)
+        what = f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]})"
         try:
             replies = self._execute(transaction)
         except redis.RedisError as e:
-            raise StoreError(
-                f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]}) failed: {e}"
-            ) from e
+            raise StoreError(f"{what} failed: {e}") from e
+        _check_replies(what, transaction.commands, replies)
         dead = transaction.dead_letters
         outcome = Outcome(
             transaction.stored, len(dead), int(replies[-1]), time.perf_counter() - start
@@ -478,14 +484,16 @@ class Ingestor:
         return Transaction(payload, commands, len(stored), dead)
 
     def _execute(self, transaction: Transaction) -> list[Any]:
-        """Send a packed MULTI/EXEC and read its replies; EXEC's, one per queued command.
+        """Send a packed MULTI/EXEC and read its replies; EXEC's, one per queued command (an
+        error among them is returned as an exception, not raised: the others were applied).
 
         redis-py's pipeline would pack it here, on the commit's thread, and parse every reply
         through several Python calls; the daemon prepares the next batch meanwhile, and both
         compete for the GIL.
 
         Raises:
-            redis.RedisError: the link failed, or Redis refused or failed a command.
+            redis.RedisError: the link failed, or Redis refused the transaction (EXECABORT:
+                nothing was applied).
         """
         pool = self.client.connection_pool
         connection = pool.get_connection()
@@ -501,9 +509,6 @@ class Ingestor:
             pool.release(connection)
         if not isinstance(replies, list) or len(replies) != len(transaction.commands):
             raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
-        for args, reply in zip(transaction.commands, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise redis.ResponseError(f"{args[0]} {text(args[1])} failed: {reply}")
         return replies
 
     def _featurize(
@@ -593,6 +598,32 @@ class Ingestor:
             len(batch.ids), outcome.stored, outcome.dead_letters,
             batch.prepare_s * 1000, outcome.commit_s * 1000,
         )  # fmt: skip
+
+
+def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> None:
+    """Raise PartialCommitError if any command of an executed MULTI/EXEC failed.
+
+    Redis applies every other command of the transaction, the XACK (last) included when it did
+    not fail itself: then the entries are acked and will not be read again.
+    """
+    failed = [
+        f"{args[0]} {text(args[1])}: {reply}"
+        for args, reply in zip(commands, replies, strict=True)
+        if isinstance(reply, Exception)
+    ]
+    if not failed:
+        return
+    acked = replies[-1]
+    if isinstance(acked, Exception):
+        fate = "the XACK failed: the entries stay pending and are read again"
+        acked = 0
+    else:
+        fate = f"the other commands applied, the XACK too: {acked} entries acked, not read again"
+    raise PartialCommitError(
+        f"{what} partly applied: {len(failed)} of {len(commands)} commands failed "
+        f"(first: {failed[0]}); {fate}",
+        int(acked),
+    )
 
 
 # -- decoding ----------------------------------------------------------------------------------

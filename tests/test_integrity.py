@@ -3,6 +3,7 @@ self-healing indexes (issue 11). Against the embedded Redis, through the real da
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,21 @@ def test_hostile_numbers_are_dead_lettered_and_every_valid_entry_is_indexed(
     for entry_id, field in hostile.items():
         assert letters[entry_id]["error"].startswith(field), letters[entry_id]["error"]
     assert pending(redis_client) == 0
+
+
+def test_a_partly_applied_commit_is_logged_as_it_happened(
+    redis_client: redis.Redis,
+    ingest_settings: Settings,
+    engine: EmbeddingEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_client.set(KEYS.time_index("stm"), "not a sorted set")  # its ZADD fails inside EXEC
+    xadd_states(redis_client, simulate_states(5, seed=7))
+    with caplog.at_level(logging.WARNING), running(daemon(ingest_settings, engine, "honest")):
+        wait_for(lambda: "partly applied" in caplog.text, 10, "the failed commit's log line")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    (line,) = [message for message in errors if "partly applied" in message]
+    assert f"ZADD {KEYS.time_index('stm')}: WRONGTYPE" in line
+    assert "5 entries acked, not read again" in line
+    assert pending(redis_client) == 0
+    assert "stay pending" not in caplog.text
