@@ -42,7 +42,7 @@ import torch
 
 from .constants import Keys
 from .engine import EmbeddingEngine
-from .errors import ConfigError, ModelError, PartialCommitError, StoreError
+from .errors import ConfigError, MemoryTiersError, ModelError, PartialCommitError, StoreError
 from .ingest import (
     Batch,
     Ingestor,
@@ -67,6 +67,7 @@ from .status import (
     stream_status,
     tier_sizes,
 )
+from .store import index_states
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ DEFAULT_SUMMARY_INTERVAL_S = 30.0
 
 MAX_TRIM_INTERVAL_S = 30.0
 """Longest pause between two trims of the state stream (shorter for a short stream_max_age_s)."""
+
+INDEX_CHECK_INTERVAL_S = 2.0
+"""How often the consumer loop checks that the tier indexes exist (one pipelined FT.INFO of
+each): a dropped one is recreated, over the existing records, within about this long."""
 
 MIN_CLAIM_INTERVAL_S = 0.05
 """Shortest pause between two XAUTOCLAIM sweeps, however small claim_idle_ms is."""
@@ -553,6 +558,7 @@ class _Chores:
         chores: list[tuple[str, float, Callable[[], None]]] = [
             ("heartbeat", settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL, self._beat),
             ("stats sample", settings.stats_interval_s, self._sample),
+            ("index check", INDEX_CHECK_INTERVAL_S, self._check_indexes),
         ]
         if settings.stream_max_age_s is not None:
             every = min(MAX_TRIM_INTERVAL_S, settings.stream_max_age_s / 4)
@@ -602,6 +608,14 @@ class _Chores:
             )
             add_sample(self._client, self._keys, sample, self._settings.stats_samples)
 
+    def _check_indexes(self) -> None:
+        """Recreate a missing tier index (dropped, or Redis restored without it): RediSearch
+        then indexes the records already there, in the background."""
+        missing = [t for t, state in index_states(self._client, self._keys).items() if not state]
+        if missing:
+            log.warning("tier index(es) %s missing: recreating them", ", ".join(missing))
+            self._ingestor.store.ensure_indexes()
+
     def _trim(self) -> None:
         assert self._settings.stream_max_age_s is not None
         now_ms = round(time.time() * 1000)
@@ -613,7 +627,7 @@ class _Chores:
     def _try(chore: Callable[[], None], what: str) -> None:
         try:
             chore()
-        except redis.RedisError as e:
+        except (redis.RedisError, MemoryTiersError) as e:
             log.warning("%s failed: %s", what, e)
 
 

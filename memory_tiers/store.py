@@ -116,6 +116,60 @@ class Hit:
     """The parsed state JSON, when the record kept it (STM)."""
 
 
+@dataclass(frozen=True)
+class IndexState:
+    """One tier index as FT.INFO reports it."""
+
+    num_docs: int
+    failures: int
+    """hash_indexing_failures: records the index could not index, which no search finds."""
+    indexing: bool
+    """Whether it is (re)indexing existing records in the background, as after FT.CREATE."""
+    last_error: str | None = None
+    """The last indexing error and its key, if any."""
+
+
+def index_states(client: redis.Redis, keys: Keys) -> dict[str, IndexState | None]:
+    """Each tier's index by FT.INFO (one pipelined round trip); None for a missing one.
+
+    Raises:
+        StoreError: Redis failed, or refused FT.INFO.
+    """
+    pipe = client.pipeline(transaction=False)
+    for tier in TIERS:
+        pipe.execute_command("FT.INFO", keys.index(tier))
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except redis.RedisError as e:
+        raise StoreError(f"FT.INFO of the tier indexes failed: {failure_text(e, keys)}") from e
+    states: dict[str, IndexState | None] = {}
+    for tier, reply in zip(TIERS, replies, strict=True):
+        if isinstance(reply, Exception):
+            if not missing_index(reply):
+                raise StoreError(f"FT.INFO {keys.index(tier)} failed: {failure_text(reply, keys)}")
+            states[tier] = None
+            continue
+        states[tier] = _index_state(reply)
+    return states
+
+
+def missing_index(error: BaseException) -> bool:
+    """Whether `error` is RediSearch saying the index does not exist."""
+    return any(phrase in str(error).lower() for phrase in MISSING_INDEX_ERRORS)
+
+
+def _index_state(info: Any) -> IndexState:
+    errors = _lookup(info, "index errors")
+    last = text(_lookup(errors, "last indexing error") or "N/A")
+    key = text(_lookup(errors, "last indexing error key") or "N/A")
+    return IndexState(
+        num_docs=int(float(text(_lookup(info, "num_docs") or 0))),
+        failures=int(float(text(_lookup(info, "hash_indexing_failures") or 0))),
+        indexing=bool(int(float(text(_lookup(info, "indexing") or 0)))),
+        last_error=None if last == "N/A" else f"{key}: {last}",
+    )
+
+
 def tier_schema(keys: Keys, tier: TierSettings) -> IndexSchema:
     """The declared index of one tier: prefix, TAG/NUMERIC fields and the vector field."""
     tag_attrs = {"case_sensitive": True, "separator": TAG_SEPARATOR}
@@ -204,7 +258,7 @@ class TierStore:
         try:
             return self.client.execute_command("FT.INFO", name)
         except redis.ResponseError as e:
-            if any(phrase in str(e).lower() for phrase in MISSING_INDEX_ERRORS):
+            if missing_index(e):
                 return None
             raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
         except redis.RedisError as e:
@@ -375,13 +429,7 @@ class TierStore:
         if return_vectors:
             returned.append(VECTOR_FIELD)
         query.return_fields(*returned, skip_decode=[VECTOR_FIELD])
-        index = self._indexes[settings.name]
-        try:
-            docs = index.query(query)
-        except (RedisVLError, redis.RedisError) as e:
-            raise StoreError(
-                f"KNN on {index.name} ({query.filter}) failed: {failure_text(e, self.keys)}"
-            ) from e
+        docs = self._query(settings.name, query)
         hits = [_decode_hit(settings, self.keys, doc) for doc in docs]
         leaked = [h.key for h in hits if agent_id is not None and h.agent_id != agent_id]
         if leaked:
@@ -389,6 +437,28 @@ class TierStore:
             log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
             hits = [h for h in hits if h.agent_id == agent_id]
         return hits
+
+    def _query(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
+        """Run a query; if its index is missing (dropped, or Redis restored without it),
+        recreate the indexes (over the existing records) and run it once more."""
+        try:
+            return self._run(tier, query)
+        except StoreError as e:
+            if not missing_index(e):
+                raise
+        log.warning("index %s is missing; recreating the tier indexes", self.keys.index(tier))
+        self.ensure_indexes()
+        return self._run(tier, query)
+
+    def _run(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
+        index = self._indexes[tier]
+        try:
+            docs: list[dict[str, Any]] = index.query(query)
+        except (RedisVLError, redis.RedisError) as e:
+            raise StoreError(
+                f"KNN on {index.name} ({query.filter}) failed: {failure_text(e, self.keys)}"
+            ) from e
+        return docs
 
     def _tier(self, tier: str) -> TierSettings:
         try:

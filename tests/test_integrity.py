@@ -4,12 +4,15 @@ self-healing indexes (issue 11). Against the embedded Redis, through the real da
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+from click.testing import CliRunner, Result
 from test_ingest import (
     KEYS,
     daemon,
@@ -24,7 +27,11 @@ from test_ingest import (
 )
 
 from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers.cli import main
+from memory_tiers.daemon import INDEX_CHECK_INTERVAL_S
 from memory_tiers.protocol import encode_entry
+from memory_tiers.status import Heartbeat, beat
+from memory_tiers.store import MemoryRecord, TierStore, index_states
 
 HOSTILE_NUMBERS: list[tuple[dict[str, str], str]] = [
     ({"step": "9" * 400}, "step="),
@@ -96,3 +103,76 @@ def test_a_partly_applied_commit_is_logged_as_it_happened(
     assert "5 entries acked, not read again" in line
     assert pending(redis_client) == 0
     assert "stay pending" not in caplog.text
+
+
+# -- self-healing indexes ----------------------------------------------------------------------
+
+
+def check(url: str) -> Result:
+    """`memory-tiers check` against `url`, in process."""
+    return CliRunner().invoke(main, ["check"], env={"MT_REDIS_URL": url})
+
+
+def test_an_index_dropped_under_a_running_daemon_is_recreated_and_found_again(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    assert ingest_settings.redis_url
+    states = simulate_states(200, num_agents=4, seed=31)
+    store = TierStore(redis_client, ingest_settings)
+    with running(daemon(ingest_settings, engine, "healer", consolidate=False)) as d:
+        ids = xadd_states(redis_client, states)
+        wait_for(lambda: d.stats.stored == 200, 30, "200 stored")
+        redis_client.ft(KEYS.index("stm")).dropindex()  # the records stay
+        dropped = time.monotonic()
+        wait_for(lambda: index_states(redis_client, KEYS)["stm"] is not None, 10, "a new index")
+        healed_s = time.monotonic() - dropped
+        wait_for(lambda: int(ft_info(redis_client)["num_docs"]) == 200, 10, "every record indexed")
+        assert check(ingest_settings.redis_url).exit_code == 0
+    assert healed_s <= INDEX_CHECK_INTERVAL_S + 5
+    vector = engine.encode_states(states[:1])["stm"][0]
+    hits = store.search("stm", vector, k=1, agent_id=states[0]["agent_id"])
+    assert (hits[0].entry_id, hits[0].distance < 1e-3) == (ids[0], True)
+
+
+def test_a_search_on_a_missing_index_recreates_it(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    store = TierStore(redis_client, ingest_settings)
+    store.ensure_indexes()
+    vector = np.ones(ingest_settings.im_dim, np.float32)
+    record = MemoryRecord(
+        entry_id="1-0", agent_id="a", agent_type="t", step=1, ts=1, model_version="v",
+        vector=vector,
+    )  # fmt: skip
+    store.write("im", [record])
+    redis_client.ft(KEYS.index("im")).dropindex()
+    store.search("im", vector, k=1)  # no "no such index": recreated, indexing in the background
+    wait_for(lambda: [h.entry_id for h in store.search("im", vector, k=1)] == ["1-0"], 10, "hit")
+
+
+def test_check_is_unhealthy_while_an_index_is_missing_or_failing(
+    redis_client: redis.Redis, ingest_settings: Settings
+) -> None:
+    assert ingest_settings.redis_url
+    store = TierStore(redis_client, ingest_settings)
+    store.ensure_indexes()
+    beat(redis_client, KEYS, Heartbeat("x", "h", 1, "v", time.time(), time.time(), 0, 0, 30.0))
+    assert check(ingest_settings.redis_url).exit_code == 0
+
+    redis_client.ft(KEYS.index("ltm")).dropindex()
+    missing = check(ingest_settings.redis_url)
+    assert missing.exit_code == 1
+    assert missing.output.startswith(f"unhealthy: index {KEYS.index('ltm')} missing: searches")
+
+    store.ensure_indexes()
+    bad_key = KEYS.record("stm", "2-0")
+    redis_client.hset(bad_key, mapping={"agent_id": "a", "step": "9" * 400})  # not indexable
+    wait_for(lambda: index_states(redis_client, KEYS)["stm"].failures == 1, 10, "the failure")
+    failing = check(ingest_settings.redis_url)
+    assert failing.exit_code == 1
+    assert failing.output.startswith(
+        f"unhealthy: index {KEYS.index('stm')} has 1 hash_indexing_failures: records no search "
+        f"finds (last: {bad_key}: "
+    )
+    stats = CliRunner().invoke(main, ["stats"], env={"MT_REDIS_URL": ingest_settings.redis_url})
+    assert stats.output.splitlines()[1].split() == ["stm", "0", "0", "0", "1"]

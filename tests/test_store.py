@@ -395,7 +395,11 @@ def test_a_native_resp3_client_is_refused(redis_server: EmbeddedRedis, settings:
 def test_redis_errors_come_back_as_store_errors_naming_the_index(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    store = TierStore(redis_client, settings)  # no ensure_indexes: the index is missing
+    # An index without the vector field (a missing one would be recreated): the KNN fails.
+    redis_client.execute_command(
+        "FT.CREATE", "mt:idx:im", "ON", "HASH", "PREFIX", "1", "mt:im:", "SCHEMA", "agent_id", "TAG"
+    )
+    store = TierStore(redis_client, settings)
     with pytest.raises(StoreError, match=r"KNN on mt:idx:im \(@agent_id:\{a\}\) failed"):
         store.search("im", np.zeros(128, np.float32), agent_id="a")
     redis_client.set("mt:ts:ltm", "not a sorted set")
