@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +41,15 @@ import torch
 
 from .constants import Keys
 from .engine import EmbeddingEngine
-from .errors import ConfigError, MemoryTiersError, ModelError, PartialCommitError, StoreError
+from .errors import (
+    CONNECTION_ERRORS,
+    ConfigError,
+    MemoryTiersError,
+    ModelError,
+    PartialCommitError,
+    StoreError,
+    is_connection_error,
+)
 from .ingest import (
     Batch,
     Ingestor,
@@ -100,14 +107,6 @@ EXIT_REFUSED = 2
 """What `memory-tiers serve` exits with when the model, the indexes or the metrics port do not
 fit: a restart cannot help (systemd: RestartPreventExitStatus=2)."""
 
-_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
-_REFUSALS = (
-    redis.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-    redis.exceptions.NoPermissionError,
-    ssl.SSLCertVerificationError,
-)
-
 
 def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
     """The embedding engine of settings.model_path, checked against the tier dimensions.
@@ -142,29 +141,6 @@ def client_name(consumer: str) -> str:
     )
 
 
-def is_connection_error(error: BaseException) -> bool:
-    """Whether `error`, or an error it came from, means Redis could not be reached: an outage.
-
-    Redis refusing us is no outage, though redis-py raises it as a ConnectionError: bad
-    credentials, an ACL that forbids a command, a server certificate we do not trust. Those
-    need a fix, so a daemon stops at start instead of retrying them forever.
-    """
-    chain = _chain(error)
-    if any(isinstance(e, _REFUSALS) for e in chain):
-        return False
-    return any(isinstance(e, _CONNECTION_ERRORS) for e in chain)
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from or while handling, outermost first."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return chain
-
-
 def commit_failure(error: BaseException) -> str:
     """What a failed step or commit did to its entries, for a log line: the truth, which only
     a partly applied commit knows otherwise (its message says what applied)."""
@@ -175,7 +151,7 @@ def commit_failure(error: BaseException) -> str:
 
 def root_cause(error: BaseException) -> BaseException:
     """The connection error in `error`'s `raise ... from` chain, else the chain's last error."""
-    while error.__cause__ is not None and not isinstance(error, _CONNECTION_ERRORS):
+    while error.__cause__ is not None and not isinstance(error, CONNECTION_ERRORS):
         error = error.__cause__
     return error
 
