@@ -58,6 +58,7 @@ from .ingest import (
     Outcome,
     consumer_client,
     default_consumer_name,
+    remove_idle_consumers,
     trim_acked,
 )
 from .metrics import DaemonMetrics
@@ -91,7 +92,8 @@ DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
 
 MAX_TRIM_INTERVAL_S = 30.0
-"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s)."""
+"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s),
+and between two removals of idle consumers (shorter for a short consumer_max_idle_s)."""
 
 INDEX_CHECK_INTERVAL_S = 2.0
 """How often the consumer loop checks that the tier indexes exist (one pipelined FT.INFO of
@@ -536,6 +538,8 @@ class _Chores:
             ("stats sample", settings.stats_interval_s, self._sample),
             ("index check", INDEX_CHECK_INTERVAL_S, self._check_indexes),
         ]
+        every = min(MAX_TRIM_INTERVAL_S, settings.consumer_max_idle_s / 4)
+        chores.append(("consumer cleanup", every, self._remove_idle_consumers))
         if settings.stream_max_age_s is not None:
             every = min(MAX_TRIM_INTERVAL_S, settings.stream_max_age_s / 4)
             chores.append(("stream trim", every, self._trim))
@@ -591,6 +595,13 @@ class _Chores:
         if missing:
             log.warning("tier index(es) %s missing: recreating them", ", ".join(missing))
             self._ingestor.store.ensure_indexes()
+
+    def _remove_idle_consumers(self) -> None:
+        max_idle_ms = round(self._settings.consumer_max_idle_s * 1000)
+        keep = self._ingestor.consumer
+        removed = remove_idle_consumers(self._client, self._keys, max_idle_ms, keep)
+        if removed:
+            log.info("removed %d idle consumers from the group: %s", len(removed), removed[:10])
 
     def _trim(self) -> None:
         assert self._settings.stream_max_age_s is not None

@@ -173,6 +173,43 @@ def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -
     return trimmed
 
 
+_DELETE_IF_IDLE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+    return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def remove_idle_consumers(
+    client: redis.Redis, keys: Keys, max_idle_ms: int, keep: str = ""
+) -> list[str]:
+    """Remove the group's consumers idle over `max_idle_ms` with nothing pending; their names.
+
+    Every restart of a daemon adds a consumer (host-pid), which would stay in the group for
+    good. Nothing pending is checked again where the consumer is deleted, in one script: a
+    DELCONSUMER drops the consumer's pending entries, which nobody could claim then.
+    """
+    try:
+        consumers = client.xinfo_consumers(keys.stream, keys.group)
+    except redis.ResponseError as e:
+        if "no such key" in str(e).lower() or "nogroup" in str(e).lower():
+            return []
+        raise
+    delete = client.register_script(_DELETE_IF_IDLE)
+    removed = []
+    for consumer in consumers:
+        name = text(consumer["name"])
+        # idle: since its last read attempt, which a live daemon makes every block_ms at most.
+        idle = int(consumer["idle"])
+        if name == keep or int(consumer["pending"]) > 0 or idle < max_idle_ms:
+            continue
+        if delete(keys=[keys.stream], args=[keys.group, name]):
+            removed.append(name)
+    return removed
+
+
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     """A stream entry id as (milliseconds, sequence)."""
     ms, _, seq = text(raw).partition("-")

@@ -78,6 +78,11 @@ class Settings:
     consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
     consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
+    consumer_max_idle_s: float = _setting(
+        3600.0,
+        "consumers of the group idle this long with nothing pending are removed (XGROUP "
+        "DELCONSUMER); a daemon that comes back is added again",
+    )
     stream_max_age_s: float | None = _setting(
         3600.0,
         "state stream entries older than this, once every group has acked them, are trimmed; "
@@ -122,6 +127,12 @@ class Settings:
             raise ConfigError(f"max_lag={self.max_lag!r}: must be 0 or more")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port={self.metrics_port!r}: must be 0..65535")
+        if self.consumer_max_idle_s * 1000 < 3 * self.block_ms:
+            raise ConfigError(
+                f"consumer_max_idle_s={self.consumer_max_idle_s!r}: must be at least 3 x "
+                f"block_ms ({3 * self.block_ms / 1000:g} s), or a daemon waiting for entries "
+                "could be removed from the group"
+            )
         if self.heartbeat_ttl_s * 1000 < 3 * self.block_ms:
             raise ConfigError(
                 f"heartbeat_ttl_s={self.heartbeat_ttl_s!r}: must be at least 3 x block_ms "

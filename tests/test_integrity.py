@@ -3,6 +3,7 @@ self-healing indexes (issue 11). Against the embedded Redis, through the real da
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -176,3 +177,27 @@ def test_check_is_unhealthy_while_an_index_is_missing_or_failing(
     )
     stats = CliRunner().invoke(main, ["stats"], env={"MT_REDIS_URL": ingest_settings.redis_url})
     assert stats.output.splitlines()[1].split() == ["stm", "0", "0", "0", "1"]
+
+
+# -- group hygiene -----------------------------------------------------------------------------
+
+
+def consumers(client: redis.Redis) -> dict[str, int]:
+    """The group's consumers and their pending entries."""
+    return {c["name"]: int(c["pending"]) for c in client.xinfo_consumers(KEYS.stream, KEYS.group)}
+
+
+def test_idle_consumers_with_nothing_pending_leave_the_group(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    ids = xadd_states(redis_client, simulate_states(3, seed=41))
+    redis_client.xgroup_create(KEYS.stream, KEYS.group, id="0")
+    redis_client.xreadgroup(KEYS.group, "holder", {KEYS.stream: ">"}, count=1)  # keeps ids[0]
+    redis_client.xreadgroup(KEYS.group, "ghost", {KEYS.stream: ">"}, count=1)
+    redis_client.xack(KEYS.stream, KEYS.group, ids[1])
+    assert consumers(redis_client) == {"holder": 1, "ghost": 0}
+    settings = dataclasses.replace(ingest_settings, consumer_max_idle_s=0.5)
+    with running(daemon(settings, engine, "tidy", consolidate=False)):
+        wait_for(lambda: set(consumers(redis_client)) == {"holder", "tidy"}, 10, "the cleanup")
+        time.sleep(1.0)  # twice the idle limit: the live daemon, reading, is never removed
+        assert consumers(redis_client) == {"holder": 1, "tidy": 0}
