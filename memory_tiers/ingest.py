@@ -5,24 +5,25 @@ over with XAUTOCLAIM, then handled in two steps:
 
 - `Ingestor.prepare`: CPU only, no Redis. Decode every entry (the stream protocol), featurize
   the good ones together, encode them together, build their STM records, and pack the batch's
-  MULTI/EXEC. An entry that breaks the protocol or the feature schema, or whose record the
-  store refuses, becomes a dead letter with the reason.
+  commit. An entry that breaks the protocol or the feature schema, or whose record the store
+  refuses, becomes a dead letter with the reason.
 - `Ingestor.commit`: I/O only. The records, the dead letters and the XACK of every id of the
-  batch go out in that one MULTI/EXEC, so an entry is either stored (or dead-lettered) and
-  acked, or neither and still pending. It sends the packed bytes and reads the replies itself
-  (not through redis-py's pipeline): little Python runs there, so a commit on another thread
-  (the daemon's) hardly competes with the next batch's prepare for the GIL.
-  Redis never rolls a transaction back: every reply of EXEC is read, and a command that failed
-  there raises PartialCommitError saying what applied. Numbers are bounded at the protocol and
-  every record is checked by the store first, so nothing of ours is expected to fail there.
+  batch go out in one script call (commit.py), which writes and acks only the entries still
+  pending for this consumer: an entry is either stored (or dead-lettered) and acked, or
+  neither and still pending, or another consumer's by now (claimed while this one was frozen)
+  and left to it. It sends the packed bytes and reads the reply itself (not through
+  redis-py's command path): little Python runs there, so a commit on another thread (the
+  daemon's) hardly competes with the next batch's prepare for the GIL. A script that fails at
+  a command keeps what ran before it and acks nothing (PartialCommitError says so); numbers
+  are bounded at the protocol and every record is checked by the store first, so nothing of
+  ours is expected to fail there.
 
 Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
 keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
-The client of `consumer_client` never retries a command by itself: a MULTI/EXEC whose reply
-was lost is not sent again (it may have run, and a second run would add its dead letters
-twice); the daemon re-reads its own pending entries instead, which returns exactly the ones
-that were not acked. A dead letter can still be written twice if another consumer claims an
-entry while this one holds it for longer than `claim_idle_ms`; records cannot.
+The client of `consumer_client` never retries a command by itself: a commit whose reply was
+lost is not sent again (it may have run, and a second run would add its dead letters twice);
+the daemon re-reads its own pending entries instead, which returns exactly the ones that were
+not acked.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
-from redis.client import Pipeline
 from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
@@ -51,6 +52,7 @@ if HIREDIS_AVAILABLE:
     import hiredis
     from redis.connection import HiredisRespSerializer
 
+from .commit import DeadLetterWrite, RecordWrite, pack_commit, run_commit
 from .constants import TIERS, Keys
 from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, PartialCommitError, StoreError
@@ -72,6 +74,10 @@ UNKNOWN_AGENT_TYPE = "unknown"
 
 DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it was processed"
 """Dead-letter reason of a pending entry that no longer exists in the stream."""
+
+DELETED_BY_CLAIM: Fields = MappingProxyType({})
+"""The fields of an entry XAUTOCLAIM reported deleted from the stream: it left every pending
+list, so its dead letter is written without the ownership check (see commit.py)."""
 
 TRIM_BATCH = 10_000
 """Entries one XTRIM call may remove (its LIMIT): a few milliseconds of Redis's time."""
@@ -254,6 +260,8 @@ class DeadLetter:
     entry_id: str
     error: str
     fields: Fields
+    orphan: bool = False
+    """Deleted from the stream and reported so by XAUTOCLAIM (`DELETED_BY_CLAIM`)."""
 
     def stream_fields(self, consumer: str) -> dict[FieldT, EncodableT]:
         """The entry's own fields plus error, entry_id and consumer, for XADD."""
@@ -272,22 +280,19 @@ class Batch:
     sources: Mapping[str, Fields] = field(default_factory=dict)
     """The stream fields of each record's entry, for a dead letter if the store refuses it."""
     prepare_s: float = 0.0
-    transaction: Transaction | None = None
-    """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
+    packed: PackedCommit | None = None
+    """The commit, packed by `prepare`; None: `commit` packs it."""
 
 
 @dataclass(frozen=True)
-class Transaction:
-    """A batch's MULTI/EXEC, packed: what `commit` sends and what it will have done."""
+class PackedCommit:
+    """A batch's commit script call, packed: what `commit` sends (see commit.py)."""
 
     payload: bytes
-    """MULTI, the queued commands and EXEC, in RESP."""
-    commands: list[tuple[Any, ...]]
-    """The queued commands, in order (for error messages)."""
-    stored: int
-    """Records it writes: those the store accepted."""
+    """EVALSHA with the records, the dead letters and the ids, in RESP."""
     dead_letters: list[DeadLetter]
-    """Dead letters it adds: the batch's, then the records the store refused."""
+    """Dead letters it adds (of the entries still owned): the batch's, then the records the
+    store refused."""
 
 
 @dataclass(frozen=True)
@@ -297,8 +302,8 @@ class Outcome:
     stored: int
     dead_letters: int
     acked: int
-    """Entries XACK removed from the pending list; fewer than read when another consumer
-    claimed and acked some of them meanwhile."""
+    """Entries acked; fewer than read when another consumer claimed some of them meanwhile
+    (they were not written either), or when XAUTOCLAIM reported them deleted."""
     commit_s: float
 
 
@@ -437,7 +442,7 @@ class Ingestor:
         next_cursor = text(reply[0])
         messages: list[Message] = list(reply[1])
         deleted = reply[2] if len(reply) > 2 else []
-        messages += [(entry_id, None) for entry_id in deleted]
+        messages += [(entry_id, DELETED_BY_CLAIM) for entry_id in deleted]
         self.stats.claimed += len(messages)
         return next_cursor, messages
 
@@ -466,87 +471,57 @@ class Ingestor:
             records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources)
-        transaction = self._transaction(batch) if batch.ids else None
-        return replace(batch, prepare_s=time.perf_counter() - start, transaction=transaction)
+        packed = self._pack(batch) if batch.ids else None
+        return replace(batch, prepare_s=time.perf_counter() - start, packed=packed)
 
     def commit(self, batch: Batch) -> Outcome:
-        """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
+        """Write the batch's records and dead letters and XACK its ids, in one script that
+        does so only for the entries still pending for this consumer (see commit.py).
 
         Raises:
-            PartialCommitError: some queued commands failed and Redis applied the others; the
-                message says which, and whether the entries were acked.
+            PartialCommitError: the script failed at a command; what ran before stays, nothing
+                was acked (the entries stay pending).
             StoreError: Redis failed otherwise; nothing of the batch may be assumed written or
                 acked.
         """
         start = time.perf_counter()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
-        transaction = batch.transaction or self._transaction(batch)
+        packed = batch.packed or self._pack(batch)
         what = f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]})"
         try:
-            replies = self._execute(transaction)
+            written = run_commit(self.client, packed.payload)
+        except redis.ResponseError as e:
+            raise PartialCommitError(
+                f"{what} stopped at a failed command ({e}); what ran before it stays, nothing "
+                "was acked: the entries stay pending and are read again"
+            ) from e
         except redis.RedisError as e:
             raise StoreError(f"{what} failed: {e}") from e
-        _check_replies(what, transaction.commands, replies)
-        dead = transaction.dead_letters
         outcome = Outcome(
-            transaction.stored, len(dead), int(replies[-1]), time.perf_counter() - start
+            written.stored, written.dead_letters, written.acked, time.perf_counter() - start
         )
         self.stats.add(batch, outcome)
         if self.on_commit is not None:
             self.on_commit(batch, outcome)
-        self._log(batch, outcome, dead)
+        self._log(batch, outcome, packed.dead_letters)
         return outcome
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _transaction(self, batch: Batch) -> Transaction:
-        """The batch's MULTI/EXEC: its records (or dead letters for those the store refuses),
-        its dead letters and the XACK of all its ids, packed. No Redis."""
-        pipe = self.client.pipeline(transaction=True)  # collects the commands; never executed
-        stored, dead = self._queue_records(pipe, batch)
-        for letter in dead:
-            pipe.xadd(
-                self.keys.dead_letters,
-                letter.stream_fields(self.consumer),
-                maxlen=self.dead_letter_maxlen,
-                approximate=True,
-            )
-        pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
-        commands = [args for args, _ in pipe.command_stack]
-        pack = self._packer.pack
-        payload = b"".join(
-            [chunk for args in (("MULTI",), *commands, ("EXEC",)) for chunk in pack(*args)]
-        )
-        return Transaction(payload, commands, len(stored), dead)
-
-    def _execute(self, transaction: Transaction) -> list[Any]:
-        """Send a packed MULTI/EXEC and read its replies; EXEC's, one per queued command (an
-        error among them is returned as an exception, not raised: the others were applied).
-
-        redis-py's pipeline would pack it here, on the commit's thread, and parse every reply
-        through several Python calls; the daemon prepares the next batch meanwhile, and both
-        compete for the GIL.
-
-        Raises:
-            redis.RedisError: the link failed, or Redis refused the transaction (EXECABORT:
-                nothing was applied).
-        """
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([transaction.payload])
-            for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
-                connection.read_response()
-            replies = connection.read_response()  # EXEC
-        except BaseException:
-            connection.disconnect()  # replies may be left unread: never reuse the link
-            raise
-        finally:
-            pool.release(connection)
-        if not isinstance(replies, list) or len(replies) != len(transaction.commands):
-            raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
-        return replies
+    def _pack(self, batch: Batch) -> PackedCommit:
+        """The batch's commit: its records (or dead letters for those the store refuses), its
+        dead letters and its ids, packed. No Redis."""
+        writes, dead = self._record_writes(batch)
+        letters = [
+            DeadLetterWrite(letter.entry_id, letter.stream_fields(self.consumer), letter.orphan)
+            for letter in dead
+        ]
+        payload = pack_commit(
+            self._packer.pack, self.keys, self.consumer, self.dead_letter_maxlen,
+            batch.ids, writes, letters,
+        )  # fmt: skip
+        return PackedCommit(payload, dead)
 
     def _featurize(
         self, states: Sequence[Mapping[str, Any]]
@@ -593,29 +568,25 @@ class Ingestor:
             state_json=decoded.state_json,
         )
 
-    def _queue_records(
-        self, pipe: Pipeline, batch: Batch
-    ) -> tuple[list[MemoryRecord], list[DeadLetter]]:
-        """Queue the records; one the store refuses becomes a dead letter instead."""
+    def _record_writes(self, batch: Batch) -> tuple[list[RecordWrite], list[DeadLetter]]:
+        """The records as the commit writes them; one the store refuses becomes a dead letter."""
         try:
-            self.store.add_records(pipe, STM, batch.records)
+            commands = self.store.hset_commands(STM, batch.records)
         except ValueError:
-            pass  # add_records queued nothing; find the refused ones below
+            pass  # find the refused ones below
         else:
-            return batch.records, batch.dead_letters
-        stored: list[MemoryRecord] = []
+            return _writes(batch.records, commands), batch.dead_letters
+        writes: list[RecordWrite] = []
         dead = list(batch.dead_letters)
         for record in batch.records:
             try:
-                self.store.add_records(pipe, STM, [record])
+                writes += _writes([record], self.store.hset_commands(STM, [record]))
             except ValueError as e:
                 fields = batch.sources.get(record.entry_id, {})
                 dead.append(
                     DeadLetter(record.entry_id, f"record refused by the store: {e}", fields)
                 )
-            else:
-                stored.append(record)
-        return stored, dead
+        return writes, dead
 
     def _log(self, batch: Batch, outcome: Outcome, dead: Sequence[DeadLetter]) -> None:
         for letter in dead:
@@ -625,10 +596,12 @@ class Ingestor:
                 "%d of %d entries dead-lettered to %s (first: %s: %s)",
                 len(dead), len(batch.ids), self.keys.dead_letters, dead[0].entry_id, dead[0].error,
             )  # fmt: skip
-        if outcome.acked < len(batch.ids):
-            log.info(
-                "%d of %d entries were acked already (claimed by another consumer meanwhile)",
-                len(batch.ids) - outcome.acked, len(batch.ids),
+        lost = len(batch.ids) - outcome.acked - sum(letter.orphan for letter in dead)
+        if lost > 0:
+            log.warning(
+                "%d of %d entries were no longer this consumer's (claimed by another while it "
+                "held them past claim_idle_ms): neither written nor acked by it",
+                lost, len(batch.ids),
             )  # fmt: skip
         log.debug(
             "batch of %d: %d stored, %d dead letters; prepare %.1f ms, commit %.1f ms",
@@ -637,30 +610,14 @@ class Ingestor:
         )  # fmt: skip
 
 
-def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> None:
-    """Raise PartialCommitError if any command of an executed MULTI/EXEC failed.
-
-    Redis applies every other command of the transaction, the XACK (last) included when it did
-    not fail itself: then the entries are acked and will not be read again.
-    """
-    failed = [
-        f"{args[0]} {text(args[1])}: {reply}"
-        for args, reply in zip(commands, replies, strict=True)
-        if isinstance(reply, Exception)
+def _writes(
+    records: Sequence[MemoryRecord], commands: Sequence[tuple[Any, ...]]
+) -> list[RecordWrite]:
+    """The records with their `HSET key field value ...`, as the commit script takes them."""
+    return [
+        RecordWrite(record.entry_id, command[1], record.agent_id, int(record.ts), command[2:])
+        for record, command in zip(records, commands, strict=True)
     ]
-    if not failed:
-        return
-    acked = replies[-1]
-    if isinstance(acked, Exception):
-        fate = "the XACK failed: the entries stay pending and are read again"
-        acked = 0
-    else:
-        fate = f"the other commands applied, the XACK too: {acked} entries acked, not read again"
-    raise PartialCommitError(
-        f"{what} partly applied: {len(failed)} of {len(commands)} commands failed "
-        f"(first: {failed[0]}); {fate}",
-        int(acked),
-    )
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -676,7 +633,8 @@ def _split(messages: Sequence[Message]) -> _Split:
         try:
             split.good.append((_decode(entry_id, fields), fields))
         except EntryError as e:
-            split.dead.append(DeadLetter(entry_id, str(e), fields))
+            orphan = raw_fields is DELETED_BY_CLAIM
+            split.dead.append(DeadLetter(entry_id, str(e), fields, orphan))
         except Exception as e:
             # e.g. RecursionError from JSON nested too deep: still the entry's fault.
             log.warning("entry %s cannot be decoded", entry_id, exc_info=True)

@@ -274,7 +274,7 @@ class TierStore:
         """
         settings = self._tier(tier)
         # Encode all first: a bad record leaves nothing queued on the caller's pipeline.
-        commands = _hset_commands(self.keys.record_prefix(settings.name), settings, records)
+        commands = self.hset_commands(settings.name, records)
         scores: dict[str, int] = {}
         by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
         for record, command in zip(records, commands, strict=True):
@@ -288,6 +288,15 @@ class TierStore:
             pipe.zadd(self.keys.agent_time_index(settings.name, agent_id), agent_scores)
         # The count rule of consolidation finds agents here; it prunes the emptied ones.
         pipe.sadd(self.keys.agents(settings.name), *by_agent)
+
+    def hset_commands(self, tier: str, records: Sequence[MemoryRecord]) -> list[tuple[Any, ...]]:
+        """Each record's `HSET key field value ...`, once every record was checked.
+
+        Raises:
+            ValueError: the first record that does not fit the tier, naming it and the field.
+        """
+        settings = self._tier(tier)
+        return _hset_commands(self.keys.record_prefix(settings.name), settings, records)
 
     def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
         """Queue removing `records`' hashes and their members of both time indexes."""

@@ -27,10 +27,12 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
 from memory_tiers.cli import main
 from memory_tiers.daemon import INDEX_CHECK_INTERVAL_S
+from memory_tiers.ingest import Ingestor, consumer_client
 from memory_tiers.protocol import encode_entry
+from memory_tiers.scheduler import ConsolidationScheduler
 from memory_tiers.status import Heartbeat, beat
 from memory_tiers.store import MemoryRecord, TierStore, index_states
 
@@ -88,22 +90,72 @@ def test_hostile_numbers_are_dead_lettered_and_every_valid_entry_is_indexed(
     assert pending(redis_client) == 0
 
 
-def test_a_partly_applied_commit_is_logged_as_it_happened(
+def test_a_commit_that_fails_at_a_command_says_what_became_of_its_entries(
     redis_client: redis.Redis,
     ingest_settings: Settings,
     engine: EmbeddingEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    redis_client.set(KEYS.time_index("stm"), "not a sorted set")  # its ZADD fails inside EXEC
-    xadd_states(redis_client, simulate_states(5, seed=7))
+    redis_client.set(KEYS.time_index("stm"), "not a sorted set")  # its ZADD fails
+    ids = xadd_states(redis_client, simulate_states(5, seed=7))
     with caplog.at_level(logging.WARNING), running(daemon(ingest_settings, engine, "honest")):
-        wait_for(lambda: "partly applied" in caplog.text, 10, "the failed commit's log line")
+        wait_for(lambda: "stopped at a failed command" in caplog.text, 10, "the failure's log")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    (line,) = [message for message in errors if "partly applied" in message]
-    assert f"ZADD {KEYS.time_index('stm')}: WRONGTYPE" in line
-    assert "5 entries acked, not read again" in line
+    line = next(message for message in errors if "stopped at a failed command" in message)
+    assert "WRONGTYPE" in line
+    assert line.endswith("nothing was acked: the entries stay pending and are read again")
+    assert pending(redis_client) == 5  # as the log says
+    assert all(redis_client.exists(KEYS.record("stm", entry_id)) for entry_id in ids)  # ran first
+
+
+# -- ownership at commit -----------------------------------------------------------------------
+
+
+def consumer(settings: Settings, engine: EmbeddingEngine, name: str) -> Ingestor:
+    """An Ingestor named `name` on its own client, indexes and group made."""
+    assert settings.redis_url
+    ingestor = Ingestor(consumer_client(settings.redis_url, settings), engine, settings, name)
+    ingestor.store.ensure_indexes()
+    ingestor.ensure_group()
+    return ingestor
+
+
+def tiers_of(client: redis.Redis, entry_id: str) -> list[str]:
+    """The tiers holding a record of `entry_id`, read in one MULTI/EXEC."""
+    pipe = client.pipeline(transaction=True)
+    for tier in TIERS:
+        pipe.exists(KEYS.record(tier, entry_id))
+    return [tier for tier, found in zip(TIERS, pipe.execute(), strict=True) if found]
+
+
+def test_a_consumer_frozen_past_the_claim_time_writes_nothing_another_took(
+    redis_client: redis.Redis,
+    ingest_settings: Settings,
+    engine: EmbeddingEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = dataclasses.replace(
+        ingest_settings, claim_idle_ms=100, stm_max_age_s=0, stm_max_per_agent=None
+    )
+    ids = xadd_states(redis_client, simulate_states(40, num_agents=4, seed=51))
+    bad = xadd_raw(redis_client, {"agent_id": "a", "state": "[]"})
+    frozen, taker = consumer(settings, engine, "frozen"), consumer(settings, engine, "taker")
+    batch = frozen.prepare(frozen.read_new())  # read and prepared, then frozen before commit
+    claimed: list[Any] = []
+    wait_for(lambda: bool(claimed.extend(taker.claim_idle()[1]) or claimed), 5, "the claim")
+    assert len(claimed) == 41
+    assert taker.process(claimed)[1].stored == 40
+    ConsolidationScheduler(redis_client, settings, engine).run_now()  # STM -> IM
+    assert [tiers_of(redis_client, entry_id) for entry_id in ids] == [["im"]] * 40
+
+    with caplog.at_level(logging.WARNING):
+        outcome = frozen.commit(batch)  # it resumes
+    assert (outcome.stored, outcome.dead_letters, outcome.acked) == (0, 0, 0)
+    assert [tiers_of(redis_client, entry_id) for entry_id in ids] == [["im"]] * 40
+    assert redis_client.zcard(KEYS.time_index("stm")) == 0
+    assert list(dead_letters(redis_client)) == [bad]  # the taker's, once
+    assert "41 of 41 entries were no longer this consumer's" in caplog.text
     assert pending(redis_client) == 0
-    assert "stay pending" not in caplog.text
 
 
 # -- self-healing indexes ----------------------------------------------------------------------
