@@ -38,6 +38,10 @@ UNKNOWN_STEP = -1
 MAX_AGENT_ID_LENGTH = 256
 """Longest agent_id accepted; ids are TAG values and key parts."""
 
+MAX_STATE_LENGTH = 2 * 1024 * 1024
+"""Longest state JSON accepted, in characters (2 Mi). The largest grid the feature schema
+takes (65,536 cells) needs well under 1 MB; a state is kept whole in its STM record."""
+
 MAX_EXACT_INTEGER = 2**53 - 1
 """Largest |step| accepted: integers up to it are exact as doubles, so RediSearch NUMERIC
 indexes and range-filters them, and ZADD scores them, without rounding."""
@@ -188,6 +192,8 @@ def _text(value: Any) -> str:
 def _state(raw: str | None) -> dict[str, Any]:
     if raw is None:
         raise EntryError("state is missing")
+    if len(raw) > MAX_STATE_LENGTH:
+        raise EntryError(f"state is {len(raw)} characters, over {MAX_STATE_LENGTH}")
     state = _loads(raw)
     if not isinstance(state, dict):
         raise EntryError(f"state must be a JSON object, got {type(state).__name__}")

@@ -43,6 +43,7 @@ def test_defaults_come_from_the_entry_id() -> None:
         ({"agent_id": "a\x1fb", "state": "{}"}, "contains a control character"),
         ({"agent_id": "a"}, "state is missing"),
         ({"agent_id": "a", "state": "{not json"}, "state is not valid JSON"),
+        ({"agent_id": "a", "state": " " * (2**21 + 1)}, "state is 2097153 characters, over"),
         ({"agent_id": "a", "state": "[1, 2]"}, "state must be a JSON object, got list"),
         ({"agent_id": "a", "state": '{"health": NaN}'}, "state holds NaN"),
         ({"agent_id": "a", "state": '{"health": -Infinity}'}, "state holds -Infinity"),
