@@ -42,8 +42,13 @@ class StoreError(MemoryTiersError):
 
 
 class PartialCommitError(StoreError):
-    """A commit failed at one of its commands: Redis keeps what ran before it (it never rolls
-    back). The message says what became of the batch's entries."""
+    """A commit's MULTI/EXEC ran with some commands failing: Redis applied the others (it never
+    rolls a transaction back). The message says which failed and whether the XACK applied."""
+
+    def __init__(self, message: str, acked: int) -> None:
+        super().__init__(message)
+        self.acked = acked
+        """Entries the commit's XACK removed from the pending list (0 if the XACK failed)."""
 
 
 class EntryError(MemoryTiersError, ValueError):

@@ -5,25 +5,33 @@ over with XAUTOCLAIM, then handled in two steps:
 
 - `Ingestor.prepare`: CPU only, no Redis. Decode every entry (the stream protocol), featurize
   the good ones together, encode them together, build their STM records, and pack the batch's
-  commit. An entry that breaks the protocol or the feature schema, or whose record the store
-  refuses, becomes a dead letter with the reason.
+  MULTI/EXEC. An entry that breaks the protocol or the feature schema, or whose record the
+  store refuses, becomes a dead letter with the reason.
 - `Ingestor.commit`: I/O only. The records, the dead letters and the XACK of every id of the
-  batch go out in one script call (commit.py), which writes and acks only the entries still
-  pending for this consumer: an entry is either stored (or dead-lettered) and acked, or
-  neither and still pending, or another consumer's by now (claimed while this one was frozen)
-  and left to it. It sends the packed bytes and reads the reply itself (not through
-  redis-py's command path): little Python runs there, so a commit on another thread (the
-  daemon's) hardly competes with the next batch's prepare for the GIL. A script that fails at
-  a command keeps what ran before it and acks nothing (PartialCommitError says so); numbers
-  are bounded at the protocol and every record is checked by the store first, so nothing of
-  ours is expected to fail there.
+  batch go out in that one MULTI/EXEC, so an entry is either stored (or dead-lettered) and
+  acked, or neither and still pending. It sends the packed bytes and reads the replies itself
+  (not through redis-py's pipeline): little Python runs there, so a commit on another thread
+  (the daemon's) hardly competes with the next batch's prepare for the GIL.
+
+Ownership: a daemon frozen longer than claim_idle_ms (a VM pause, `docker pause`, a GC stall)
+loses its pending entries to another daemon's XAUTOCLAIM, which stores them; consolidation may
+move them on. When the frozen one resumes, its old batch must not be written, or those memories
+would be back in STM beside their IM copies. So a commit first WATCHes `Keys.claims` and asks
+XPENDING which of its ids are still pending for this consumer (one round trip), then writes and
+acks only those; every claim increments `Keys.claims` in the MULTI/EXEC of its XAUTOCLAIM, so a
+claim between the check and the EXEC aborts the EXEC (nothing applied) and the check runs
+again. Only claims through `Ingestor.claim_idle` are seen: an XCLAIM by hand is not.
+
+Redis never rolls a transaction back: every reply of EXEC is read, and a command that failed
+there raises PartialCommitError saying what applied. Numbers are bounded at the protocol and
+every record is checked by the store first, so nothing of ours is expected to fail there.
 
 Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
 keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
-The client of `consumer_client` never retries a command by itself: a commit whose reply was
-lost is not sent again (it may have run, and a second run would add its dead letters twice);
-the daemon re-reads its own pending entries instead, which returns exactly the ones that were
-not acked.
+The client of `consumer_client` never retries a command by itself: a MULTI/EXEC whose reply
+was lost is not sent again (it may have run, and a second run would add its dead letters
+twice); the daemon re-reads its own pending entries instead, which returns exactly the ones
+that were not acked.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
@@ -52,7 +61,6 @@ if HIREDIS_AVAILABLE:
     import hiredis
     from redis.connection import HiredisRespSerializer
 
-from .commit import DeadLetterWrite, RecordWrite, pack_commit, run_commit
 from .constants import TIERS, Keys
 from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, PartialCommitError, StoreError
@@ -77,7 +85,10 @@ DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it 
 
 DELETED_BY_CLAIM: Fields = MappingProxyType({})
 """The fields of an entry XAUTOCLAIM reported deleted from the stream: it left every pending
-list, so its dead letter is written without the ownership check (see commit.py)."""
+list, so its dead letter is written without the ownership check."""
+
+MAX_COMMIT_TRIES = 5
+"""Commits in a row a claim may abort (WATCH) before the batch is left pending for now."""
 
 TRIM_BATCH = 10_000
 """Entries one XTRIM call may remove (its LIMIT): a few milliseconds of Redis's time."""
@@ -280,19 +291,22 @@ class Batch:
     sources: Mapping[str, Fields] = field(default_factory=dict)
     """The stream fields of each record's entry, for a dead letter if the store refuses it."""
     prepare_s: float = 0.0
-    packed: PackedCommit | None = None
-    """The commit, packed by `prepare`; None: `commit` packs it."""
+    transaction: Transaction | None = None
+    """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
 
 
 @dataclass(frozen=True)
-class PackedCommit:
-    """A batch's commit script call, packed: what `commit` sends (see commit.py)."""
+class Transaction:
+    """A batch's MULTI/EXEC, packed: what `commit` sends and what it will have done."""
 
     payload: bytes
-    """EVALSHA with the records, the dead letters and the ids, in RESP."""
+    """MULTI, the queued commands and EXEC, in RESP."""
+    commands: list[tuple[Any, ...]]
+    """The queued commands, in order (for error messages)."""
+    stored: int
+    """Records it writes: those the store accepted."""
     dead_letters: list[DeadLetter]
-    """Dead letters it adds (of the entries still owned): the batch's, then the records the
-    store refused."""
+    """Dead letters it adds: the batch's, then the records the store refused."""
 
 
 @dataclass(frozen=True)
@@ -302,8 +316,9 @@ class Outcome:
     stored: int
     dead_letters: int
     acked: int
-    """Entries acked; fewer than read when another consumer claimed some of them meanwhile
-    (they were not written either), or when XAUTOCLAIM reported them deleted."""
+    """Entries acked; fewer than read when another consumer claimed some of them while this
+    one held them (they were neither written nor acked here), or XAUTOCLAIM reported them
+    deleted."""
     commit_s: float
 
 
@@ -432,11 +447,14 @@ class Ingestor:
             lists their ids) come back with empty fields, to be dead-lettered like the others.
         """
         stream, group = self.keys.stream, self.keys.group
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incr(self.keys.claims)  # aborts the commits that WATCH it: see the module doc
+        pipe.xautoclaim(
+            stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
+            count=self.settings.batch_size,
+        )  # fmt: skip
         try:
-            reply = self.client.xautoclaim(
-                stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
-                count=self.settings.batch_size,
-            )  # fmt: skip
+            _, reply = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(f"XAUTOCLAIM {stream} {group} {self.consumer} failed: {e}") from e
         next_cursor = text(reply[0])
@@ -471,57 +489,121 @@ class Ingestor:
             records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources)
-        packed = self._pack(batch) if batch.ids else None
-        return replace(batch, prepare_s=time.perf_counter() - start, packed=packed)
+        transaction = self._transaction(batch) if batch.ids else None
+        return replace(batch, prepare_s=time.perf_counter() - start, transaction=transaction)
 
     def commit(self, batch: Batch) -> Outcome:
-        """Write the batch's records and dead letters and XACK its ids, in one script that
-        does so only for the entries still pending for this consumer (see commit.py).
+        """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
 
         Raises:
-            PartialCommitError: the script failed at a command; what ran before stays, nothing
-                was acked (the entries stay pending).
+            PartialCommitError: some queued commands failed and Redis applied the others; the
+                message says which, and whether the entries were acked.
             StoreError: Redis failed otherwise; nothing of the batch may be assumed written or
                 acked.
         """
         start = time.perf_counter()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
-        packed = batch.packed or self._pack(batch)
+        transaction = batch.transaction or self._transaction(batch)
         what = f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]})"
         try:
-            written = run_commit(self.client, packed.payload)
-        except redis.ResponseError as e:
-            raise PartialCommitError(
-                f"{what} stopped at a failed command ({e}); what ran before it stays, nothing "
-                "was acked: the entries stay pending and are read again"
-            ) from e
+            transaction, replies = self._execute_owned(batch, transaction)
         except redis.RedisError as e:
             raise StoreError(f"{what} failed: {e}") from e
-        outcome = Outcome(
-            written.stored, written.dead_letters, written.acked, time.perf_counter() - start
-        )
+        acked = _check_replies(what, transaction.commands, replies)
+        dead = transaction.dead_letters
+        outcome = Outcome(transaction.stored, len(dead), acked, time.perf_counter() - start)
         self.stats.add(batch, outcome)
         if self.on_commit is not None:
             self.on_commit(batch, outcome)
-        self._log(batch, outcome, packed.dead_letters)
+        self._log(batch, outcome, dead)
         return outcome
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _pack(self, batch: Batch) -> PackedCommit:
-        """The batch's commit: its records (or dead letters for those the store refuses), its
-        dead letters and its ids, packed. No Redis."""
-        writes, dead = self._record_writes(batch)
-        letters = [
-            DeadLetterWrite(letter.entry_id, letter.stream_fields(self.consumer), letter.orphan)
-            for letter in dead
-        ]
-        payload = pack_commit(
-            self._packer.pack, self.keys, self.consumer, self.dead_letter_maxlen,
-            batch.ids, writes, letters,
-        )  # fmt: skip
-        return PackedCommit(payload, dead)
+    def _transaction(self, batch: Batch) -> Transaction:
+        """The batch's MULTI/EXEC: its records (or dead letters for those the store refuses),
+        its dead letters and the XACK of all its ids, packed. No Redis."""
+        pipe = self.client.pipeline(transaction=True)  # collects the commands; never executed
+        stored, dead = self._queue_records(pipe, batch)
+        for letter in dead:
+            pipe.xadd(
+                self.keys.dead_letters,
+                letter.stream_fields(self.consumer),
+                maxlen=self.dead_letter_maxlen,
+                approximate=True,
+            )
+        if batch.ids:
+            pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
+        commands = [args for args, _ in pipe.command_stack]
+        pack = self._packer.pack
+        payload = b"".join(
+            [chunk for args in (("MULTI",), *commands, ("EXEC",)) for chunk in pack(*args)]
+        )
+        return Transaction(payload, commands, len(stored), dead)
+
+    def _execute_owned(
+        self, batch: Batch, transaction: Transaction
+    ) -> tuple[Transaction, list[Any]]:
+        """Run the batch's MULTI/EXEC for the entries still pending for this consumer (all of
+        them, unless another consumer claimed some meanwhile); what ran and EXEC's replies.
+
+        On one connection: WATCH claims + XPENDING, then MULTI ... EXEC. A claim in between
+        aborts the EXEC (nothing applied) and the check runs again.
+
+        Raises:
+            redis.RedisError: the link failed, Redis refused the transaction (EXECABORT:
+                nothing was applied), or claims aborted it MAX_COMMIT_TRIES times in a row.
+        """
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            for _ in range(MAX_COMMIT_TRIES):
+                owned = self._owned(connection, batch.ids)
+                if len(owned) < len(batch.ids):
+                    transaction = self._transaction(_owned_part(batch, owned))
+                replies = self._exec(connection, transaction)
+                if replies is not None:
+                    return transaction, replies
+            raise redis.WatchError(f"claims aborted the commit {MAX_COMMIT_TRIES} times")
+        except BaseException:
+            connection.disconnect()  # replies may be left unread, a WATCH set: never reuse
+            raise
+        finally:
+            pool.release(connection)
+
+    def _owned(self, connection: Any, ids: Sequence[str]) -> set[str]:
+        """WATCH claims; of `ids`, those pending for this consumer (XPENDING over their range,
+        a page of len(ids) + 1: one page unless older own entries in the range are pending)."""
+        start, high = min(ids, key=_stream_id), max(ids, key=_stream_id)
+        commands: list[tuple[Any, ...]] = [("WATCH", self.keys.claims)]
+        pending: set[str] = set()
+        while True:
+            commands.append(("XPENDING", self.keys.stream, self.keys.group, start, high,
+                             len(ids) + 1, self.consumer))  # fmt: skip
+            connection.send_packed_command(
+                [chunk for args in commands for chunk in self._packer.pack(*args)]
+            )
+            rows = [connection.read_response() for _ in commands][-1]
+            pending.update(text(row[0]) for row in rows)
+            if len(rows) <= len(ids):  # the last page: fewer than asked for
+                return pending & set(ids)
+            start, commands = "(" + text(rows[-1][0]), []
+
+    @staticmethod
+    def _exec(connection: Any, transaction: Transaction) -> list[Any] | None:
+        """Send a packed MULTI/EXEC and read its replies: EXEC's, one per queued command (an
+        error among them is returned as an exception, not raised: the others were applied);
+        None if a WATCHed key changed (nothing was applied)."""
+        connection.send_packed_command([transaction.payload])
+        for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
+            connection.read_response()
+        replies = connection.read_response()  # EXEC
+        if replies is None:
+            return None
+        if not isinstance(replies, list) or len(replies) != len(transaction.commands):
+            raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
+        return replies
 
     def _featurize(
         self, states: Sequence[Mapping[str, Any]]
@@ -568,25 +650,29 @@ class Ingestor:
             state_json=decoded.state_json,
         )
 
-    def _record_writes(self, batch: Batch) -> tuple[list[RecordWrite], list[DeadLetter]]:
-        """The records as the commit writes them; one the store refuses becomes a dead letter."""
+    def _queue_records(
+        self, pipe: Pipeline, batch: Batch
+    ) -> tuple[list[MemoryRecord], list[DeadLetter]]:
+        """Queue the records; one the store refuses becomes a dead letter instead."""
         try:
-            commands = self.store.hset_commands(STM, batch.records)
+            self.store.add_records(pipe, STM, batch.records)
         except ValueError:
-            pass  # find the refused ones below
+            pass  # add_records queued nothing; find the refused ones below
         else:
-            return _writes(batch.records, commands), batch.dead_letters
-        writes: list[RecordWrite] = []
+            return batch.records, batch.dead_letters
+        stored: list[MemoryRecord] = []
         dead = list(batch.dead_letters)
         for record in batch.records:
             try:
-                writes += _writes([record], self.store.hset_commands(STM, [record]))
+                self.store.add_records(pipe, STM, [record])
             except ValueError as e:
                 fields = batch.sources.get(record.entry_id, {})
                 dead.append(
                     DeadLetter(record.entry_id, f"record refused by the store: {e}", fields)
                 )
-        return writes, dead
+            else:
+                stored.append(record)
+        return stored, dead
 
     def _log(self, batch: Batch, outcome: Outcome, dead: Sequence[DeadLetter]) -> None:
         for letter in dead:
@@ -596,7 +682,7 @@ class Ingestor:
                 "%d of %d entries dead-lettered to %s (first: %s: %s)",
                 len(dead), len(batch.ids), self.keys.dead_letters, dead[0].entry_id, dead[0].error,
             )  # fmt: skip
-        lost = len(batch.ids) - outcome.acked - sum(letter.orphan for letter in dead)
+        lost = len(batch.ids) - outcome.acked - sum(letter.orphan for letter in batch.dead_letters)
         if lost > 0:
             log.warning(
                 "%d of %d entries were no longer this consumer's (claimed by another while it "
@@ -610,14 +696,42 @@ class Ingestor:
         )  # fmt: skip
 
 
-def _writes(
-    records: Sequence[MemoryRecord], commands: Sequence[tuple[Any, ...]]
-) -> list[RecordWrite]:
-    """The records with their `HSET key field value ...`, as the commit script takes them."""
-    return [
-        RecordWrite(record.entry_id, command[1], record.agent_id, int(record.ts), command[2:])
-        for record, command in zip(records, commands, strict=True)
+def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> int:
+    """The entries an executed MULTI/EXEC acked; PartialCommitError if any command failed.
+
+    Redis applies every other command of the transaction, the XACK (last) included when it did
+    not fail itself: then the entries are acked and will not be read again.
+    """
+    acked = replies[-1] if commands and commands[-1][0] == "XACK" else 0
+    failed = [
+        f"{args[0]} {text(args[1])}: {reply}"
+        for args, reply in zip(commands, replies, strict=True)
+        if isinstance(reply, Exception)
     ]
+    if not failed:
+        return int(acked)
+    if isinstance(acked, Exception):
+        fate = "the XACK failed: the entries stay pending and are read again"
+        acked = 0
+    else:
+        fate = f"the other commands applied, the XACK too: {acked} entries acked, not read again"
+    raise PartialCommitError(
+        f"{what} partly applied: {len(failed)} of {len(commands)} commands failed "
+        f"(first: {failed[0]}); {fate}",
+        int(acked),
+    )
+
+
+def _owned_part(batch: Batch, owned: set[str]) -> Batch:
+    """The part of `batch` this consumer still owns, with the dead letters of the entries
+    XAUTOCLAIM reported deleted (in no pending list: nobody else will write them)."""
+    return replace(
+        batch,
+        ids=[entry_id for entry_id in batch.ids if entry_id in owned],
+        records=[record for record in batch.records if record.entry_id in owned],
+        dead_letters=[d for d in batch.dead_letters if d.entry_id in owned or d.orphan],
+        transaction=None,
+    )
 
 
 # -- decoding ----------------------------------------------------------------------------------

@@ -90,22 +90,23 @@ def test_hostile_numbers_are_dead_lettered_and_every_valid_entry_is_indexed(
     assert pending(redis_client) == 0
 
 
-def test_a_commit_that_fails_at_a_command_says_what_became_of_its_entries(
+def test_a_partly_applied_commit_is_logged_as_it_happened(
     redis_client: redis.Redis,
     ingest_settings: Settings,
     engine: EmbeddingEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    redis_client.set(KEYS.time_index("stm"), "not a sorted set")  # its ZADD fails
+    redis_client.set(KEYS.time_index("stm"), "not a sorted set")  # its ZADD fails inside EXEC
     ids = xadd_states(redis_client, simulate_states(5, seed=7))
     with caplog.at_level(logging.WARNING), running(daemon(ingest_settings, engine, "honest")):
-        wait_for(lambda: "stopped at a failed command" in caplog.text, 10, "the failure's log")
+        wait_for(lambda: "partly applied" in caplog.text, 10, "the failed commit's log line")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    line = next(message for message in errors if "stopped at a failed command" in message)
-    assert "WRONGTYPE" in line
-    assert line.endswith("nothing was acked: the entries stay pending and are read again")
-    assert pending(redis_client) == 5  # as the log says
-    assert all(redis_client.exists(KEYS.record("stm", entry_id)) for entry_id in ids)  # ran first
+    (line,) = [message for message in errors if "partly applied" in message]
+    assert f"ZADD {KEYS.time_index('stm')}: WRONGTYPE" in line
+    assert "5 entries acked, not read again" in line
+    assert pending(redis_client) == 0  # as the log says
+    assert all(redis_client.exists(KEYS.record("stm", entry_id)) for entry_id in ids)
+    assert "stay pending" not in caplog.text
 
 
 # -- ownership at commit -----------------------------------------------------------------------
@@ -253,3 +254,31 @@ def test_idle_consumers_with_nothing_pending_leave_the_group(
         wait_for(lambda: set(consumers(redis_client)) == {"holder", "tidy"}, 10, "the cleanup")
         time.sleep(1.0)  # twice the idle limit: the live daemon, reading, is never removed
         assert consumers(redis_client) == {"holder": 1, "tidy": 0}
+
+
+def test_a_claim_between_the_ownership_check_and_the_exec_aborts_the_commit(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    settings = dataclasses.replace(ingest_settings, claim_idle_ms=50)
+    ids = xadd_states(redis_client, simulate_states(10, seed=61))
+    slow, taker = consumer(settings, engine, "slow"), consumer(settings, engine, "taker")
+    batch = slow.prepare(slow.read_new())
+    time.sleep(0.1)  # its entries are idle past claim_idle_ms
+    checks: list[set[str]] = []
+    check_ownership = slow._owned
+
+    def check_then_lose_them(connection: Any, entry_ids: Any) -> set[str]:
+        owned = check_ownership(connection, entry_ids)
+        checks.append(owned)
+        if len(checks) == 1:
+            claimed = taker.claim_idle()[1]  # between the check and the EXEC
+            assert taker.process(claimed)[1].stored == 10
+        return owned
+
+    slow._owned = check_then_lose_them  # type: ignore[method-assign]
+    outcome = slow.commit(batch)
+    assert [len(owned) for owned in checks] == [10, 0]  # the EXEC aborted, checked again
+    assert (outcome.stored, outcome.acked) == (0, 0)
+    assert sorted(stored_ids(redis_client)) == sorted(ids)  # the taker's, once
+    assert redis_client.hget(KEYS.record("stm", ids[0]), "agent_id")
+    assert pending(redis_client) == 0
