@@ -212,6 +212,8 @@ def _loads(raw: str) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
+    except RecursionError as e:
+        raise EntryError("state is nested too deep to be read (JSON arrays or objects)") from e
 
 
 def _refuse_constant(name: str) -> Any:

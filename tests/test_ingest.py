@@ -251,7 +251,7 @@ BAD_ENTRIES: list[tuple[dict[str, Any], str]] = [
     ({"agent_id": "a1", "state": '{"agent_type": "x\\n"}'}, "agent_type 'x\\n' has leading"),
     ({"agent_id": "a1", "state": huge_grid_json(300)}, "grid 300x300 exceeds the limit"),
     ({"agent_id": "a1", "state": '{"a": "' + "x" * 5_000_000 + '"}'}, "state is 5000009 char"),
-    ({"agent_id": "a1", "state": "[" * 100_000 + "]" * 100_000}, "unreadable entry"),
+    ({"agent_id": "a1", "state": "[" * 100_000 + "]" * 100_000}, "state is nested too deep"),
     ({"agent_id": b"a\xff", "state": "{}"}, "not UTF-8"),
     ({"agent_id": "a1", "state": "{}", "kind": "thought"}, "kind='thought'"),
     ({"agent_id": "a1", "state": "{}", "step": "soon"}, "step='soon': expected int"),
