@@ -54,6 +54,11 @@ class Settings:
     claim_idle_ms: int = _setting(
         60_000, "entries pending this long are claimed from dead consumers"
     )
+    consumer_max_idle_s: float = _setting(
+        3600.0,
+        "consumers of the group idle this long with nothing pending are removed (XGROUP "
+        "DELCONSUMER); a daemon that comes back is added again",
+    )
     stm_dim: int = _setting(384, "STM vector size")
     im_dim: int = _setting(128, "IM vector size")
     ltm_dim: int = _setting(32, "LTM vector size")
@@ -78,11 +83,6 @@ class Settings:
     consolidate_interval_s: float = _setting(60.0, "how often each tier's consolidation job runs")
     consolidate_batch: int = _setting(1000, "memories read, compressed and moved per transaction")
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
-    consumer_max_idle_s: float = _setting(
-        3600.0,
-        "consumers of the group idle this long with nothing pending are removed (XGROUP "
-        "DELCONSUMER); a daemon that comes back is added again",
-    )
     stream_max_age_s: float | None = _setting(
         3600.0,
         "state stream entries older than this, once every group has acked them, are trimmed; "
