@@ -15,8 +15,10 @@ Stop: SIGTERM, SIGINT or `request_stop()` lets the batches in hand (the one comm
 one read ahead) finish and be acked, then `run()` returns 0. A second signal exits at once
 (128 + the signal number); what was read and not acked is delivered again later.
 Between batches the loop rewrites the daemon's heartbeat key, appends (once per
-stats_interval_s across all daemons) a sample to the stats series (status.py), and trims the
-state stream's entries older than stream_max_age_s that every group acked; with metrics_port
+stats_interval_s across all daemons) a sample to the stats series (status.py), recreates a
+tier index that went missing (checked every INDEX_CHECK_INTERVAL_S), removes the group's
+consumers idle past consumer_max_idle_s with nothing pending, and trims the state stream's
+entries older than stream_max_age_s that every group acked; with metrics_port
 set, a Prometheus endpoint serves its counters and the service's gauges (metrics.py).
 """
 
@@ -144,8 +146,8 @@ def client_name(consumer: str) -> str:
 
 
 def commit_failure(error: BaseException) -> str:
-    """What a failed step or commit did to its entries, for a log line: the truth, which only
-    a partly applied commit knows otherwise (its message says what applied)."""
+    """What became of a failed step's entries, for a log line: a partly applied commit says
+    so itself; after any other failure nothing of the batch was acked."""
     if isinstance(error, PartialCommitError):
         return str(error)
     return f"{error}; its entries stay pending and are read again"

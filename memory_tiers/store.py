@@ -133,23 +133,16 @@ def index_states(client: redis.Redis, keys: Keys) -> dict[str, IndexState | None
     """Each tier's index by FT.INFO (one pipelined round trip); None for a missing one.
 
     Raises:
-        StoreError: Redis failed, or refused FT.INFO.
+        redis.RedisError: Redis failed, or refused FT.INFO (as the status readers expect it).
     """
     pipe = client.pipeline(transaction=False)
     for tier in TIERS:
         pipe.execute_command("FT.INFO", keys.index(tier))
-    try:
-        replies = pipe.execute(raise_on_error=False)
-    except redis.RedisError as e:
-        raise StoreError(f"FT.INFO of the tier indexes failed: {failure_text(e, keys)}") from e
     states: dict[str, IndexState | None] = {}
-    for tier, reply in zip(TIERS, replies, strict=True):
-        if isinstance(reply, Exception):
-            if not missing_index(reply):
-                raise StoreError(f"FT.INFO {keys.index(tier)} failed: {failure_text(reply, keys)}")
-            states[tier] = None
-            continue
-        states[tier] = _index_state(reply)
+    for tier, reply in zip(TIERS, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception) and not missing_index(reply):
+            raise reply
+        states[tier] = None if isinstance(reply, Exception) else _index_state(reply)
     return states
 
 
