@@ -794,7 +794,10 @@ def check_command(settings: Settings, local: bool) -> None:
         raise SystemExit(1)
 
 
-TIER_COLUMNS = ("tier", "memories", "agents")
+if TYPE_CHECKING:
+    from .status import Snapshot
+
+TIER_COLUMNS = ("tier", "memories", "agents", "indexed", "indexing failures")
 STREAM_COLUMNS = ("stream", "length", "lag", "pending", "dead letters", "consumers")
 DAEMON_COLUMNS = ("daemon", "host", "pid", "model", "up", "stored", "dead letters", "heartbeat")
 AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
@@ -872,7 +875,7 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         client.close()
     agents_per_tier = {tier: sum(1 for n in counts.values() if n[tier]) for tier in TIERS}
     tier_rows = [
-        (tier, str(size), str(agents_per_tier[tier]) if top else "-")
+        (tier, str(size), str(agents_per_tier[tier]) if top else "-", *_index_cells(status, tier))
         for tier, size in status.tiers.items()
     ]
     stream = status.stream
@@ -900,7 +903,7 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         for beat in status.heartbeats
     ]
     sections = [
-        _table(TIER_COLUMNS, tier_rows, numeric={1, 2}),
+        _table(TIER_COLUMNS, tier_rows, numeric={1, 2, 3, 4}),
         _table(STREAM_COLUMNS, stream_rows, numeric=range(1, 6)),
         _table(DAEMON_COLUMNS, daemon_rows, numeric={2, 5, 6})
         if daemon_rows
@@ -930,6 +933,12 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     click.echo("\n\n".join(sections))
     if plot_path:
         _plot_series(samples, plot_path, keys)
+
+
+def _index_cells(status: Snapshot, tier: str) -> tuple[str, str]:
+    """A tier's FT.INFO num_docs and hash_indexing_failures; 'missing' without an index."""
+    state = status.indexes.get(tier)
+    return ("missing", "-") if state is None else (str(state.num_docs), str(state.failures))
 
 
 def _plot_series(samples: Sequence[Any], path: str, keys: Keys) -> None:

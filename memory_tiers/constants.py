@@ -35,6 +35,12 @@ class Keys:
         """Consumer group the daemons share."""
         return f"{self.prefix}:ingest"
 
+    @property
+    def claims(self) -> str:
+        """Counter every XAUTOCLAIM of the group increments in the same MULTI/EXEC: a commit
+        WATCHes it, so it never writes entries that changed hands since it checked them."""
+        return f"{self.prefix}:ingest:claims"
+
     def index(self, tier: str) -> str:
         """RediSearch index name of one tier."""
         return f"{self.prefix}:idx:{tier}"

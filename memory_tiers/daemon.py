@@ -15,8 +15,10 @@ Stop: SIGTERM, SIGINT or `request_stop()` lets the batches in hand (the one comm
 one read ahead) finish and be acked, then `run()` returns 0. A second signal exits at once
 (128 + the signal number); what was read and not acked is delivered again later.
 Between batches the loop rewrites the daemon's heartbeat key, appends (once per
-stats_interval_s across all daemons) a sample to the stats series (status.py), and trims the
-state stream's entries older than stream_max_age_s that every group acked; with metrics_port
+stats_interval_s across all daemons) a sample to the stats series (status.py), recreates a
+tier index that went missing (checked every INDEX_CHECK_INTERVAL_S), removes the group's
+consumers idle past consumer_max_idle_s with nothing pending, and trims the state stream's
+entries older than stream_max_age_s that every group acked; with metrics_port
 set, a Prometheus endpoint serves its counters and the service's gauges (metrics.py).
 """
 
@@ -27,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,15 @@ import torch
 from .constants import Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine
-from .errors import ConfigError, ModelError, StoreError
+from .errors import (
+    CONNECTION_ERRORS,
+    ConfigError,
+    MemoryTiersError,
+    ModelError,
+    PartialCommitError,
+    StoreError,
+    is_connection_error,
+)
 from .ingest import (
     Batch,
     Ingestor,
@@ -52,6 +61,7 @@ from .ingest import (
     Outcome,
     consumer_client,
     default_consumer_name,
+    remove_idle_consumers,
     trim_acked,
 )
 from .metrics import DaemonMetrics
@@ -68,6 +78,7 @@ from .status import (
     stream_status,
     tier_sizes,
 )
+from .store import index_states
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +95,12 @@ DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
 
 MAX_TRIM_INTERVAL_S = 30.0
-"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s)."""
+"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s),
+and between two removals of idle consumers (shorter for a short consumer_max_idle_s)."""
+
+INDEX_CHECK_INTERVAL_S = 2.0
+"""How often the consumer loop checks that the tier indexes exist (one pipelined FT.INFO of
+each): a dropped one is recreated, over the existing records, within about this long."""
 
 MIN_CLAIM_INTERVAL_S = 0.05
 """Shortest pause between two XAUTOCLAIM sweeps, however small claim_idle_ms is."""
@@ -95,14 +111,6 @@ EXIT_OK = 0
 EXIT_REFUSED = 2
 """What `memory-tiers serve` exits with when the model, the indexes or the metrics port do not
 fit: a restart cannot help (systemd: RestartPreventExitStatus=2)."""
-
-_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
-_REFUSALS = (
-    redis.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-    redis.exceptions.NoPermissionError,
-    ssl.SSLCertVerificationError,
-)
 
 
 def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
@@ -138,32 +146,17 @@ def client_name(consumer: str) -> str:
     )
 
 
-def is_connection_error(error: BaseException) -> bool:
-    """Whether `error`, or an error it came from, means Redis could not be reached: an outage.
-
-    Redis refusing us is no outage, though redis-py raises it as a ConnectionError: bad
-    credentials, an ACL that forbids a command, a server certificate we do not trust. Those
-    need a fix, so a daemon stops at start instead of retrying them forever.
-    """
-    chain = _chain(error)
-    if any(isinstance(e, _REFUSALS) for e in chain):
-        return False
-    return any(isinstance(e, _CONNECTION_ERRORS) for e in chain)
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from or while handling, outermost first."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return chain
+def commit_failure(error: BaseException) -> str:
+    """What became of a failed step's entries, for a log line: a partly applied commit says
+    so itself; after any other failure nothing of the batch was acked."""
+    if isinstance(error, PartialCommitError):
+        return str(error)
+    return f"{error}; its entries stay pending and are read again"
 
 
 def root_cause(error: BaseException) -> BaseException:
     """The connection error in `error`'s `raise ... from` chain, else the chain's last error."""
-    while error.__cause__ is not None and not isinstance(error, _CONNECTION_ERRORS):
+    while error.__cause__ is not None and not isinstance(error, CONNECTION_ERRORS):
         error = error.__cause__
     return error
 
@@ -397,7 +390,7 @@ class Daemon:
             self._finish(ingestor, lane, position)
         finally:
             for error in lane.close():
-                log.warning("the last commit failed (%s); its entries stay pending", error)
+                log.warning("the last commit failed: %s", commit_failure(error))
 
     def _step(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
         """Handle one batch: prepare it, read the next one, then hand this one to the lane.
@@ -429,7 +422,7 @@ class Daemon:
         try:
             lane.commit(ingestor.prepare(position.ahead))
         except Exception as e:
-            log.warning("the last batches were not stored (%s); their entries stay pending", e)
+            log.warning("the last batches were not stored: %s", commit_failure(e))
 
     def _claim(self, ingestor: Ingestor, lane: _CommitLane, chores: _Chores) -> None:
         """Take over and handle every entry other consumers left pending past claim_idle_ms.
@@ -459,7 +452,10 @@ class Daemon:
             log.warning("consumer group gone (%s); setting it up again", error)
             self._set_up(ingestor)
             return
-        log.error("ingest step failed; its entries stay pending and are read again", exc_info=error)
+        if isinstance(error, PartialCommitError):
+            log.error("ingest step failed: %s", commit_failure(error))
+            return
+        log.error("ingest step failed: %s", commit_failure(error), exc_info=error)
 
     # -- signals and logs ----------------------------------------------------------------------
 
@@ -549,7 +545,10 @@ class _Chores:
         chores: list[tuple[str, float, Callable[[], None]]] = [
             ("heartbeat", settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL, self._beat),
             ("stats sample", settings.stats_interval_s, self._sample),
+            ("index check", INDEX_CHECK_INTERVAL_S, self._check_indexes),
         ]
+        every = min(MAX_TRIM_INTERVAL_S, settings.consumer_max_idle_s / 4)
+        chores.append(("consumer cleanup", every, self._remove_idle_consumers))
         if settings.stream_max_age_s is not None:
             every = min(MAX_TRIM_INTERVAL_S, settings.stream_max_age_s / 4)
             chores.append(("stream trim", every, self._trim))
@@ -600,6 +599,21 @@ class _Chores:
             )
             add_sample(self._client, self._keys, sample, self._settings.stats_samples)
 
+    def _check_indexes(self) -> None:
+        """Recreate a missing tier index (dropped, or Redis restored without it): RediSearch
+        then indexes the records already there, in the background."""
+        missing = [t for t, state in index_states(self._client, self._keys).items() if not state]
+        if missing:
+            log.warning("tier index(es) %s missing: recreating them", ", ".join(missing))
+            self._ingestor.store.ensure_indexes()
+
+    def _remove_idle_consumers(self) -> None:
+        max_idle_ms = round(self._settings.consumer_max_idle_s * 1000)
+        keep = self._ingestor.consumer
+        removed = remove_idle_consumers(self._client, self._keys, max_idle_ms, keep)
+        if removed:
+            log.info("removed %d idle consumers from the group: %s", len(removed), removed[:10])
+
     def _trim(self) -> None:
         assert self._settings.stream_max_age_s is not None
         now_ms = round(time.time() * 1000)
@@ -611,7 +625,7 @@ class _Chores:
     def _try(chore: Callable[[], None], what: str) -> None:
         try:
             chore()
-        except redis.RedisError as e:
+        except (redis.RedisError, MemoryTiersError) as e:
             log.warning("%s failed: %s", what, e)
 
 

@@ -13,13 +13,25 @@ over with XAUTOCLAIM, then handled in two steps:
   (not through redis-py's pipeline): little Python runs there, so a commit on another thread
   (the daemon's) hardly competes with the next batch's prepare for the GIL.
 
+Ownership: a daemon frozen longer than claim_idle_ms (a VM pause, `docker pause`, a GC stall)
+loses its pending entries to another daemon's XAUTOCLAIM, which stores them; consolidation may
+move them on. When the frozen one resumes, its old batch must not be written, or those memories
+would be back in STM beside their IM copies. So a commit first WATCHes `Keys.claims` and asks
+XPENDING which of its ids are still pending for this consumer (one round trip), then writes and
+acks only those; every claim increments `Keys.claims` in the MULTI/EXEC of its XAUTOCLAIM, so a
+claim between the check and the EXEC aborts the EXEC (nothing applied) and the check runs
+again. Only claims through `Ingestor.claim_idle` are seen: an XCLAIM by hand is not.
+
+Redis never rolls a transaction back: every reply of EXEC is read, and a command that failed
+there raises PartialCommitError saying what applied. Numbers are bounded at the protocol and
+every record is checked by the store first, so nothing of ours is expected to fail there.
+
 Delivery: an entry that XADD accepted ends in STM exactly once or in the dead letters. Record
 keys derive from entry ids, so a replay of an unacked batch overwrites instead of duplicating.
 The client of `consumer_client` never retries a command by itself: a MULTI/EXEC whose reply
 was lost is not sent again (it may have run, and a second run would add its dead letters
 twice); the daemon re-reads its own pending entries instead, which returns exactly the ones
-that were not acked. A dead letter can still be written twice if another consumer claims an
-entry while this one holds it for longer than `claim_idle_ms`; records cannot.
+that were not acked.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,7 +64,7 @@ if HIREDIS_AVAILABLE:
 from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine, action_to_state
-from .errors import EntryError, StoreError
+from .errors import EntryError, PartialCommitError, StoreError
 from .protocol import StreamEntry, decode_entry, tag_problem
 from .replies import text
 from .settings import Settings
@@ -70,6 +83,13 @@ UNKNOWN_AGENT_TYPE = "unknown"
 
 DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it was processed"
 """Dead-letter reason of a pending entry that no longer exists in the stream."""
+
+DELETED_BY_CLAIM: Fields = MappingProxyType({})
+"""The fields of an entry XAUTOCLAIM reported deleted from the stream: it left every pending
+list, so its dead letter is written without the ownership check."""
+
+MAX_COMMIT_TRIES = 5
+"""Commits in a row a claim may abort (WATCH) before the batch is left pending for now."""
 
 TRIM_BATCH = 10_000
 """Entries one XTRIM call may remove (its LIMIT): a few milliseconds of Redis's time."""
@@ -171,6 +191,43 @@ def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -
     return trimmed
 
 
+_DELETE_IF_IDLE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+    return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def remove_idle_consumers(
+    client: redis.Redis, keys: Keys, max_idle_ms: int, keep: str = ""
+) -> list[str]:
+    """Remove the group's consumers idle over `max_idle_ms` with nothing pending; their names.
+
+    Every restart of a daemon adds a consumer (host-pid), which would stay in the group for
+    good. Nothing pending is checked again where the consumer is deleted, in one script: a
+    DELCONSUMER drops the consumer's pending entries, which nobody could claim then.
+    """
+    try:
+        consumers = client.xinfo_consumers(keys.stream, keys.group)
+    except redis.ResponseError as e:
+        if "no such key" in str(e).lower() or "nogroup" in str(e).lower():
+            return []
+        raise
+    delete = client.register_script(_DELETE_IF_IDLE)
+    removed = []
+    for consumer in consumers:
+        name = text(consumer["name"])
+        # idle: since its last read attempt, which a live daemon makes every block_ms at most.
+        idle = int(consumer["idle"])
+        if name == keep or int(consumer["pending"]) > 0 or idle < max_idle_ms:
+            continue
+        if delete(keys=[keys.stream], args=[keys.group, name]):
+            removed.append(name)
+    return removed
+
+
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     """A stream entry id as (milliseconds, sequence)."""
     ms, _, seq = text(raw).partition("-")
@@ -215,6 +272,8 @@ class DeadLetter:
     entry_id: str
     error: str
     fields: Fields
+    orphan: bool = False
+    """Deleted from the stream and reported so by XAUTOCLAIM (`DELETED_BY_CLAIM`)."""
 
     def stream_fields(self, consumer: str) -> dict[FieldT, EncodableT]:
         """The entry's own fields plus error, entry_id and consumer, for XADD."""
@@ -258,8 +317,9 @@ class Outcome:
     stored: int
     dead_letters: int
     acked: int
-    """Entries XACK removed from the pending list; fewer than read when another consumer
-    claimed and acked some of them meanwhile."""
+    """Entries acked; fewer than read when another consumer claimed some of them while this
+    one held them (they were neither written nor acked here), or XAUTOCLAIM reported them
+    deleted."""
     commit_s: float
 
 
@@ -391,17 +451,20 @@ class Ingestor:
             lists their ids) come back with empty fields, to be dead-lettered like the others.
         """
         stream, group = self.keys.stream, self.keys.group
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incr(self.keys.claims)  # aborts the commits that WATCH it: see the module doc
+        pipe.xautoclaim(
+            stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
+            count=self.settings.batch_size,
+        )  # fmt: skip
         try:
-            reply = self.client.xautoclaim(
-                stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
-                count=self.settings.batch_size,
-            )  # fmt: skip
+            _, reply = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(f"XAUTOCLAIM {stream} {group} {self.consumer} failed: {e}") from e
         next_cursor = text(reply[0])
         messages: list[Message] = list(reply[1])
         deleted = reply[2] if len(reply) > 2 else []
-        messages += [(entry_id, None) for entry_id in deleted]
+        messages += [(entry_id, DELETED_BY_CLAIM) for entry_id in deleted]
         self.stats.claimed += len(messages)
         return next_cursor, messages
 
@@ -439,22 +502,23 @@ class Ingestor:
         """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
 
         Raises:
-            StoreError: Redis failed; nothing of the batch may be assumed written or acked.
+            PartialCommitError: some queued commands failed and Redis applied the others; the
+                message says which, and whether the entries were acked.
+            StoreError: Redis failed otherwise; nothing of the batch may be assumed written or
+                acked.
         """
         start = time.perf_counter()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
         transaction = batch.transaction or self._transaction(batch)
+        what = f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]})"
         try:
-            replies = self._execute(transaction)
+            transaction, replies = self._execute_owned(batch, transaction)
         except redis.RedisError as e:
-            raise StoreError(
-                f"commit of {len(batch.ids)} entries ({batch.ids[0]}..{batch.ids[-1]}) failed: {e}"
-            ) from e
+            raise StoreError(f"{what} failed: {e}") from e
+        acked = _check_replies(what, transaction.commands, replies)
         dead = transaction.dead_letters
-        outcome = Outcome(
-            transaction.stored, len(dead), int(replies[-1]), time.perf_counter() - start
-        )
+        outcome = Outcome(transaction.stored, len(dead), acked, time.perf_counter() - start)
         self.stats.add(batch, outcome)
         if self.on_commit is not None:
             self.on_commit(batch, outcome)
@@ -475,7 +539,8 @@ class Ingestor:
                 maxlen=self.dead_letter_maxlen,
                 approximate=True,
             )
-        pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
+        if batch.ids:
+            pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
         commands = [args for args, _ in pipe.command_stack]
         pack = self._packer.pack
         payload = b"".join(
@@ -483,33 +548,67 @@ class Ingestor:
         )
         return Transaction(payload, commands, len(stored), dead)
 
-    def _execute(self, transaction: Transaction) -> list[Any]:
-        """Send a packed MULTI/EXEC and read its replies; EXEC's, one per queued command.
+    def _execute_owned(
+        self, batch: Batch, transaction: Transaction
+    ) -> tuple[Transaction, list[Any]]:
+        """Run the batch's MULTI/EXEC for the entries still pending for this consumer (all of
+        them, unless another consumer claimed some meanwhile); what ran and EXEC's replies.
 
-        redis-py's pipeline would pack it here, on the commit's thread, and parse every reply
-        through several Python calls; the daemon prepares the next batch meanwhile, and both
-        compete for the GIL.
+        On one connection: WATCH claims + XPENDING, then MULTI ... EXEC. A claim in between
+        aborts the EXEC (nothing applied) and the check runs again.
 
         Raises:
-            redis.RedisError: the link failed, or Redis refused or failed a command.
+            redis.RedisError: the link failed, Redis refused the transaction (EXECABORT:
+                nothing was applied), or claims aborted it MAX_COMMIT_TRIES times in a row.
         """
         pool = self.client.connection_pool
         connection = pool.get_connection()
         try:
-            connection.send_packed_command([transaction.payload])
-            for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
-                connection.read_response()
-            replies = connection.read_response()  # EXEC
+            for _ in range(MAX_COMMIT_TRIES):
+                owned = self._owned(connection, batch.ids)
+                if len(owned) < len(batch.ids):
+                    transaction = self._transaction(_owned_part(batch, owned))
+                replies = self._exec(connection, transaction)
+                if replies is not None:
+                    return transaction, replies
+            raise redis.WatchError(f"claims aborted the commit {MAX_COMMIT_TRIES} times")
         except BaseException:
-            connection.disconnect()  # replies may be left unread: never reuse the link
+            connection.disconnect()  # replies may be left unread, a WATCH set: never reuse
             raise
         finally:
             pool.release(connection)
+
+    def _owned(self, connection: Any, ids: Sequence[str]) -> set[str]:
+        """WATCH claims; of `ids`, those pending for this consumer (XPENDING over their range,
+        a page of len(ids) + 1: one page unless older own entries in the range are pending)."""
+        start, high = min(ids, key=_stream_id), max(ids, key=_stream_id)
+        commands: list[tuple[Any, ...]] = [("WATCH", self.keys.claims)]
+        pending: set[str] = set()
+        while True:
+            commands.append(("XPENDING", self.keys.stream, self.keys.group, start, high,
+                             len(ids) + 1, self.consumer))  # fmt: skip
+            connection.send_packed_command(
+                [chunk for args in commands for chunk in self._packer.pack(*args)]
+            )
+            rows = [connection.read_response() for _ in commands][-1]
+            pending.update(text(row[0]) for row in rows)
+            if len(rows) <= len(ids):  # the last page: fewer than asked for
+                return pending & set(ids)
+            start, commands = "(" + text(rows[-1][0]), []
+
+    @staticmethod
+    def _exec(connection: Any, transaction: Transaction) -> list[Any] | None:
+        """Send a packed MULTI/EXEC and read its replies: EXEC's, one per queued command (an
+        error among them is returned as an exception, not raised: the others were applied);
+        None if a WATCHed key changed (nothing was applied)."""
+        connection.send_packed_command([transaction.payload])
+        for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
+            connection.read_response()
+        replies = connection.read_response()  # EXEC
+        if replies is None:
+            return None
         if not isinstance(replies, list) or len(replies) != len(transaction.commands):
             raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
-        for args, reply in zip(transaction.commands, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise redis.ResponseError(f"{args[0]} {text(args[1])} failed: {reply}")
         return replies
 
     def _featurize(
@@ -589,16 +688,56 @@ class Ingestor:
                 "%d of %d entries dead-lettered to %s (first: %s: %s)",
                 len(dead), len(batch.ids), self.keys.dead_letters, dead[0].entry_id, dead[0].error,
             )  # fmt: skip
-        if outcome.acked < len(batch.ids):
-            log.info(
-                "%d of %d entries were acked already (claimed by another consumer meanwhile)",
-                len(batch.ids) - outcome.acked, len(batch.ids),
+        lost = len(batch.ids) - outcome.acked - sum(letter.orphan for letter in batch.dead_letters)
+        if lost > 0:
+            log.warning(
+                "%d of %d entries were no longer this consumer's (claimed by another while it "
+                "held them past claim_idle_ms): neither written nor acked by it",
+                lost, len(batch.ids),
             )  # fmt: skip
         log.debug(
             "batch of %d: %d stored, %d dead letters; prepare %.1f ms, commit %.1f ms",
             len(batch.ids), outcome.stored, outcome.dead_letters,
             batch.prepare_s * 1000, outcome.commit_s * 1000,
         )  # fmt: skip
+
+
+def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> int:
+    """The entries an executed MULTI/EXEC acked; PartialCommitError if any command failed.
+
+    Redis applies every other command of the transaction, the XACK (last) included when it did
+    not fail itself: then the entries are acked and will not be read again.
+    """
+    acked = replies[-1] if commands and commands[-1][0] == "XACK" else 0
+    failed = [
+        f"{args[0]} {text(args[1])}: {reply}"
+        for args, reply in zip(commands, replies, strict=True)
+        if isinstance(reply, Exception)
+    ]
+    if not failed:
+        return int(acked)
+    if isinstance(acked, Exception):
+        fate = "the XACK failed: the entries stay pending and are read again"
+        acked = 0
+    else:
+        fate = f"the other commands applied, the XACK too: {acked} entries acked, not read again"
+    raise PartialCommitError(
+        f"{what} partly applied: {len(failed)} of {len(commands)} commands failed "
+        f"(first: {failed[0]}); {fate}",
+        int(acked),
+    )
+
+
+def _owned_part(batch: Batch, owned: set[str]) -> Batch:
+    """The part of `batch` this consumer still owns, with the dead letters of the entries
+    XAUTOCLAIM reported deleted (in no pending list: nobody else will write them)."""
+    return replace(
+        batch,
+        ids=[entry_id for entry_id in batch.ids if entry_id in owned],
+        records=[record for record in batch.records if record.entry_id in owned],
+        dead_letters=[d for d in batch.dead_letters if d.entry_id in owned or d.orphan],
+        transaction=None,
+    )
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -614,7 +753,8 @@ def _split(messages: Sequence[Message]) -> _Split:
         try:
             split.good.append((_decode(entry_id, fields), fields))
         except EntryError as e:
-            split.dead.append(DeadLetter(entry_id, str(e), fields))
+            orphan = raw_fields is DELETED_BY_CLAIM
+            split.dead.append(DeadLetter(entry_id, str(e), fields, orphan))
         except Exception as e:
             # e.g. RecursionError from JSON nested too deep: still the entry's fault.
             log.warning("entry %s cannot be decoded", entry_id, exc_info=True)

@@ -7,6 +7,13 @@ An entry's fields (all strings on the wire):
     ts          optional integer, milliseconds since the epoch (default: the entry id's time)
     kind        optional, 'state' (default) or 'action'
     importance  optional number (default 0), stored for filters and retention
+
+Numbers are bounded here, at the edge, because everything after takes them as they are: step
+and ts are indexed NUMERIC fields and ts scores the time indexes (ZADD), and both are doubles
+inside Redis. An integer beyond 2**53 is rounded there (2**53 + 1 finds 2**53), one of 400
+digits makes RediSearch fail to index the record and a ZADD fail inside the commit. So step
+is an integer of at most MAX_EXACT_INTEGER in magnitude (well within int64), ts an epoch-ms in
+TS_RANGE, and importance a finite number.
 """
 
 from __future__ import annotations
@@ -30,6 +37,22 @@ UNKNOWN_STEP = -1
 
 MAX_AGENT_ID_LENGTH = 256
 """Longest agent_id accepted; ids are TAG values and key parts."""
+
+MAX_STATE_LENGTH = 2 * 1024 * 1024
+"""Longest state JSON accepted, in characters (2 Mi). The largest grid the feature schema
+takes (65,536 cells) needs well under 1 MB; a state is kept whole in its STM record."""
+
+MAX_EXACT_INTEGER = 2**53 - 1
+"""Largest |step| accepted: integers up to it are exact as doubles, so RediSearch NUMERIC
+indexes and range-filters them, and ZADD scores them, without rounding."""
+
+TS_RANGE = (0, 253_402_300_799_999)
+"""Accepted ts, epoch milliseconds: 1970-01-01 to 9999-12-31T23:59:59.999Z, the dates Python
+can render. Refuses negative times and timestamps in micro- or nanoseconds (16 digits and more);
+every value in it is an exact double."""
+
+INTEGER_BOUNDS = {"step": (-MAX_EXACT_INTEGER, MAX_EXACT_INTEGER), "ts": TS_RANGE}
+"""The accepted range of each integer field."""
 
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 
@@ -116,11 +139,23 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
         entry_id=entry_id,
         agent_id=agent_id,
         state=_state(text.get("state")),
-        step=_number(text, "step", int, UNKNOWN_STEP),
-        ts=_number(text, "ts", int, entry_time_ms(entry_id)),
+        step=_integer(text, "step", UNKNOWN_STEP),
+        ts=_integer(text, "ts", entry_time_ms(entry_id)),
         kind=kind,
-        importance=_number(text, "importance", float, 0.0),
+        importance=_importance(text),
     )
+
+
+def integer_problem(name: str, value: int) -> str | None:
+    """Why `value` cannot be stored as `name` ('step' or 'ts'), or None when it can.
+
+    The protocol's bounds, for whatever writes records: the store checks them again, so a record
+    made without `decode_entry` cannot carry a number Redis would refuse or round either.
+    """
+    low, high = INTEGER_BOUNDS[name]
+    if low <= value <= high:
+        return None
+    return f"{name} {_shown(str(value))} is out of range [{low}, {high}]"
 
 
 def tag_problem(value: object) -> str | None:
@@ -157,6 +192,8 @@ def _text(value: Any) -> str:
 def _state(raw: str | None) -> dict[str, Any]:
     if raw is None:
         raise EntryError("state is missing")
+    if len(raw) > MAX_STATE_LENGTH:
+        raise EntryError(f"state is {len(raw)} characters, over {MAX_STATE_LENGTH}")
     state = _loads(raw)
     if not isinstance(state, dict):
         raise EntryError(f"state must be a JSON object, got {type(state).__name__}")
@@ -175,20 +212,45 @@ def _loads(raw: str) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
+    except RecursionError as e:
+        raise EntryError("state is nested too deep to be read (JSON arrays or objects)") from e
 
 
 def _refuse_constant(name: str) -> Any:
     raise EntryError(f"state holds {name}: numbers must be finite")
 
 
-def _number(text: Mapping[str, str], name: str, kind: type[int] | type[float], default: Any) -> Any:
+def _integer(text: Mapping[str, str], name: str, default: int) -> int:
     raw = text.get(name)
     if raw is None or raw == "":
         return default
+    low, high = INTEGER_BOUNDS[name]
+    try:
+        value = int(raw)  # over 4300 digits: ValueError, before any slow conversion
+    except ValueError as e:
+        raise EntryError(f"{name}={_shown(raw)}: expected int in [{low}, {high}]") from e
+    if not low <= value <= high:
+        raise EntryError(f"{name}={_shown(raw)}: out of range, expected int in [{low}, {high}]")
+    return value
+
+
+def _number(name: str, raw: str, kind: type[float]) -> float:
     try:
         value = kind(raw)
     except ValueError as e:
-        raise EntryError(f"{name}={raw[:40]!r}: expected {kind.__name__}") from e
-    if isinstance(value, float) and not math.isfinite(value):
-        raise EntryError(f"{name}={raw!r}: must be finite")
+        raise EntryError(f"{name}={_shown(raw)}: expected {kind.__name__}") from e
+    if not math.isfinite(value):
+        raise EntryError(f"{name}={_shown(raw)}: must be finite")
     return value
+
+
+def _importance(text: Mapping[str, str]) -> float:
+    raw = text.get("importance")
+    if raw is None or raw == "":
+        return 0.0
+    return _number("importance", raw, float)
+
+
+def _shown(raw: str) -> str:
+    """A value for an error message: repr, cut to 40 characters with its length."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}... ({len(raw)} characters)"

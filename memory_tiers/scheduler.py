@@ -39,7 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .constants import Keys
 from .engine import EmbeddingEngine
-from .errors import MemoryTiersError
+from .errors import MemoryTiersError, is_connection_error
 from .settings import Settings
 from .store import TierStore
 from .tiers import PassResult, TierPolicy, consolidate, scheduled_tiers
@@ -145,6 +145,41 @@ class RedisLock:
         self.release()
 
 
+class _Outage:
+    """Redis unreachable for the jobs: one warning when it starts, one line when it ends,
+    however many runs fail in between (every job, every interval)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._failures = 0
+
+    def failed(self, job: str, error: BaseException) -> None:
+        """Count a run that could not reach Redis; warn if it is the outage's first."""
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+            self._failures += 1
+        if first:
+            log.warning(
+                "consolidation paused: %s cannot reach Redis (%s: %s); runs retry on schedule",
+                job, type(error).__name__, error,
+            )  # fmt: skip
+
+    def ended(self) -> None:
+        """Redis answered: end the outage, if there was one."""
+        if self._since is None:
+            return
+        with self._lock:
+            since, failures, self._since, self._failures = self._since, self._failures, None, 0
+        if since is not None:
+            log.info(
+                "consolidation resumed: Redis answered again after %.1f s (%d runs skipped)",
+                time.monotonic() - since, failures,
+            )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class JobRun:
     """One run of a job that held its lock."""
@@ -199,6 +234,7 @@ class ConsolidationScheduler:
         self._history_lock = threading.Lock()
         self._stop = threading.Event()
         self._scheduler: Any = None
+        self._outage = _Outage()
 
     @property
     def running(self) -> bool:
@@ -276,7 +312,15 @@ class ConsolidationScheduler:
         """One pass over `tier` under its job lock; None if the lock is busy (or it failed)."""
         job = JOB_NAMES[tier]
         lock = RedisLock(self.client, self.keys.lock(job), self.lock_ttl_s)
-        if not lock.acquire(blocking=blocking, timeout_s=timeout_s):
+        try:
+            acquired = lock.acquire(blocking=blocking, timeout_s=timeout_s)
+        except redis.RedisError as e:
+            if raise_errors or not is_connection_error(e):
+                raise
+            self._outage.failed(job, e)
+            return None
+        self._outage.ended()
+        if not acquired:
             self.lock_busy[job] += 1
             log.debug("%s: lock held by another process, skipped", job)
             return None
@@ -292,7 +336,9 @@ class ConsolidationScheduler:
             error = f"{type(e).__name__}: {e}"
             if raise_errors:
                 raise
-            if isinstance(e, MemoryTiersError | redis.RedisError):
+            if is_connection_error(e):
+                self._outage.failed(job, e)
+            elif isinstance(e, MemoryTiersError | redis.RedisError):
                 log.error("%s failed: %s", job, error)
             else:
                 log.exception("%s failed", job)
@@ -302,9 +348,18 @@ class ConsolidationScheduler:
                 self._history.append(run)
             if self.on_run is not None:
                 self.on_run(run)
+            self._release(job, lock)
+        return result
+
+    def _release(self, job: str, lock: RedisLock) -> None:
+        """Release a job's lock; if Redis is gone meanwhile, its TTL releases it."""
+        try:
             if lock.token is not None and not lock.release():
                 log.warning("%s: lock had expired before release", job)
-        return result
+        except redis.RedisError as e:
+            if not is_connection_error(e):
+                raise
+            self._outage.failed(job, e)
 
     def _scheduled(self, tier: str) -> None:
         if not self._stop.is_set():

@@ -105,7 +105,9 @@ class EmbeddedRedis:
     """A redis-server child process with RediSearch and RedisJSON loaded.
 
     Use it as a context manager, or call start() and stop(). The data folder is a fresh
-    temporary one unless `data_dir` is given; a temporary one is removed on stop().
+    temporary one unless `data_dir` is given; a temporary one is removed on stop(). The AOF is
+    fsynced every second unless `appendfsync` says otherwise ('always': every write, as the
+    chaos bench's kill -9 of Redis needs).
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class EmbeddedRedis:
         modules: str | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         port: int | None = None,
+        appendfsync: str = "everysec",
     ) -> None:
         self._server_override = server
+        self._appendfsync = appendfsync
         self._modules_override = modules
         self._data_dir = Path(data_dir) if data_dir else None
         self._owns_data_dir = data_dir is None
@@ -178,7 +182,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self._appendfsync,
             "--save", "",
             "--daemonize", "no",
         ]  # fmt: skip

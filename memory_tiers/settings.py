@@ -54,6 +54,11 @@ class Settings:
     claim_idle_ms: int = _setting(
         60_000, "entries pending this long are claimed from dead consumers"
     )
+    consumer_max_idle_s: float = _setting(
+        3600.0,
+        "consumers of the group idle this long with nothing pending are removed (XGROUP "
+        "DELCONSUMER); a daemon that comes back is added again",
+    )
     stm_dim: int = _setting(384, "STM vector size")
     im_dim: int = _setting(128, "IM vector size")
     ltm_dim: int = _setting(32, "LTM vector size")
@@ -140,6 +145,12 @@ class Settings:
             raise ConfigError(f"max_lag={self.max_lag!r}: must be 0 or more")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port={self.metrics_port!r}: must be 0..65535")
+        if self.consumer_max_idle_s * 1000 < 3 * self.block_ms:
+            raise ConfigError(
+                f"consumer_max_idle_s={self.consumer_max_idle_s!r}: must be at least 3 x "
+                f"block_ms ({3 * self.block_ms / 1000:g} s), or a daemon waiting for entries "
+                "could be removed from the group"
+            )
         if self.heartbeat_ttl_s * 1000 < 3 * self.block_ms:
             raise ConfigError(
                 f"heartbeat_ttl_s={self.heartbeat_ttl_s!r}: must be at least 3 x block_ms "

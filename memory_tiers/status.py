@@ -31,8 +31,8 @@ from typing import Any
 import redis
 
 from .constants import TIERS, Keys
-from .errors import MISSING_INDEX_ERRORS
 from .replies import text
+from .store import IndexState, index_states, missing_index
 
 SCAN_COUNT = 500
 """Members per SSCAN step, and ZCARDs per pipeline, when agents are counted."""
@@ -142,6 +142,8 @@ class Snapshot:
     tiers: dict[str, int]
     stream: StreamStatus
     heartbeats: list[Heartbeat] = field(default_factory=list)
+    indexes: dict[str, IndexState | None] = field(default_factory=dict)
+    """Each tier's index (FT.INFO); None: missing."""
 
 
 def tier_sizes(client: redis.Redis, keys: Keys) -> dict[str, int]:
@@ -236,7 +238,7 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
                 "SORTBY", "2", "@n", "DESC", "LIMIT", "0", str(MAX_MODEL_VERSIONS),
             )  # fmt: skip
         except redis.ResponseError as e:
-            if any(phrase in str(e).lower() for phrase in MISSING_INDEX_ERRORS):
+            if missing_index(e):
                 versions[tier] = {}
                 continue
             raise
@@ -253,14 +255,16 @@ def snapshot(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> Snaps
         tiers=tier_sizes(client, keys),
         stream=stream_status(client, keys, count_lag_up_to),
         heartbeats=heartbeats(client, keys),
+        indexes=index_states(client, keys),
     )
 
 
 def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
     """Whether the service is healthy, and one line saying why not or what is healthy.
 
-    Unhealthy: no live daemon, or more than max_lag entries undelivered. A lag Redis could not
-    tell and nobody counted (`stream_status` without `count_lag_up_to`) is not held against it.
+    Unhealthy: no live daemon, a tier index missing or with indexing failures, or more than
+    max_lag entries undelivered. A lag Redis could not tell and nobody counted (`stream_status`
+    without `count_lag_up_to`) is not held against it.
     """
     stream = status.stream
     if not status.heartbeats:
@@ -269,6 +273,9 @@ def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
             "rewrites its heartbeat while it consumes; the key expires heartbeat_ttl_s after it "
             "stopped or froze)"
         )
+    problem = index_problem(status.indexes, keys)
+    if problem:
+        return False, f"unhealthy: {problem}"
     if stream.lag is not None and stream.lag > max_lag:
         at_least = "at least " if stream.lag_capped else ""
         return False, (
@@ -281,6 +288,24 @@ def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
         f"ok: {len(status.heartbeats)} live daemon(s) ({daemons}); lag {stream.lag} "
         f"(max {max_lag}), pending {stream.pending}"
     )
+
+
+def index_problem(indexes: dict[str, IndexState | None], keys: Keys) -> str | None:
+    """What is wrong with the tier indexes, or None: a missing one, or indexing failures."""
+    missing = [keys.index(tier) for tier, state in indexes.items() if state is None]
+    if missing:
+        return (
+            f"index {', '.join(missing)} missing: searches fail (a live daemon recreates it "
+            "within seconds, over the existing records)"
+        )
+    for tier, state in indexes.items():
+        if state is not None and state.failures:
+            return (
+                f"index {keys.index(tier)} has {state.failures} hash_indexing_failures: records "
+                f"no search finds (last: {state.last_error}). Delete or fix them, then "
+                f"FT.DROPINDEX {keys.index(tier)} (records stay): the daemon recreates it"
+            )
+    return None
 
 
 # -- the time series ---------------------------------------------------------------------------

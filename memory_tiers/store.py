@@ -45,7 +45,7 @@ from redisvl.schema import IndexSchema
 
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
-from .protocol import tag_problem
+from .protocol import integer_problem, tag_problem
 from .replies import text
 from .settings import Settings, TierSettings, env_var
 
@@ -114,6 +114,53 @@ class Hit:
     """(dim,) float32, only when the search asked for vectors."""
     state: dict[str, Any] | None = None
     """The parsed state JSON, when the record kept it (STM)."""
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """One tier index as FT.INFO reports it."""
+
+    num_docs: int
+    failures: int
+    """hash_indexing_failures: records the index could not index, which no search finds."""
+    indexing: bool
+    """Whether it is (re)indexing existing records in the background, as after FT.CREATE."""
+    last_error: str | None = None
+    """The last indexing error and its key, if any."""
+
+
+def index_states(client: redis.Redis, keys: Keys) -> dict[str, IndexState | None]:
+    """Each tier's index by FT.INFO (one pipelined round trip); None for a missing one.
+
+    Raises:
+        redis.RedisError: Redis failed, or refused FT.INFO (as the status readers expect it).
+    """
+    pipe = client.pipeline(transaction=False)
+    for tier in TIERS:
+        pipe.execute_command("FT.INFO", keys.index(tier))
+    states: dict[str, IndexState | None] = {}
+    for tier, reply in zip(TIERS, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception) and not missing_index(reply):
+            raise reply
+        states[tier] = None if isinstance(reply, Exception) else _index_state(reply)
+    return states
+
+
+def missing_index(error: BaseException) -> bool:
+    """Whether `error` is RediSearch saying the index does not exist."""
+    return any(phrase in str(error).lower() for phrase in MISSING_INDEX_ERRORS)
+
+
+def _index_state(info: Any) -> IndexState:
+    errors = _lookup(info, "index errors")
+    last = text(_lookup(errors, "last indexing error") or "N/A")
+    key = text(_lookup(errors, "last indexing error key") or "N/A")
+    return IndexState(
+        num_docs=int(float(text(_lookup(info, "num_docs") or 0))),
+        failures=int(float(text(_lookup(info, "hash_indexing_failures") or 0))),
+        indexing=bool(int(float(text(_lookup(info, "indexing") or 0)))),
+        last_error=None if last == "N/A" else f"{key}: {last}",
+    )
 
 
 def tier_schema(keys: Keys, tier: TierSettings) -> IndexSchema:
@@ -204,7 +251,7 @@ class TierStore:
         try:
             return self.client.execute_command("FT.INFO", name)
         except redis.ResponseError as e:
-            if any(phrase in str(e).lower() for phrase in MISSING_INDEX_ERRORS):
+            if missing_index(e):
                 return None
             raise StoreError(f"FT.INFO {name} failed: {failure_text(e, self.keys)}") from e
         except redis.RedisError as e:
@@ -220,7 +267,7 @@ class TierStore:
         """
         settings = self._tier(tier)
         # Encode all first: a bad record leaves nothing queued on the caller's pipeline.
-        commands = _hset_commands(self.keys.record_prefix(settings.name), settings, records)
+        commands = self.hset_commands(settings.name, records)
         scores: dict[str, int] = {}
         by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
         for record, command in zip(records, commands, strict=True):
@@ -234,6 +281,15 @@ class TierStore:
             pipe.zadd(self.keys.agent_time_index(settings.name, agent_id), agent_scores)
         # The count rule of consolidation finds agents here; it prunes the emptied ones.
         pipe.sadd(self.keys.agents(settings.name), *by_agent)
+
+    def hset_commands(self, tier: str, records: Sequence[MemoryRecord]) -> list[tuple[Any, ...]]:
+        """Each record's `HSET key field value ...`, once every record was checked.
+
+        Raises:
+            ValueError: the first record that does not fit the tier, naming it and the field.
+        """
+        settings = self._tier(tier)
+        return _hset_commands(self.keys.record_prefix(settings.name), settings, records)
 
     def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
         """Queue removing `records`' hashes and their members of both time indexes."""
@@ -375,13 +431,7 @@ class TierStore:
         if return_vectors:
             returned.append(VECTOR_FIELD)
         query.return_fields(*returned, skip_decode=[VECTOR_FIELD])
-        index = self._indexes[settings.name]
-        try:
-            docs = index.query(query)
-        except (RedisVLError, redis.RedisError) as e:
-            raise StoreError(
-                f"KNN on {index.name} ({query.filter}) failed: {failure_text(e, self.keys)}"
-            ) from e
+        docs = self._query(settings.name, query)
         hits = [_decode_hit(settings, self.keys, doc) for doc in docs]
         leaked = [h.key for h in hits if agent_id is not None and h.agent_id != agent_id]
         if leaked:
@@ -389,6 +439,28 @@ class TierStore:
             log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
             hits = [h for h in hits if h.agent_id == agent_id]
         return hits
+
+    def _query(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
+        """Run a query; if its index is missing (dropped, or Redis restored without it),
+        recreate the indexes (over the existing records) and run it once more."""
+        try:
+            return self._run(tier, query)
+        except StoreError as e:
+            if not missing_index(e):
+                raise
+        log.warning("index %s is missing; recreating the tier indexes", self.keys.index(tier))
+        self.ensure_indexes()
+        return self._run(tier, query)
+
+    def _run(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
+        index = self._indexes[tier]
+        try:
+            docs: list[dict[str, Any]] = index.query(query)
+        except (RedisVLError, redis.RedisError) as e:
+            raise StoreError(
+                f"KNN on {index.name} ({query.filter}) failed: {failure_text(e, self.keys)}"
+            ) from e
+        return docs
 
     def _tier(self, tier: str) -> TierSettings:
         try:
@@ -520,9 +592,13 @@ def _hset_commands(
                 if problem:
                     raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
                 good_tags.add(tag)
-        importance = record.importance
+        importance, step, ts = record.importance, int(record.step), int(record.ts)
         if not math.isfinite(importance):
             raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
+        problem = integer_problem("step", step) or integer_problem("ts", ts)
+        if problem:
+            # Redis would round it, fail to index it, or fail the time index's ZADD.
+            raise ValueError(f"record {entry_id!r}: {problem}")
         vector = (
             vectors[i]
             if vectors is not None
@@ -531,7 +607,7 @@ def _hset_commands(
         command: tuple[Any, ...] = (
             "HSET", prefix + entry_id,
             "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
-            "step", int(record.step), "ts", int(record.ts), "importance", float(importance),
+            "step", step, "ts", ts, "importance", float(importance),
             VECTOR_FIELD, vector,
         )  # fmt: skip
         if record.state_json is not None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from memory_tiers.errors import EntryError
-from memory_tiers.protocol import UNKNOWN_STEP, decode_entry, encode_entry, entry_time_ms
+from memory_tiers.protocol import (
+    MAX_EXACT_INTEGER,
+    TS_RANGE,
+    UNKNOWN_STEP,
+    decode_entry,
+    encode_entry,
+    entry_time_ms,
+    integer_problem,
+)
 
 
 def test_encode_then_decode_round_trips() -> None:
@@ -35,12 +43,22 @@ def test_defaults_come_from_the_entry_id() -> None:
         ({"agent_id": "a\x1fb", "state": "{}"}, "contains a control character"),
         ({"agent_id": "a"}, "state is missing"),
         ({"agent_id": "a", "state": "{not json"}, "state is not valid JSON"),
+        ({"agent_id": "a", "state": " " * (2**21 + 1)}, "state is 2097153 characters, over"),
         ({"agent_id": "a", "state": "[1, 2]"}, "state must be a JSON object, got list"),
         ({"agent_id": "a", "state": '{"health": NaN}'}, "state holds NaN"),
         ({"agent_id": "a", "state": '{"health": -Infinity}'}, "state holds -Infinity"),
         ({"agent_id": "a", "state": "{}", "step": "seven"}, "step='seven': expected int"),
         ({"agent_id": "a", "state": "{}", "ts": "1.5"}, "ts='1.5': expected int"),
         ({"agent_id": "a", "state": "{}", "importance": "inf"}, "importance='inf': must be finite"),
+        ({"agent_id": "a", "state": "{}", "importance": "nan"}, "importance='nan': must be finite"),
+        ({"agent_id": "a", "state": "{}", "importance": "1e400"}, "importance='1e400': must be"),
+        ({"agent_id": "a", "state": "{}", "step": "9" * 400}, "step='9999.*400 characters.: out"),
+        ({"agent_id": "a", "state": "{}", "step": str(2**53)}, "step='9007199254740992': out of"),
+        ({"agent_id": "a", "state": "{}", "step": str(-(2**53))}, "step='-9007199254740992': out"),
+        ({"agent_id": "a", "state": "{}", "ts": "1" * 400}, "ts='1111.*: out of range"),
+        ({"agent_id": "a", "state": "{}", "ts": "-1"}, "ts='-1': out of range"),
+        ({"agent_id": "a", "state": "{}", "ts": "1732600000000000"}, "ts='1732600000000000': out"),
+        ({"agent_id": "a", "state": "{}", "ts": "9" * 5000}, "ts='9999.*: expected int"),
         ({"agent_id": "a", "state": "{}", "kind": "dream"}, "kind='dream': expected one of"),
         ({b"agent_id": b"\xff\xfe", b"state": b"{}"}, "not UTF-8"),
     ],
@@ -50,6 +68,17 @@ def test_bad_entries_are_refused_with_the_field_named(fields: dict, reason: str)
         decode_entry("1-0", fields)
 
 
+def test_integers_at_the_bounds_are_accepted_and_round_trip() -> None:
+    for step, ts in ((MAX_EXACT_INTEGER, TS_RANGE[1]), (-MAX_EXACT_INTEGER, TS_RANGE[0])):
+        entry = decode_entry("1-0", encode_entry("a", {}, step=step, ts=ts))
+        assert (entry.step, entry.ts) == (step, ts)
+        assert float(step) == step and float(ts) == ts  # exact as doubles: as Redis holds them
+    assert integer_problem("step", 2**63 - 1) == (
+        f"step '9223372036854775807' is out of range [{-MAX_EXACT_INTEGER}, {MAX_EXACT_INTEGER}]"
+    )
+    assert integer_problem("ts", TS_RANGE[1]) is None
+
+
 def test_encode_refuses_what_the_daemon_would_dead_letter() -> None:
     with pytest.raises(EntryError, match="NaN"):
         encode_entry("a", {"health": float("nan")})
@@ -57,3 +86,5 @@ def test_encode_refuses_what_the_daemon_would_dead_letter() -> None:
         encode_entry("a", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(EntryError, match="agent_id"):
         encode_entry("", {})
+    with pytest.raises(EntryError, match="step='9007199254740992': out of range"):
+        encode_entry("a", {}, step=2**53)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -335,3 +336,32 @@ def test_consolidate_needs_a_redis_url_and_now(model_path: Path) -> None:
     result = CliRunner().invoke(main, ["consolidate"], env={**env, "MT_REDIS_URL": "redis://x"})
     assert result.exit_code == 2
     assert "--now" in result.output
+
+
+def test_an_outage_is_one_warning_not_a_traceback_per_run(
+    tmp_path: Path, engine: EmbeddingEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    port = server.port
+    client = redis.Redis.from_url(server.url)
+    settings = Settings(redis_url=server.url, consolidate_interval_s=0.05)
+    scheduler = ConsolidationScheduler(client, settings, engine)
+    TierStore(client, settings).ensure_indexes()
+    scheduler.start()
+    try:
+        wait_for(lambda: len(scheduler.history) >= 2, 10, "runs while Redis is up")
+        server.stop()
+        wait_for(lambda: "consolidation paused" in caplog.text, 5, "the outage noticed")
+        time.sleep(0.5)  # ten intervals down: every job fails several times
+        server = EmbeddedRedis(data_dir=tmp_path / "redis", port=port).start()
+        wait_for(lambda: "consolidation resumed" in caplog.text, 10, "the outage's end")
+    finally:
+        scheduler.shutdown(wait=True)
+        client.close()
+        server.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("consolidation paused" in m for m in messages) == 1
+    assert sum("consolidation resumed" in m for m in messages) == 1
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert loud == []

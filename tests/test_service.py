@@ -140,7 +140,7 @@ def test_check_fails_for_a_lagging_daemon_and_passes_when_it_caught_up(
 
 
 def test_check_counts_the_lag_when_redis_cannot_tell_it(
-    redis_server: EmbeddedRedis, redis_client: redis.Redis
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore
 ) -> None:
     ids = xadd_states(redis_client, simulate_states(30, seed=5))
     redis_client.xgroup_create(KEYS.stream, KEYS.group, id=ids[9])  # 20 undelivered after it
@@ -160,7 +160,7 @@ def test_check_counts_the_lag_when_redis_cannot_tell_it(
 
 
 def test_check_local_counts_only_daemons_on_this_host(
-    redis_server: EmbeddedRedis, redis_client: redis.Redis
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore
 ) -> None:
     elsewhere = Heartbeat("far", "other-host", 1, "v", time.time(), time.time(), 0, 0, 30.0)
     status_beat(redis_client, KEYS, elsewhere)
@@ -343,10 +343,10 @@ def test_stats_prints_tiers_stream_daemons_and_top_agents_and_plots_the_series(
         assert result.exit_code == 0, result.output
     tables = result.output.split("\n\n")
     assert [line.split() for line in tables[0].splitlines()] == [
-        ["tier", "memories", "agents"],
-        ["stm", "55", "5"],
-        ["im", "0", "0"],
-        ["ltm", "0", "0"],
+        ["tier", "memories", "agents", "indexed", "indexing", "failures"],
+        ["stm", "55", "5", "55", "0"],
+        ["im", "0", "0", "0", "0"],
+        ["ltm", "0", "0", "0", "0"],
     ]
     assert tables[1].splitlines()[1].split() == ["mt:states", "56", "0", "0", "1", "1"]
     daemon_row = tables[2].splitlines()[1].split()

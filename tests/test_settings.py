@@ -58,6 +58,7 @@ def test_from_env_parses_types_and_off() -> None:
         ({"MT_IM_DATATYPE": "int4"}, "im_datatype='int4': expected one of float32, float16"),
         ({"MT_KEEP_STATE_AFTER_STM": "maybe"}, "MT_KEEP_STATE_AFTER_STM='maybe': expected true"),
         ({"MT_CONSOLIDATE_INTERVAL_S": "0"}, "consolidate_interval_s=0.0: must be positive"),
+        ({"MT_CONSUMER_MAX_IDLE_S": "0.2"}, "consumer_max_idle_s=0.2: must be at least 3 x"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], message: str) -> None:

@@ -246,6 +246,9 @@ def test_a_bad_record_queues_nothing(redis_client: redis.Redis, store: TierStore
         ("agent_type", "x\n", "leading or trailing whitespace"),
         ("model_version", "", "is empty"),
         ("importance", float("nan"), "must be finite"),
+        ("step", 10**400, r"step '1000.* is out of range"),
+        ("step", 2**53, r"step '9007199254740992' is out of range"),
+        ("ts", -1, r"ts '-1' is out of range \[0, 253402300799999\]"),
         ("vector", np.full(32, np.nan, np.float32), "NaN or infinity"),
     ],
 )
@@ -392,7 +395,11 @@ def test_a_native_resp3_client_is_refused(redis_server: EmbeddedRedis, settings:
 def test_redis_errors_come_back_as_store_errors_naming_the_index(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    store = TierStore(redis_client, settings)  # no ensure_indexes: the index is missing
+    # An index without the vector field (a missing one would be recreated): the KNN fails.
+    redis_client.execute_command(
+        "FT.CREATE", "mt:idx:im", "ON", "HASH", "PREFIX", "1", "mt:im:", "SCHEMA", "agent_id", "TAG"
+    )
+    store = TierStore(redis_client, settings)
     with pytest.raises(StoreError, match=r"KNN on mt:idx:im \(@agent_id:\{a\}\) failed"):
         store.search("im", np.zeros(128, np.float32), agent_id="a")
     redis_client.set("mt:ts:ltm", "not a sorted set")
