@@ -50,7 +50,7 @@ from .features import feature_distances
 from .protocol import MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
 from .replies import text
 from .settings import Settings, redact_url
-from .store import Hit, TierStore, failure_text
+from .store import Candidate, Hit, TierStore, failure_text
 
 if TYPE_CHECKING:  # torch loads with the first recall, not with the client
     from .engine import EmbeddingEngine, Reconstruction
@@ -349,19 +349,7 @@ class MemoryClient:
         prepared = self._prepare(query, searched)
         store = self._ready_store()
         ranked = {
-            tier: self._rerank(
-                prepared,
-                tier,
-                store.search(
-                    tier,
-                    prepared.vectors[tier],
-                    self.settings.candidates(k),
-                    agent_id=agent_id,
-                    step_range=step_range,
-                    filters=filters,
-                    return_vectors=True,
-                ),
-            )[:k]
+            tier: self._recall_tier(store, prepared, tier, agent_id, k, step_range, filters)
             for tier in searched
         }
         merged = sorted(
@@ -377,6 +365,34 @@ class MemoryClient:
         )
         by_tier = {tier: [m.hit for m in hits] for tier, hits in ranked.items()}
         return Recall(agent_id, prepared.tier, prepared.reference, by_tier, merged)
+
+    def _recall_tier(
+        self,
+        store: TierStore,
+        query: _Query,
+        tier: str,
+        agent_id: str,
+        k: int,
+        step_range: tuple[int, int] | None,
+        filters: Any,
+    ) -> list[MergedHit]:
+        """One tier's k hits: KNN over-fetches lean candidates, re-sorted, then read in full."""
+        keeps_state = tier == "stm" or self.settings.keep_state_after_stm
+        candidates = store.candidates(
+            tier,
+            query.vectors[tier],
+            self.settings.candidates(k),
+            agent_id=agent_id,
+            with_state=keeps_state and query.tier is None,
+            step_range=step_range,
+            filters=filters,
+        )
+        chosen = self._rerank(query, tier, candidates)[:k]
+        hits = {h.key: h for h in store.hits(tier, [c for c, _, _ in chosen])}
+        return [
+            MergedHit(tier, hits[c.key], distance, exact) for c, distance, exact in chosen
+            if c.key in hits
+        ]  # fmt: skip
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit from any tier, decoded from its vector.
@@ -428,32 +444,34 @@ class MemoryClient:
             raise ValueError("query vector holds NaN or infinity")
         return vector, tier
 
-    def _rerank(self, query: _Query, tier: str, hits: Sequence[Hit]) -> list[MergedHit]:
-        """`hits` of one tier re-sorted by feature distance to the query, nearest first.
+    def _rerank(
+        self, query: _Query, tier: str, candidates: Sequence[Candidate]
+    ) -> list[tuple[Candidate, float, bool]]:
+        """(candidate, feature distance, exact) nearest first (ties: KNN distance).
 
-        For a state query, hits with a raw state are measured on its features (extracted in
-        one batch); the rest, any state the schema now refuses, and every hit of a vector
-        query (whose features are only a reconstruction) on their reconstruction.
+        Candidates with a raw state (only a state query asks for them) are measured on its
+        features, extracted in one batch; the rest on their reconstruction. A stored state
+        the schema now refuses ranks last.
         """
-        if not hits:
+        if not candidates:
             return []
         engine = self.engine
-        distances = np.empty(len(hits))
-        exact = np.zeros(len(hits), dtype=bool)
-        # Exact needs both sides exact: a state query and a memory that kept its state.
-        with_state = [i for i, h in enumerate(hits) if h.state is not None and query.tier is None]
+        distances = np.full(len(candidates), np.inf)  # a state the schema refuses: last
+        exact = np.zeros(len(candidates), dtype=bool)
+        with_state = [i for i, c in enumerate(candidates) if c.state is not None]
         if with_state:
-            features, good, _ = engine.schema.extract_valid([hits[i].state for i in with_state])
+            states = [candidates[i].state for i in with_state]
+            features, good, _ = engine.schema.extract_valid(states)
             measured = [with_state[i] for i in good]
             distances[measured] = feature_distances(query.reference, features)
             exact[measured] = True
-        rest: list[int] = np.flatnonzero(~exact).tolist()
+        rest = [i for i, c in enumerate(candidates) if not exact[i] and c.vector is not None]
         if rest:
-            stored = np.stack([_hit_vector(hits[i]) for i in rest])  # (n, dim)
+            stored = np.stack([_candidate_vector(candidates[i]) for i in rest])  # (n, dim)
             decoded = engine.decode(stored, tier)  # (n, input_dim)
             distances[rest] = feature_distances(query.reference_at(engine, tier), decoded)
-        order = sorted(range(len(hits)), key=lambda i: (distances[i], hits[i].distance))
-        return [MergedHit(tier, hits[i], float(distances[i]), bool(exact[i])) for i in order]
+        order = sorted(range(len(candidates)), key=lambda i: (distances[i], candidates[i].distance))
+        return [(candidates[i], float(distances[i]), bool(exact[i])) for i in order]
 
 
 class AgentMemory:
@@ -561,7 +579,7 @@ def _check_engine_dims(engine: EmbeddingEngine, dims: Mapping[str, int]) -> None
         )
 
 
-def _hit_vector(hit: Hit) -> FloatArray:
-    if hit.vector is None:
-        raise StoreError(f"search hit {hit.key} came back without its vector")
-    return hit.vector
+def _candidate_vector(candidate: Candidate) -> FloatArray:
+    if candidate.vector is None:
+        raise StoreError(f"search hit {candidate.key} came back without its vector")
+    return candidate.vector

@@ -146,11 +146,12 @@ def test_the_verdict_names_what_falls_short(engine: EmbeddingEngine) -> None:
 
 
 def heldout_trials(states: Sequence[dict[str, Any]], agents: int, stored: int) -> list[AgentTrial]:
-    """Each of the first `agents` agents: `stored` memories, then its next 20 states as queries."""
+    """Each of the first `agents` agents: every 11th of its states a query, the rest stored."""
     trials = []
     for agent_id in list(dict.fromkeys(str(s["agent_id"]) for s in states))[:agents]:
         mine = [s for s in states if s["agent_id"] == agent_id]
-        trials.append(AgentTrial(agent_id, mine[:stored:2] + mine[1:stored:2], mine[stored:][:20]))
+        mine = mine[: stored + stored // 10]
+        trials.append(AgentTrial(agent_id, [s for i, s in enumerate(mine) if i % 11], mine[::11]))
     return trials
 
 
@@ -159,17 +160,17 @@ def heldout_trials(states: Sequence[dict[str, Any]], agents: int, stored: int) -
 def test_the_default_model_recalls_the_true_nearest_memories(
     redis_client: redis.Redis, settings: Settings, kind: str
 ) -> None:
+    # The acceptance figures of bench/model_quality.py at a small scale (3 agents x 400
+    # memories, 120 queries), with margins for it: plain KNN gives STM 0.82 / 0.92 here.
     engine = EmbeddingEngine.from_checkpoint(DEFAULT_MODEL)
     if kind == "sim":
-        states = simulate_states(50 * 420, num_agents=50, seed=10_001)
-        trials = heldout_trials(states, agents=2, stored=400)
-        floor = {"stm": 0.97, "im": 0.88, "ltm": 0.55}
+        states = simulate_states(50 * 440, num_agents=50, seed=10_001)
+        floor = {"stm": 0.97, "im": 0.85, "ltm": 0.55}  # PCA-32: about 0.52
     else:
-        states = sample_states(engine.schema, 2 * 420, num_agents=2, seed=20_001)
-        trials = heldout_trials(states, agents=2, stored=400)
-        floor = {"stm": 0.95, "im": 0.80, "ltm": 0.55}
+        states = sample_states(engine.schema, 3 * 440, num_agents=3, seed=20_001)
+        floor = {"stm": 0.97, "im": 0.80, "ltm": 0.70}
     client = MemoryClient(redis_client, settings, engine)
-    recall = client_recall(client, trials)
+    recall = client_recall(client, heldout_trials(states, agents=3, stored=400))
     assert all(recall[tier] >= floor[tier] for tier in TIERS), recall
 
 
