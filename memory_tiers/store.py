@@ -429,15 +429,7 @@ class TierStore:
             StoreError: the query failed.
         """
         settings = self._tier(tier)
-        if k < 1:
-            raise ValueError(f"k={k}: must be at least 1")
-        query = VectorQuery(
-            vector=_vector_bytes(settings, vector, "query vector"),
-            vector_field_name=VECTOR_FIELD,
-            filter_expression=_filter(agent_id, step_range, filters),
-            dtype=settings.datatype,
-            num_results=k,
-        )
+        query = _knn_query(settings, vector, k, _filter(agent_id, step_range, filters))
         returned = [*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, _DISTANCE]
         if return_vectors:
             returned.append(VECTOR_FIELD)
@@ -473,15 +465,7 @@ class TierStore:
             StoreError: the query failed.
         """
         settings = self._tier(tier)
-        if n < 1:
-            raise ValueError(f"n={n}: must be at least 1")
-        query = VectorQuery(
-            vector=_vector_bytes(settings, vector, "query vector"),
-            vector_field_name=VECTOR_FIELD,
-            filter_expression=_filter(agent_id, step_range, filters),
-            dtype=settings.datatype,
-            num_results=n,
-        )
+        query = _knn_query(settings, vector, n, _filter(agent_id, step_range, filters))
         wanted = STATE_FIELD if with_state else VECTOR_FIELD
         query.return_fields("agent_id", wanted, _DISTANCE)
         docs = self._query(settings.name, query, raw=True)
@@ -772,6 +756,21 @@ def _decode_record(
         )
     except (KeyError, ValueError) as e:
         raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
+
+
+def _knn_query(
+    tier: TierSettings, vector: npt.ArrayLike, k: int, where: FilterExpression | None
+) -> VectorQuery:
+    """The `k` nearest records of a tier to `vector` that match `where`, nearest first."""
+    if k < 1:
+        raise ValueError(f"k={k}: must be at least 1")
+    return VectorQuery(
+        vector=_vector_bytes(tier, vector, "query vector"),
+        vector_field_name=VECTOR_FIELD,
+        filter_expression=where,
+        dtype=tier.datatype,
+        num_results=k,
+    )
 
 
 def _search_documents(reply: Any) -> list[dict[str, Any]]:
