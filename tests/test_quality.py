@@ -250,10 +250,10 @@ def test_drift_samples_one_in_every_state_across_batches(engine: EmbeddingEngine
     for start in (0, 7, 13):  # batches of 7, 6 and 12 rows
         drift.sample(features[start : {0: 7, 7: 13, 13: 25}[start]])
     sampled = features[::4]  # rows 0, 4, 8, ... 24: seven of them
-    assert drift.samples == 7
+    assert drift.samples == 0  # waiting to be measured together
     vectors = engine.encode_features(sampled)
-    mse = drift.mse()
-    assert mse is not None
+    mse = drift.mse()  # measures what waits
+    assert mse is not None and drift.samples == 7
     for tier in TIERS:
         expected = float(((engine.decode(vectors[tier], tier) - sampled) ** 2).mean())
         assert mse[tier] == pytest.approx(expected, rel=1e-5)
@@ -284,3 +284,12 @@ def test_stats_says_when_live_states_are_far_off_what_the_model_knows(
         "states (STM, IM). Recall suffers: run `memory-tiers evaluate --tier stm`, then retrain "
         "(README, 'When to retrain')"
     ]
+
+
+def test_drift_measures_once_enough_rows_wait(engine: EmbeddingEngine) -> None:
+    features = engine.schema.extract_batch(simulate_states(40, seed=5))
+    drift = ReconstructionDrift(engine, every=1)
+    drift.sample(features[:31])
+    assert drift.samples == 0
+    drift.sample(features[31:])  # 40 waiting >= BATCH_ROWS: measured on the ingest thread
+    assert drift.samples == 40
