@@ -322,6 +322,17 @@ class FeatureSchema:
         """Field name -> its slots in a feature vector, in layout order; `HASHED` is last."""
         return dict(self._layout.slices)
 
+    def slot_names(self) -> tuple[str, ...]:
+        """A readable name per feature slot: `health`, `status[idle]`, `status[other]`,
+        `perception[3,4]`, `_hashed[7]`; index i names slot i of every feature vector."""
+        names = [f.name for f in self.numeric]
+        for c in self.categorical:
+            names += [f"{c.name}[{v}]" for v in (*c.values, OTHER)]
+        for g in self.grids:
+            names += [f"{g.name}[{r},{k}]" for r in range(g.shape[0]) for k in range(g.shape[1])]
+        names += [f"{HASHED}[{i}]" for i in range(self.hashed_slots)]
+        return tuple(names)
+
     # --- extraction ---
 
     def extract(self, state: object) -> FloatArray:

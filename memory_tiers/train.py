@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,12 @@ DEFAULT_DISTANCE_WEIGHT = 0.1
 
 SAMMON_OFFSET = 0.01
 """Added to feature distances in the Sammon weights 1/(d + offset): equal states weigh finitely."""
+
+SATURATED_LOGIT = 12.0
+"""|Pre-sigmoid output| past which an output unit is stuck: its gradient (< 1e-5) is gone."""
+
+TARGET_FLOOR = 1e-3
+"""A feature whose values in training all lie within this of the stuck end needs no revival."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,35 @@ def distance_stress(embedding: torch.Tensor, feature_distances: torch.Tensor) ->
     dot = (weights * d_tier * feature_distances).sum()
     norms = (weights * d_tier * d_tier).sum() * (weights * feature_distances**2).sum()
     return 1.0 - dot * dot / norms.clamp_min(1e-12)
+
+
+@torch.no_grad()
+def revive_saturated_outputs(model: StateAutoencoder, x: torch.Tensor) -> list[int]:
+    """Re-initialize decoder output units stuck at 0 or 1 on `x` while `x` needs other values.
+
+    A model trained on data where a feature is always 0 (say, the "other" slot of a category
+    that the simulation never leaves) drives that output's logit far negative, where the
+    sigmoid's gradient vanishes: fine-tuning on data that does use the feature cannot move it
+    (the default model's "other" slots sat at logit -30, 1.0 error on every such state). The
+    unit's weights are drawn afresh, small, and its bias set to the logit of the feature's mean,
+    so training starts it where a new model would. Healthy units are untouched.
+
+    Returns:
+        The revived output columns (feature indices).
+    """
+    model.eval()
+    output = cast(nn.Linear, model.decoder[-2])  # model.decoder[-1] is the Sigmoid
+    logits = torch.cat([model.decoder[:-1](model.encode_stm(b)) for b in x.split(4096)])
+    low, high = x.min(0).values, x.max(0).values
+    stuck_low = (logits.max(0).values < -SATURATED_LOGIT) & (high > TARGET_FLOOR)
+    stuck_high = (logits.min(0).values > SATURATED_LOGIT) & (low < 1.0 - TARGET_FLOOR)
+    columns = torch.nonzero(stuck_low | stuck_high).flatten()
+    if len(columns):
+        mean = x[:, columns].mean(0).clamp(TARGET_FLOOR, 1.0 - TARGET_FLOOR)
+        fresh = nn.Linear(output.in_features, len(columns)).to(x.device)
+        output.weight[columns] = fresh.weight
+        output.bias[columns] = torch.log(mean / (1.0 - mean))
+    return columns.tolist()
 
 
 def tier_losses(
@@ -244,6 +279,13 @@ class AutoencoderTrainer:
         The best model by validation loss is kept in `self.model`. Returns the metrics.
         """
         x_train, x_val = self._tensor(train_features), self._tensor(val_features)
+        revived = revive_saturated_outputs(self.model, x_train)
+        if revived:
+            log.warning(
+                "re-initialized %d output units stuck where the training data needs them: %s",
+                len(revived),
+                ", ".join(self.schema.slot_names()[i] for i in revived),
+            )
         generator = torch.Generator().manual_seed(self.config.seed)
         best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(self.model.state_dict())
         started = time.perf_counter()

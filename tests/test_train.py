@@ -11,6 +11,7 @@ import torch
 
 from memory_tiers.errors import ModelError
 from memory_tiers.features import default_schema
+from memory_tiers.sampling import sample_states
 from memory_tiers.sim import simulate_states
 from memory_tiers.train import (
     LOSS_WEIGHTS,
@@ -138,6 +139,29 @@ def test_the_distance_term_keeps_neighbourhoods() -> None:
         for weight in (0.0, 1.0)
     }
     assert stress[1.0] < stress[0.0] / 2
+
+
+def test_fine_tuning_revives_an_output_the_first_model_saturated() -> None:
+    # A model that never saw a feature used drives its output's logit far negative, where no
+    # gradient flows (the default model did this to every "other" slot). Fine-tuning on data
+    # that uses the feature must learn it all the same.
+    schema = default_schema()
+    states = sample_states(schema, 3000, num_agents=15, seed=2)
+    _, first = train_autoencoder_pipeline(states, epochs=1, progress=False, device="cpu")
+    column = schema.slot_names().index("status[<other>]")
+    with torch.no_grad():
+        output = first.model.decoder[-2]
+        output.weight[column] = 0.0
+        output.bias[column] = -30.0  # sigmoid' = 1e-13: stuck
+    _, tuned = train_autoencoder_pipeline(
+        states, epochs=4, start_from=first, progress=False, device="cpu"
+    )
+    x = torch.as_tensor(schema.extract_batch(states))
+    other = x[:, column] == 1.0
+    assert other.sum() > 300
+    with torch.no_grad():
+        reconstructed = tuned.model.decode_from_stm(tuned.model.encode_stm(x))[:, column]
+    assert reconstructed[other].mean() > 0.5 > reconstructed[~other].mean()
 
 
 def test_split_keeps_time_order() -> None:
