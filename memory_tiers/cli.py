@@ -968,6 +968,7 @@ def _duration(seconds: float) -> str:
 
 # -- network front ends (memory_tiers[api]) ----------------------------------------------------
 
-from .cli_frontends import api_command  # noqa: E402 -- after main exists
+from .cli_frontends import api_command, mcp_command  # noqa: E402 -- after main exists
 
 main.add_command(api_command)
+main.add_command(mcp_command)

@@ -1,13 +1,14 @@
-"""`memory-tiers api`: the network front end's command.
+"""`memory-tiers api` and `memory-tiers mcp`: the network front ends' commands.
 
 Kept apart from cli.py, which registers them, so the web stack (FastAPI, uvicorn, mcp) loads
-only for this command; they need the `api` extra (`pip install "memory_tiers[api]"`).
+only for these commands; they need the `api` extra (`pip install "memory_tiers[api]"`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import click
 
@@ -95,3 +96,56 @@ def api_command(
         logging.getLogger(__name__).warning("serving the API WITHOUT API keys (--no-auth)")
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
                 timeout_graceful_shutdown=int(settings.api_timeout_s))  # fmt: skip
+
+
+@click.command("mcp")
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    envvar="MT_MCP_TRANSPORT",
+    help="stdio: started by an MCP host; http: streamable HTTP at /mcp, behind API keys",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8081,
+    show_default=True,
+    envvar="MT_MCP_PORT",
+    help="with --transport http: the port (on MT_API_HOST)",
+)
+@_no_auth
+@_torch_threads
+@click.pass_obj
+def mcp_command(
+    settings: Settings, transport: str, port: int, no_auth: bool, torch_threads: int
+) -> None:
+    """Run the MCP server: tools remember, recall, reconstruct and entry_status for LLM
+    agents, over stdio or streamable HTTP."""
+    from .api import build_gateway
+    from .auth import ApiKeys
+
+    _needs_redis(settings, "mcp")
+    _set_torch_threads(torch_threads)
+    try:
+        gateway = build_gateway(settings)
+        keys = ApiKeys.from_settings(settings) if transport == "http" else ApiKeys([])
+        if transport == "http" and not no_auth and not len(keys):
+            raise ConfigError(
+                "memory-tiers mcp --transport http needs API keys: MT_API_KEYS_FILE (or "
+                "MT_API_KEYS); --no-auth serves without (on a trusted network only)"
+            )
+    except (ConfigError, ModelError) as e:
+        _refuse(e)
+    if transport == "stdio":
+        from .mcp_server import create_server
+
+        create_server(gateway).run("stdio")
+        return
+    import uvicorn
+
+    from .mcp_server import http_app
+
+    app: Any = http_app(gateway, keys, require_keys=not no_auth)
+    uvicorn.run(app, host=settings.api_host, port=port, log_config=None)
