@@ -110,7 +110,7 @@ def create_server(gateway: MemoryGateway, keys: ApiKeys | None = None) -> MCPSer
         searched = tuple(tiers) if tiers else ("stm", "im", "ltm")
 
         def work() -> dict[str, Any]:
-            found = gateway.recall(key, agent_id, state, k, searched)
+            found = gateway.recall(key, agent_id, state, k, searched, with_vectors=True)
             return {"memories": [_memory(gateway, hit) for hit in found["merged"]]}
 
         return await _run(work)
@@ -149,11 +149,12 @@ async def _run(work: Callable[[], _T]) -> _T:
 
 
 def _memory(gateway: MemoryGateway, hit: dict[str, Any]) -> dict[str, Any]:
-    """A merged hit for an LLM: its state, reconstructed where the tier did not keep it."""
+    """A merged hit for an LLM: its state, decoded from its own vector where the tier did not
+    keep it (no second read, so a memory moving on meanwhile still gets its state)."""
     state = hit["state"]
     exact = state is not None
     if state is None:
-        state = gateway.reconstruct(None, hit["agent_id"], hit["entry_id"])["state"]
+        state = gateway.reconstruct_vector(hit["vector"])["state"]
     return {
         "entry_id": hit["entry_id"], "tier": hit["tier"], "step": hit["step"], "ts": hit["ts"],
         "feature_distance": hit["feature_distance"], "exact_state": exact, "state": state,

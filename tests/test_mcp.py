@@ -106,3 +106,17 @@ def test_an_mcp_client_remembers_and_recalls_over_stdio(
 
     with running(daemon(mcp_settings, engine, "mcp-stdio-daemon")):
         asyncio.run(scenario())
+
+
+def test_recall_gives_a_memory_without_its_state_the_state_decoded_from_its_vector(
+    mcp_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    from memory_tiers.mcp_server import _memory
+
+    vector = engine.encode_states([a_state(33)])["im"][0].tolist()
+    hit = {"entry_id": "5-0", "tier": "im", "step": 2, "ts": 5, "feature_distance": 0.25,
+           "state": None, "vector": vector, "agent_id": "a"}  # fmt: skip
+    memory = _memory(build_gateway(mcp_settings), hit)
+    assert memory == {"entry_id": "5-0", "tier": "im", "step": 2, "ts": 5,
+                      "feature_distance": 0.25, "exact_state": False,
+                      "state": engine.reconstruct_from_embedding(vector, "im").state}  # fmt: skip
