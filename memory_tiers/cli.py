@@ -964,3 +964,11 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+# -- network front ends (memory_tiers[api]) ----------------------------------------------------
+
+from .cli_frontends import api_command, mcp_command  # noqa: E402 -- after main exists
+
+main.add_command(api_command)
+main.add_command(mcp_command)

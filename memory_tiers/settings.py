@@ -116,6 +116,24 @@ class Settings:
     redis_modules: str | None = _setting(
         None, "module .so files for the embedded Redis, separated by ':'"
     )
+    api_host: str = _setting("127.0.0.1", "address the HTTP API and MCP server listen on")
+    api_port: int = _setting(8080, "port of the HTTP API (memory-tiers api)")
+    api_keys: str | None = _setting(
+        None,
+        "API keys of the HTTP API and MCP server, separated by commas or spaces (secret: "
+        "prefer MT_API_KEYS_FILE, which also limits keys to agents)",
+    )
+    api_keys_file: str | None = _setting(
+        None,
+        "file of API keys, one a line: KEY, or KEY<TAB>AGENT_ID<TAB>... to limit it to agents",
+    )
+    api_max_body_bytes: int = _setting(
+        4 * 1024 * 1024, "largest HTTP request body the API reads, in bytes"
+    )
+    api_max_batch: int = _setting(1000, "most memories one remember request may carry")
+    api_timeout_s: float = _setting(
+        10.0, "an API request taking longer gets 504; also the API's Redis socket timeout"
+    )
 
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
@@ -157,6 +175,15 @@ class Settings:
                 f"({3 * self.block_ms / 1000:g} s), or an idle daemon's heartbeat expires "
                 "while it waits for entries"
             )
+        self._check_api()
+
+    def _check_api(self) -> None:
+        """The HTTP API's limits: positive, the port a port."""
+        for name in ("api_max_body_bytes", "api_max_batch", "api_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(f"api_port={self.api_port!r}: must be 0..65535")
 
     def candidates(self, k: int) -> int:
         """KNN candidates per tier a recall of `k` re-sorts: recall_candidates, at least k."""
@@ -205,9 +232,12 @@ class Settings:
         return f"Settings({values})"
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, with any password in the Redis URL masked, for logs."""
+        """The settings as a dict, with any password in the Redis URL and API keys masked, for
+        logs."""
         values = dataclasses.asdict(self)
         values["redis_url"] = redact_url(self.redis_url)
+        if self.api_keys is not None:
+            values["api_keys"] = "***"
         return values
 
 
