@@ -16,31 +16,103 @@ import redis
 
 from .constants import Keys
 from .errors import MemoryTiersError
-from .logs import LogFormat, configure_logging
+from .logs import configure_logging
 from .server import EmbeddedRedis
-from .settings import Settings, env_var, redact_url
+from .settings import Settings, env_var, redact_url, setting_metavar
 
 if TYPE_CHECKING:  # torch loads only for the commands that use it
     from .train import Checkpoint
 
 
+class EnvOption(click.Option):
+    """An option also read from an environment variable: its errors name both."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = super().get_error_hint(ctx)
+        return f"{hint} (or {self.envvar})" if isinstance(self.envvar, str) else hint
+
+
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one option per Settings field, each also read from its `MT_*` variable."""
+    """Add one option per Settings field, each also read from its `MT_*` variable.
+
+    Values stay strings here: Settings parses and checks them, so an error names the variable
+    the same way whether the value came from the environment or the command line.
+    """
     for f in reversed(dataclasses.fields(Settings)):
+        default = "unset" if f.default is None else f.default
         command = click.option(
             "--" + f.name.replace("_", "-"),
             f.name,
             envvar=env_var(f.name),
             default=None,
             show_envvar=True,
-            help=f"{f.metadata['help']} [default: {f.default}]",
+            metavar=setting_metavar(f.name),
+            help=f"{f.metadata['help']} [default: {default}]",
         )(command)
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class CommandGroup(click.Group):
+    """`memory-tiers`: its own options are accepted after the command name too.
+
+    `memory-tiers query --redis-url URL --agent a ...` reads as `memory-tiers --redis-url URL
+    query --agent a ...`; an option the command has itself (train --batch-size) stays the
+    command's.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._hoist(ctx, args))
+
+    def _hoist(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """`args` with this group's options that follow the command name moved before it."""
+        own = _takes_value(self.get_params(ctx), skip={"--help", "-h"})
+        at = _first_argument(args, own)
+        command = self.commands.get(args[at]) if at < len(args) else None
+        if command is None:
+            return args
+        theirs = _takes_value(command.get_params(ctx), skip=set())
+        moved: list[str] = []
+        rest: list[str] = []
+        i = at + 1
+        while i < len(args):
+            token = args[i]
+            name = token.split("=", 1)[0]
+            if token == "--":
+                rest += args[i:]
+                break
+            width = 1 if "=" in token else 1 + theirs.get(name, own.get(name, 0))
+            (moved if name in own and name not in theirs else rest).extend(args[i : i + width])
+            i += width
+        return [*args[:at], *moved, args[at], *rest]
+
+
+def _takes_value(params: Sequence[click.Parameter], skip: set[str]) -> dict[str, int]:
+    """{option name: how many values follow it} of the options among `params`."""
+    names: dict[str, int] = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            width = 0 if param.is_flag or param.count else param.nargs
+            names.update((n, width) for n in (*param.opts, *param.secondary_opts) if n not in skip)
+    return names
+
+
+def _first_argument(args: list[str], options: Mapping[str, int]) -> int:
+    """Where the command name is in `args`: past the leading options and their values."""
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        name = args[i].split("=", 1)[0]
+        i += 1 if "=" in args[i] else 1 + options.get(name, 0)
+    return i
+
+
+@click.group(
+    cls=CommandGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="memory_tiers", prog_name="memory-tiers")
 @click.option(
     "--log-level",
+    cls=EnvOption,
     envvar="MT_LOG_LEVEL",
     default="INFO",
     show_default=True,
@@ -48,21 +120,44 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--log-format",
+    cls=EnvOption,
     envvar="MT_LOG_FORMAT",
     default="text",
     show_default=True,
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json"], case_sensitive=False),
     help="json: one JSON object per line, for a log pipeline",
 )
 @settings_options
 @click.pass_context
-def main(ctx: click.Context, /, log_level: str, log_format: LogFormat, **values: Any) -> None:
-    """Redis-native memory tiers for agents: states in, KNN recall out."""
-    configure_logging(log_level, log_format)
+def main(ctx: click.Context, /, log_level: str, log_format: str, **values: Any) -> None:
+    """Redis-native memory tiers for agents: states in, KNN recall out.
+
+    Options of memory-tiers itself go before or after the command; each reads its MT_*
+    variable too. Every value is checked before a command starts.
+    """
+    configure_logging(log_level, "json" if log_format.lower() == "json" else "text")
     try:
         ctx.obj = Settings.from_mapping(values)
     except MemoryTiersError as e:
-        raise click.UsageError(str(e)) from e
+        _refuse_settings(ctx.invoked_subcommand, e)
+
+
+def _refuse_settings(command: str | None, error: MemoryTiersError) -> NoReturn:
+    """Stop on a setting that is not allowed, with one line, as each command's callers expect.
+
+    check: an 'unhealthy:' line and exit 1 (what probes read); serve: a log record (a JSON
+    line under --log-format json) and exit 2, which systemd does not restart; the others: an
+    'Error:' line and exit 2, click's code for bad usage.
+    """
+    if command == "check":
+        click.echo(f"unhealthy: {error}")
+        raise SystemExit(1) from error
+    if command == "serve":
+        from .daemon import EXIT_REFUSED
+
+        _stop_serving(error, EXIT_REFUSED)
+    click.echo(f"Error: {error}", err=True)
+    raise SystemExit(2) from error
 
 
 def _require_redis(settings: Settings, command: str, what: str = "") -> str:
@@ -145,6 +240,11 @@ def demo(settings: Settings, seconds: float) -> None:
         raise click.ClickException(str(e)) from e
 
 
+DEFAULT_TRAIN_OUT = "models/state_autoencoder.pt"
+"""Where `train` writes without --out or MT_MODEL_PATH, from the current folder: in a clone of
+the repository, over the default model that the package ships."""
+
+
 @main.command()
 @click.option(
     "--simulate", type=int, default=None, help="train on N states of the built-in simulation"
@@ -189,15 +289,18 @@ def demo(settings: Settings, seconds: float) -> None:
 @click.option("--device", default=None, help="cpu or cuda [default: cuda when available]")
 @click.option(
     "--torch-threads",
+    cls=EnvOption,
     type=click.IntRange(min=1),
     default=None,
+    envvar="MT_TORCH_THREADS",
+    show_envvar=True,
     help="CPU threads for training [default: torch's choice; 1 is often fastest on a busy box]",
 )
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="checkpoint path [default: MT_MODEL_PATH]",
+    help=f"checkpoint path [default: MT_MODEL_PATH, else {DEFAULT_TRAIN_OUT} here]",
 )
 @click.pass_obj
 def train(
@@ -248,7 +351,7 @@ def train(
     if start_from is not None:
         source["fine_tuned_from"] = start_from.version
     checkpoint.metrics["data"] = source
-    path = save_checkpoint(checkpoint, out or settings.model_path)
+    path = save_checkpoint(checkpoint, out or settings.model_path or DEFAULT_TRAIN_OUT)
     metrics_path = path.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
     plot_path = plot_loss_curve(
@@ -543,12 +646,14 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 @main.command()
 @click.option(
     "--allow-untrained",
+    cls=EnvOption,
     is_flag=True,
     envvar="MT_ALLOW_UNTRAINED",
     help="serve an untrained (or missing) model instead of refusing it",
 )
 @click.option(
     "--consumer",
+    cls=EnvOption,
     default=None,
     envvar="MT_CONSUMER",
     help="consumer name in the group [default: host-pid]; reuse it to resume after a crash",
@@ -556,6 +661,7 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 @click.option(
     "--torch-threads",
     type=click.IntRange(min=1),
+    cls=EnvOption,
     default=1,
     show_default=True,
     envvar="MT_TORCH_THREADS",
@@ -563,6 +669,7 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 )
 @click.option(
     "--consolidate/--no-consolidate",
+    cls=EnvOption,
     default=True,
     show_default=True,
     envvar="MT_CONSOLIDATE",
@@ -666,7 +773,7 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
         )
     url = _require_redis(settings, "consolidate", "the Redis whose tiers to consolidate")
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
         client = redis.Redis.from_url(url)
         try:
             scheduler = ConsolidationScheduler(client, settings, engine)
@@ -723,7 +830,7 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     url = _require_redis(settings, "reencode", "the Redis whose memories to re-encode")
     chosen = _query_tiers(tiers)
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
         client = redis.Redis.from_url(url)
         try:
             store = TierStore(client, settings)

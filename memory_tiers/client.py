@@ -2,7 +2,7 @@
 
 Writes need only Redis: `remember` and `remember_many` validate each entry the way the daemon
 will (protocol.encode_entry) and XADD it, so an agent that only writes never loads the model.
-The embedding engine is loaded from `settings.model_path` on the first recall.
+The embedding engine is loaded from `settings.model_file` on the first recall.
 
 Recall decisions:
 - A state query is featurized and encoded once, into every tier's space (one forward pass).
@@ -144,7 +144,7 @@ class MemoryClient:
         redis_client: a sync redis-py client; recall needs one that redisvl can read (any
             but `protocol=3`, see store.py).
         settings: key prefix, tier dimensions and index types, model path.
-        engine: an embedding engine to use; default: loaded from `settings.model_path` on
+        engine: an embedding engine to use; default: loaded from `settings.model_file` on
             the first recall, checked against the settings' dimensions.
 
     Raises:
@@ -209,7 +209,7 @@ class MemoryClient:
 
     @property
     def engine(self) -> EmbeddingEngine:
-        """The embedding engine, loaded from settings.model_path on first use.
+        """The embedding engine, loaded from settings.model_file on first use.
 
         Raises:
             ModelError: the checkpoint is missing, unreadable or of other dimensions.
@@ -225,12 +225,12 @@ class MemoryClient:
 
         started = time.perf_counter()
         engine = EmbeddingEngine.from_checkpoint(
-            self.settings.model_path, expect_dims=self.settings.dims
+            self.settings.model_file, expect_dims=self.settings.dims
         )
         log.info(
             "loaded model %s from %s in %.2fs",
             engine.version,
-            self.settings.model_path,
+            self.settings.model_file,
             time.perf_counter() - started,
         )
         return engine

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 import redis
@@ -114,21 +113,27 @@ fit: a restart cannot help (systemd: RestartPreventExitStatus=2)."""
 
 
 def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
-    """The embedding engine of settings.model_path, checked against the tier dimensions.
+    """The embedding engine of settings.model_file, checked against the tier dimensions.
 
     Raises:
         ModelError: the checkpoint is missing or untrained (unless `allow_untrained`; then a
             missing one is replaced by random weights), unreadable, or of other dimensions.
     """
-    path = Path(settings.model_path)
+    path = settings.model_file
+    variable = env_var("model_path")
     fix = (
-        f"train one (memory-tiers train --simulate 20000 --out {path}), point "
-        f"{env_var('model_path')} at a trained checkpoint, or pass --allow-untrained "
-        "(allow_untrained=True) to store vectors of random weights"
+        f"point {variable} at a trained checkpoint (unset, the default model shipped in the "
+        f"package serves), or train one: memory-tiers train --simulate 20000 --out {path} "
+        "(memory-tiers serve --allow-untrained would store vectors of random weights)"
     )
     if not path.is_file():
         if not allow_untrained:
-            raise ModelError(f"no model checkpoint at {path}: {fix}")
+            if settings.model_path:
+                raise ModelError(f"no model checkpoint at {path} ({variable}): {fix}")
+            raise ModelError(
+                f"the default model is missing from the installed package ({path}): "
+                f"reinstall memory_tiers, or point {variable} at a trained checkpoint"
+            )
         log.warning("no model at %s: serving an UNTRAINED model (--allow-untrained)", path)
         return EmbeddingEngine.untrained(dims=settings.dims)
     engine = EmbeddingEngine.from_checkpoint(path, expect_dims=settings.dims)
@@ -204,7 +209,7 @@ class Daemon:
         consumer: the consumer's name in the group [default: host-pid]; a restarted daemon of
             the same name resumes its own pending entries at once.
         allow_untrained: serve an untrained or missing model instead of refusing it.
-        engine: use this engine instead of loading settings.model_path.
+        engine: use this engine instead of loading settings.model_file.
         torch_threads: torch.set_num_threads at start; None leaves it alone.
         handle_signals: install SIGTERM/SIGINT handlers (main thread only).
         summary_interval_s: how often an INFO summary is logged.

@@ -513,3 +513,24 @@ def test_image_and_compose_values_are_valid() -> None:
     environment = load_compose()["services"]["daemon"]["environment"]
     values = {k: compose_default(str(v)) for k, v in environment.items() if v is not None}
     assert_valid_values(values, "compose.yaml")
+
+
+# -- the package -------------------------------------------------------------------------------
+
+
+def test_a_built_wheel_carries_the_default_model(tmp_path: Path) -> None:
+    """What `pip install` of a wheel, sdist or git URL gets: the model inside the package."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = tmp_path.glob("memory_tiers-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("memory_tiers/models/state_autoencoder.pt")
+        names = archive.namelist()
+    assert shipped == (REPO / "models" / "state_autoencoder.pt").read_bytes()
+    assert "memory_tiers/models/__init__.py" in names
+    assert not [n for n in names if n.endswith(".png")]

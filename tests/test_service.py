@@ -435,7 +435,7 @@ def test_json_logs_carry_the_settings_without_the_password_and_the_summary_numbe
 
 
 def test_heartbeats_must_outlive_a_blocking_read() -> None:
-    with pytest.raises(ConfigError, match=r"heartbeat_ttl_s=2\.0: must be at least 3 x block_ms"):
+    with pytest.raises(ConfigError, match=r"MT_HEARTBEAT_TTL_S=2\.0: must be at least 3 x MT_BL"):
         Settings(heartbeat_ttl_s=2.0, block_ms=1000)
 
 
