@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import ModelError
+from .errors import MemoryTiersError, ModelError
 from .features import FeatureSchema, default_schema
 from .model import ModelConfig, StateAutoencoder
 from .sampling import sample_states
@@ -438,20 +438,76 @@ def load_checkpoint(
         ModelError: missing, unreadable, of another format, or not matching expectations.
     """
     path = Path(path)
+    payload = _read_checkpoint(path, device)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a memory_tiers checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise ModelError(f"{path} is an incomplete checkpoint: no {', '.join(missing)}")
+    try:
+        schema = FeatureSchema.from_dict(payload["schema"])
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (MemoryTiersError, TypeError, ValueError, KeyError) as e:
+        raise ModelError(
+            f"{path} holds a schema or model config this version cannot read: {e}"
+        ) from e
+    _check_expectations(path, schema, config, expect_schema, expect_dims)
+    model = StateAutoencoder(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ModelError(
+            f"{path}: its weights do not fit its own model config ({_one_line(e)})"
+        ) from e
+    return Checkpoint(model.to(device).eval(), schema, payload["version"], payload["metrics"])
+
+
+_CHECKPOINT_KEYS = ("schema", "model_config", "state_dict", "version", "metrics")
+
+
+def _read_checkpoint(path: Path, device: str | torch.device) -> Any:
+    """What `path` holds, read safely (weights_only=True: no pickled code runs).
+
+    torch's own errors are replaced by what they mean here: its advice to load with
+    weights_only=False would run whatever code the file carries, and the file is not a bug
+    to report to torch.
+
+    Raises:
+        ModelError: one line naming the file and what is wrong with it.
+    """
+    if path.is_dir():
+        raise ModelError(f"model checkpoint {path} is a folder, not a file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelError(f"model checkpoint {path} is empty")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError as e:
         raise ModelError(f"model checkpoint not found: {path}") from e
+    except OSError as e:
+        raise ModelError(f"cannot read model checkpoint {path}: {e.strerror or e}") from e
     except Exception as e:
-        raise ModelError(f"cannot read model checkpoint {path}: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path} is not a memory_tiers checkpoint (format {CHECKPOINT_FORMAT})")
-    schema = FeatureSchema.from_dict(payload["schema"])
-    config = ModelConfig.from_dict(payload["model_config"])
-    _check_expectations(path, schema, config, expect_schema, expect_dims)
-    model = StateAutoencoder(config)
-    model.load_state_dict(payload["state_dict"])
-    return Checkpoint(model.to(device).eval(), schema, payload["version"], payload["metrics"])
+        raise ModelError(f"model checkpoint {path} {_load_failure(e)}") from e
+    return payload
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load failed on an existing file, in words, without torch's advice."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return (
+            "holds Python objects besides tensors and plain data, which a safe load refuses: "
+            "it is not a memory_tiers checkpoint (train.save_checkpoint writes only those)"
+        )
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return "is corrupt or truncated (not a complete PyTorch file: copy it again)"
+    return "is not a PyTorch checkpoint file (neither a torch.save zip archive nor a legacy one)"
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line, at most 160 characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = text or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_expectations(
