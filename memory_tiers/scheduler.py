@@ -252,8 +252,10 @@ class ConsolidationScheduler:
         if self._scheduler is not None:
             raise RuntimeError("consolidation scheduler already started")
         self._stop.clear()
-        # Each pass logs one line of its own; APScheduler's two per run would only repeat it.
-        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+        # Each pass logs one line of its own; APScheduler's two per run would only repeat it,
+        # and its "Adding job tentatively" per job at start says what the line below says.
+        for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         scheduler = BackgroundScheduler(daemon=True)
         for tier in self.tiers:
             scheduler.add_job(

@@ -192,7 +192,9 @@ def consolidate(
         moved, deleted, run.batches, time.perf_counter() - started,
         len(run.skipped), run.conflicts, run.reencoded_moved, len(run.without_state),
     )  # fmt: skip
-    log.info(
+    busy = result.moved or result.deleted or result.skipped or result.conflicts or run.stale
+    log.log(
+        logging.INFO if busy or run.stopped else logging.DEBUG,  # an idle pass every interval
         "consolidate %s: moved %d (%d re-encoded from their state), deleted %d, skipped %d, "
         "conflicts %d, stale index entries %d, %d batches in %.3f s%s",
         policy.describe(), result.moved, result.reencoded, result.deleted, result.skipped,

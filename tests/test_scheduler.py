@@ -365,3 +365,23 @@ def test_an_outage_is_one_warning_not_a_traceback_per_run(
     assert sum("consolidation resumed" in m for m in messages) == 1
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert loud == []
+
+
+def test_idle_passes_and_job_set_up_log_nothing_at_info(
+    redis_client: redis.Redis, settings: Settings, engine: EmbeddingEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    scheduler = ConsolidationScheduler(
+        redis_client, dataclasses.replace(settings, consolidate_interval_s=0.05), engine
+    )
+    scheduler.store.ensure_indexes()
+    caplog.set_level(logging.DEBUG)
+    scheduler.start()
+    try:
+        wait_for(lambda: len(scheduler.history) >= 6, what="a few idle runs of each job")
+    finally:
+        scheduler.shutdown(wait=True)
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [m for m in info if m.startswith("consolidation scheduled every 0.1 s")] == info
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum(m.startswith("consolidate stm->im: moved 0") for m in debug) >= 3
