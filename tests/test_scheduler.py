@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.exceptions import LockNotOwnedError
 
 from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, Settings
 from memory_tiers.cli import main
@@ -22,8 +23,6 @@ from memory_tiers.scheduler import (
     JOB_NAMES,
     ConsolidationScheduler,
     JobRun,
-    LockNotAcquired,
-    RedisLock,
 )
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import epoch_ms
@@ -110,75 +109,31 @@ def moving(settings: Settings, **changes: Any) -> Settings:
     )  # fmt: skip
 
 
-# -- RedisLock ---------------------------------------------------------------------------------
+# -- job locks (redis-py's Lock) ----------------------------------------------------------------
 
 
-def test_lock_is_exclusive_and_released_by_its_owner(redis_client: redis.Redis) -> None:
-    first, second = RedisLock(redis_client, LOCK, 10), RedisLock(redis_client, LOCK, 10)
+def test_a_job_lock_is_exclusive_expires_and_is_released_only_by_its_owner(
+    redis_client: redis.Redis, clients: list[redis.Redis], settings: Settings,
+    engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    """What the scheduler relies on, through the locks it makes: our use, not redis-py's tests."""
+    mine, theirs = (ConsolidationScheduler(c, settings, engine, lock_ttl_s=10) for c in clients)
+    first, second = mine.job_lock("consolidate-stm"), theirs.job_lock("consolidate-stm")
+    key = KEYS.lock("consolidate-stm")
 
-    assert first.acquire() is True
-    assert second.acquire() is False
-    assert first.owned and not second.owned
-    assert 9000 < redis_client.pttl(LOCK) <= 10_000
-    assert second.release() is False  # never held: deletes nothing
-    assert redis_client.get(LOCK) == first.token
-    assert first.release() is True
-    assert redis_client.exists(LOCK) == 0
-    assert second.acquire() is True
+    assert first.acquire(blocking=False) is True
+    assert second.acquire(blocking=False) is False
+    assert 9000 < redis_client.pttl(key) <= 10_000
+    redis_client.pexpire(key, 300)
+    first.reacquire()  # the renewal between batches: the full TTL again
+    assert redis_client.pttl(key) > 9000
 
-
-def test_a_lock_that_changed_hands_is_not_deleted_or_renewed_by_the_old_owner(
-    redis_client: redis.Redis,
-) -> None:
-    old = RedisLock(redis_client, LOCK, 0.2)
-    assert old.acquire()
-    wait_for(lambda: redis_client.exists(LOCK) == 0, what="the lock to expire")
-    new = RedisLock(redis_client, LOCK, 10)
-    assert new.acquire()
-
-    assert old.renew() is False
-    assert old.release() is False
-
-    assert redis_client.get(LOCK) == new.token
-    assert redis_client.pttl(LOCK) > 9000
-    assert new.owned and not old.owned
-
-
-def test_renew_extends_the_ttl_only_for_the_owner(redis_client: redis.Redis) -> None:
-    lock = RedisLock(redis_client, LOCK, 10)
-    assert lock.acquire()
-    redis_client.pexpire(LOCK, 300)
-
-    assert lock.renew() is True
-    assert redis_client.pttl(LOCK) > 9000
-
-    redis_client.set(LOCK, "someone-else", px=300)
-    assert lock.renew() is False
-    assert redis_client.pttl(LOCK) <= 300
-    assert lock.release() is False
-    assert redis_client.get(LOCK) == "someone-else"
-
-
-def test_blocking_acquire_waits_for_release_or_times_out(redis_client: redis.Redis) -> None:
-    holder = RedisLock(redis_client, LOCK, 10)
-    assert holder.acquire()
-    waiter = RedisLock(redis_client, LOCK, 10)
-
-    started = time.monotonic()
-    assert waiter.acquire(blocking=True, timeout_s=0.2) is False
-    assert 0.2 <= time.monotonic() - started < 2
-
-    threading.Timer(0.2, holder.release).start()
-    assert waiter.acquire(blocking=True, timeout_s=10) is True
-    assert waiter.owned
-
-
-def test_lock_as_context_manager_raises_when_busy(redis_client: redis.Redis) -> None:
-    with RedisLock(redis_client, LOCK, 10) as lock:
-        assert lock.owned
-        with pytest.raises(LockNotAcquired, match=LOCK), RedisLock(redis_client, LOCK, 10):
-            pass
-    assert redis_client.exists(LOCK) == 0
+    redis_client.set(key, "someone-else", px=10_000)  # as if ours had expired and changed hands
+    with pytest.raises(LockNotOwnedError):
+        first.reacquire()
+    with pytest.raises(LockNotOwnedError):
+        first.release()
+    assert redis_client.get(key) == "someone-else"
 
 
 # -- ConsolidationScheduler --------------------------------------------------------------------
@@ -204,8 +159,8 @@ def test_run_now_leaves_out_a_job_whose_lock_another_process_holds(
     redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
 ) -> None:
     records = seed(store, 20)
-    other = RedisLock(redis_client, KEYS.lock("consolidate-im"), 10)
-    assert other.acquire()
+    other = redis_client.lock(KEYS.lock("consolidate-im"), timeout=10)
+    assert other.acquire(blocking=False)
     scheduler = ConsolidationScheduler(redis_client, moving(settings), engine)
 
     results = scheduler.run_now(wait_s=0.1)
@@ -213,7 +168,7 @@ def test_run_now_leaves_out_a_job_whose_lock_another_process_holds(
     assert list(results) == ["stm"]
     assert scheduler.lock_busy["consolidate-im"] == 1
     assert placement(redis_client, records) == {"stm": 0, "im": 20, "ltm": 0}
-    assert other.owned
+    assert other.owned()
 
 
 def test_a_pass_that_loses_its_lock_stops_and_leaves_the_new_owners_lock(
@@ -381,7 +336,12 @@ def test_idle_passes_and_job_set_up_log_nothing_at_info(
         wait_for(lambda: len(scheduler.history) >= 6, what="a few idle runs of each job")
     finally:
         scheduler.shutdown(wait=True)
-    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    ours = ("apscheduler", "memory_tiers.scheduler", "memory_tiers.tiers")
+    info = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and r.name.startswith(ours)
+    ]
     assert [m for m in info if m.startswith("consolidation scheduled every 0.1 s")] == info
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert sum(m.startswith("consolidate stm->im: moved 0") for m in debug) >= 3
