@@ -39,6 +39,7 @@ from types import FrameType
 
 import redis
 import torch
+from redis.backoff import EqualJitterBackoff
 
 from .constants import Keys
 from .drift import ReconstructionDrift
@@ -85,10 +86,11 @@ DEFAULT_TORCH_THREADS = 1
 """torch threads of the daemon: Redis needs the other cores on a small box."""
 
 BACKOFF_INITIAL_S = 0.1
-"""First delay after Redis fails; it doubles with every failed attempt."""
+"""First delay after Redis fails; it doubles with every failed attempt (each delay is then drawn
+between half and all of that)."""
 
 BACKOFF_MAX_S = 10.0
-"""Longest delay between two attempts to reach Redis."""
+"""Longest delay between two attempts to reach Redis (drawn between 5 and 10 s)."""
 
 DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
@@ -167,13 +169,19 @@ def root_cause(error: BaseException) -> BaseException:
 
 
 class Backoff:
-    """Delays for one outage, `initial` doubling up to `cap`; logs its start and its end once."""
+    """Delays for one outage, `initial` doubling up to `cap`, with jitter; logs its start and its
+    end once.
+
+    The delays are redis-py's EqualJitterBackoff: each is random between half and all of the
+    doubled one, so daemons that lost Redis together do not all retry in the same instant.
+    """
 
     def __init__(self, initial: float = BACKOFF_INITIAL_S, cap: float = BACKOFF_MAX_S) -> None:
         self.initial = initial
         self.cap = cap
         self.attempts = 0
         self._since = 0.0
+        self._delays = EqualJitterBackoff(cap=cap, base=initial)
 
     def failed(self, error: BaseException) -> float:
         """Count a failed attempt; the delay before the next one."""
@@ -182,10 +190,11 @@ class Backoff:
             self._since = time.monotonic()
             cause = root_cause(error)
             log.warning(
-                "ingest interrupted (%s: %s); retrying with backoff from %.1f s up to %.0f s",
+                "ingest interrupted (%s: %s); retrying with jittered backoff from %.1f s up to "
+                "%.0f s",
                 type(cause).__name__, cause, self.initial, self.cap,
             )  # fmt: skip
-        return float(min(self.cap, self.initial * 2 ** (self.attempts - 1)))
+        return self._delays.compute(self.attempts - 1)
 
     def succeeded(self) -> None:
         """End the outage, if there was one."""
