@@ -69,6 +69,13 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
+SOCKET_TIMEOUT_S = 10.0
+"""How long a client that opened its own connection waits for a Redis reply before failing
+(StoreError); a recall takes milliseconds, so only a hung server or network waits this long."""
+
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+"""How long such a client waits to connect to Redis before failing."""
+
 ITEM_KEYS = ("agent_id", "state", "step", "ts", "kind", "importance")
 """Keys a `remember_many` item may have; agent_id and state are required."""
 
@@ -180,7 +187,12 @@ class MemoryClient:
             raise ConfigError(
                 "MemoryClient needs settings.redis_url (MT_REDIS_URL): the Redis the daemon reads"
             )
-        client = cls(redis.Redis.from_url(settings.redis_url), settings)
+        connection = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        )  # the URL's own socket_timeout=/socket_connect_timeout= arguments win
+        client = cls(connection, settings)
         client._owns_client = True
         return client
 
