@@ -323,15 +323,22 @@ def train(
     torch_threads: int | None,
     out: str | None,
 ) -> None:
-    """Train the autoencoder; write the checkpoint, a metrics JSON and a loss-curve PNG."""
+    """Train the autoencoder; write the checkpoint, a metrics JSON and a loss-curve PNG.
+
+    The PNG needs matplotlib, the `plots` extra: without it the rest is written and a line
+    says how to install it.
+    """
     import torch
 
+    from . import plots
     from .features import FeatureSchema
-    from .plots import plot_loss_curve
     from .train import load_checkpoint, save_checkpoint, train_autoencoder_pipeline
 
     if sum((simulate is not None, jsonl is not None, from_stream)) != 1:
         raise click.UsageError("give exactly one of --simulate N, --jsonl FILE, --from-stream")
+    no_plot = "" if plots.available() else f"no loss-curve PNG: {plots.INSTALL_HINT} draws it"
+    if no_plot:
+        click.echo(f"{no_plot}; the checkpoint and its metrics are written as usual", err=True)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
@@ -352,16 +359,27 @@ def train(
         source["fine_tuned_from"] = start_from.version
     checkpoint.metrics["data"] = source
     path = save_checkpoint(checkpoint, out or settings.model_path or DEFAULT_TRAIN_OUT)
-    metrics_path = path.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
-    plot_path = plot_loss_curve(
-        checkpoint.metrics, path.with_suffix(".loss.png"), f"trained on {source['description']}"
-    )
+    written = _write_training_reports(checkpoint, path, plot=not no_plot)
     mse = checkpoint.metrics["val_mse"]
     click.echo(
         f"model {checkpoint.version}: held-out MSE stm={mse['stm']:.5f} im={mse['im']:.5f} "
-        f"ltm={mse['ltm']:.5f}\nwrote {path}, {metrics_path}, {plot_path}"
+        f"ltm={mse['ltm']:.5f}\nwrote {', '.join(map(str, written))}"
     )
+    if no_plot:
+        click.echo(no_plot, err=True)
+
+
+def _write_training_reports(checkpoint: Checkpoint, path: Path, plot: bool) -> list[Path]:
+    """Beside the checkpoint: its metrics JSON and (with `plot`) its loss-curve PNG."""
+    from .plots import plot_loss_curve
+
+    metrics_path = path.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
+    written = [path, metrics_path]
+    if plot:
+        title = f"trained on {checkpoint.metrics['data']['description']}"
+        written.append(plot_loss_curve(checkpoint.metrics, path.with_suffix(".loss.png"), title))
+    return written
 
 
 def _training_states(
@@ -969,6 +987,8 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     from .status import agent_counts, model_versions, series, snapshot, top_agents
 
     url = _require_redis(settings, "stats", "the Redis the daemons use")
+    if plot_path:
+        _require_plots("stats --plot")
     keys = Keys(settings.prefix)
     client = _status_client(url)
     try:
@@ -1040,6 +1060,14 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     click.echo("\n\n".join(sections))
     if plot_path:
         _plot_series(samples, plot_path, keys)
+
+
+def _require_plots(command: str) -> None:
+    """A usage error naming `command` when matplotlib (the `plots` extra) is missing."""
+    from . import plots
+
+    if not plots.available():
+        raise click.UsageError(f"{command} needs matplotlib: {plots.INSTALL_HINT}")
 
 
 def _index_cells(status: Snapshot, tier: str) -> tuple[str, str]:

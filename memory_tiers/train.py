@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -226,8 +226,16 @@ class AutoencoderTrainer:
     def _tensor(self, features: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(features, dtype=torch.float32, device=self.device)
 
-    def train_epoch(self, x: torch.Tensor, generator: torch.Generator) -> float:
-        """One pass over shuffled mini-batches; returns the mean weighted loss."""
+    def train_epoch(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        on_batch: Callable[[], object] | None = None,
+    ) -> float:
+        """One pass over shuffled mini-batches; returns the mean weighted loss.
+
+        `on_batch` is called after each batch (a progress bar's update).
+        """
         self.model.train()
         order = torch.randperm(len(x), generator=generator).to(self.device)
         total, batches = 0.0, 0
@@ -241,6 +249,8 @@ class AutoencoderTrainer:
             self.optimizer.step()
             total += loss.item()
             batches += 1
+            if on_batch is not None:
+                on_batch()
         return total / batches
 
     @torch.no_grad()
@@ -289,15 +299,18 @@ class AutoencoderTrainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(self.model.state_dict())
         started = time.perf_counter()
-        epochs = tqdm(
-            range(1, self.config.epochs + 1), desc="training", disable=not self.config.progress
-        )
-        for epoch in epochs:
-            train_loss = self.train_epoch(x_train, generator)
+        # Per batch, not per epoch: an epoch of a large set on a busy CPU takes minutes.
+        per_epoch = math.ceil(len(x_train) / self.config.batch_size)
+        progress = tqdm(
+            total=self.config.epochs * per_epoch, desc="training", unit="batch",
+            disable=not self.config.progress,
+        )  # fmt: skip
+        for epoch in range(1, self.config.epochs + 1):
+            train_loss = self.train_epoch(x_train, generator, on_batch=progress.update)
             val_loss = self.evaluate(x_val)["loss"]
             self.history["train_loss"].append(train_loss)
             self.history["val_loss"].append(val_loss)
-            epochs.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+            progress.set_postfix(epoch=epoch, train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             if val_loss < best_loss:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = copy.deepcopy(self.model.state_dict())
@@ -306,6 +319,7 @@ class AutoencoderTrainer:
                     "early stop at epoch %d: best val loss %.6f at %d", epoch, best_loss, best_epoch
                 )
                 break
+        progress.close()
         seconds = time.perf_counter() - started
         self.model.load_state_dict(best_state)
         epochs_run = len(self.history["train_loss"])
