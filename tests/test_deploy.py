@@ -522,9 +522,14 @@ def test_a_built_wheel_carries_the_default_model(tmp_path: Path) -> None:
     """What `pip install` of a wheel, sdist or git URL gets: the model inside the package."""
     import zipfile
 
+    source = tmp_path / "src"  # a copy: setuptools builds in the source tree (build/)
+    for folder in ("memory_tiers", "models"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__py*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     [wheel] = tmp_path.glob("memory_tiers-*.whl")
