@@ -1036,6 +1036,9 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         if daemon_rows
         else "no live daemon (no heartbeat key)",
     ]
+    ignored = _ignored_fields_line(status.heartbeats)
+    if ignored:
+        sections.append(ignored)
     drift = _drift_rows(status.heartbeats)
     if drift:
         table = _table(DRIFT_COLUMNS, drift, numeric={2, 3, 4})
@@ -1068,6 +1071,23 @@ def _require_plots(command: str) -> None:
 
     if not plots.available():
         raise click.UsageError(f"{command} needs matplotlib: {plots.INSTALL_HINT}")
+
+
+def _ignored_fields_line(heartbeats: Sequence[Heartbeat]) -> str:
+    """What the live daemons' models ignore of the states they got, summed per field."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for beat in heartbeats:
+        counts.update(beat.ignored_fields or {})
+    if not counts:
+        return ""
+    fields = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common())
+    return (
+        f"ignored state fields (values): {fields}\n"
+        "  not in the model's feature schema and not numbers, they change no vector; README, "
+        "'Which state fields count', says how to add them"
+    )
 
 
 def _index_cells(status: Snapshot, tier: str) -> tuple[str, str]:

@@ -599,6 +599,7 @@ class _Chores:
             ttl_s=self._settings.heartbeat_ttl_s,
             reconstruction_mse=drift.mse() if (drift := self._ingestor.drift) else None,
             validation_mse=self._engine.validation_mse,
+            ignored_fields=self._ingestor.ignored.report() or None,
         )
         beat(self._client, self._keys, heartbeat)
         self._beating = True
