@@ -21,6 +21,7 @@ from .server import EmbeddedRedis
 from .settings import Settings, env_var, redact_url, setting_metavar
 
 if TYPE_CHECKING:  # torch loads only for the commands that use it
+    from .tiers import PassResult
     from .train import Checkpoint
 
 
@@ -766,7 +767,15 @@ CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
 
 
 @main.command("consolidate")
-@click.option("--now", "now", is_flag=True, help="run one full pass of each job and print it")
+@click.option(
+    "--now", "now", is_flag=True, help="run one full pass of each job now (what it always does)"
+)
+@click.option(
+    "--daemon-policy",
+    is_flag=True,
+    help="move by the policy of the live daemons (their heartbeats), not this command's MT_* "
+    "settings",
+)
 @click.option(
     "--wait",
     "wait_s",
@@ -775,22 +784,22 @@ CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
     help="seconds to wait for a job lock another daemon holds [default: the lock TTL, 30]",
 )
 @click.pass_obj
-def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> None:
-    """Move memories down the tiers by policy: STM->IM, IM->LTM, then LTM retention.
+def consolidate_command(
+    settings: Settings, now: bool, daemon_policy: bool, wait_s: float | None
+) -> None:
+    """Move memories down the tiers by policy, once, now: STM->IM, IM->LTM, LTM retention.
 
-    Each job runs under the same Redis lock as the daemons' scheduled jobs, so this is safe
-    while they run. Memories move through the model's bottleneck layers (settings.model_path).
+    The policy is this command's MT_*_MAX_AGE_S / MT_*_MAX_PER_AGENT settings (printed first),
+    or with --daemon-policy that of the live daemons; a note says when the two differ. Each
+    job runs under the same Redis lock as the daemons' scheduled jobs, so this is safe while
+    they run. Memories move through the model's bottleneck layers (MT_MODEL_PATH).
     """
     from .engine import EmbeddingEngine
     from .scheduler import JOB_NAMES, ConsolidationScheduler
-    from .tiers import TierPolicy
 
-    if not now:
-        raise click.UsageError(
-            "give --now: scheduled consolidation runs inside the daemons (memory-tiers serve)"
-        )
     url = _require_redis(settings, "consolidate", "the Redis whose tiers to consolidate")
     try:
+        settings = _consolidation_policy(settings, url, daemon_policy)
         engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
         client = redis.Redis.from_url(url)
         try:
@@ -804,6 +813,73 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
     if not scheduler.tiers:
         click.echo("every tier policy is off: nothing to consolidate", err=True)
         return
+    _print_pass_results(settings, results)
+    busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
+    if busy:
+        raise click.ClickException(
+            f"not run, their lock stayed held by another process: {', '.join(busy)}"
+        )
+
+
+def _consolidation_policy(settings: Settings, url: str, daemon_policy: bool) -> Settings:
+    """`settings` with the policy consolidate runs by, said on stderr with where it came from.
+
+    Raises:
+        click.UsageError: --daemon-policy, and no live daemon consolidates or they disagree.
+    """
+    beats = [beat for beat in _live_heartbeats(settings, url) if beat.policy]
+    policies = {_policy_key(beat.policy): beat for beat in beats if beat.policy}
+    source = "this command's MT_* settings"
+    if daemon_policy:
+        if len(policies) != 1:
+            found = "no live daemon consolidates" if not policies else "live daemons disagree"
+            raise click.UsageError(f"--daemon-policy: {found}; give the MT_* policy settings")
+        beat = next(iter(policies.values()))
+        policy: dict[str, Any] = dict(beat.policy or {})  # checked again by Settings
+        settings = dataclasses.replace(settings, **policy)
+        source = f"the live daemons' ({', '.join(b.consumer for b in beats)})"
+    click.echo(f"policy ({source}): {_policy_words(settings)}", err=True)
+    others = [b for key, b in policies.items() if key != _policy_key(settings.policy())]
+    for beat in others:
+        changed = {k: v for k, v in (beat.policy or {}).items() if getattr(settings, k) != v}
+        click.echo(
+            f"note: live daemon {beat.consumer} consolidates with another policy: "
+            + ", ".join(f"{env_var(k)}={'off' if v is None else v}" for k, v in changed.items())
+            + " (this pass does not; --daemon-policy moves by theirs)",
+            err=True,
+        )
+    return settings
+
+
+def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
+    """The heartbeats of the daemons alive now."""
+    from .status import heartbeats
+
+    client = _status_client(url)
+    try:
+        return heartbeats(client, Keys(settings.prefix))
+    finally:
+        client.close()
+
+
+def _policy_key(policy: Mapping[str, float | int | None] | None) -> tuple[float | None, ...]:
+    """A policy's values, comparable across JSON (a heartbeat's 3600 may read back as 3600.0)."""
+    return tuple(None if v is None else float(v) for v in (policy or {}).values())
+
+
+def _policy_words(settings: Settings) -> str:
+    """'stm->im older than 3600 s or past 1000 per agent; ...; ltm retention off'."""
+    from .constants import TIERS
+    from .tiers import TierPolicy
+
+    policies = [TierPolicy.from_settings(settings, tier) for tier in TIERS]
+    return "; ".join(f"{p.describe()} {p.rules()}" for p in policies)
+
+
+def _print_pass_results(settings: Settings, results: Mapping[str, PassResult]) -> None:
+    """One table row per job that ran: what it moved, deleted and skipped."""
+    from .tiers import TierPolicy
+
     rows = [
         (
             TierPolicy.from_settings(settings, tier).describe(),
@@ -816,11 +892,6 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
     ]
     if rows:
         click.echo(_table(CONSOLIDATE_COLUMNS, rows, numeric=range(1, 5)))
-    busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
-    if busy:
-        raise click.ClickException(
-            f"not run, their lock stayed held by another process: {', '.join(busy)}"
-        )
 
 
 # -- reencode ---------------------------------------------------------------------------------
@@ -833,13 +904,22 @@ REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "skipped", "seconds")
 @click.option(
     "--tiers", default="stm,im,ltm", show_default=True, help="tiers to re-encode, comma-separated"
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="re-encode even though the live daemons serve another model",
+)
 @click.pass_obj
-def reencode_command(settings: Settings, tiers: str) -> None:
+def reencode_command(settings: Settings, tiers: str, force: bool) -> None:
     """After a retrain: encode memories of other model versions again with MT_MODEL_PATH.
 
     Each memory whose raw state is stored (STM always; IM and LTM with
     MT_KEEP_STATE_AFTER_STM) gets the vector the current model gives its state. Those without
     a raw state stay as they are ("without state"). Safe while daemons run.
+
+    Restart the daemons on the new model first: while live daemons serve another one, they
+    keep encoding new states with it and their consolidation encodes moved memories back, so
+    reencode refuses (--force overrides).
     """
     from .engine import EmbeddingEngine
     from .store import TierStore
@@ -849,6 +929,7 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     chosen = _query_tiers(tiers)
     try:
         engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
+        _check_served(settings, url, engine.version, force)
         client = redis.Redis.from_url(url)
         try:
             store = TierStore(client, settings)
@@ -863,6 +944,27 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     ]
     click.echo(f"model {engine.version}")
     click.echo(_table(REENCODE_COLUMNS, rows, numeric=range(1, 5)))
+
+
+def _check_served(settings: Settings, url: str, version: str, force: bool) -> None:
+    """Refuse (or with `force`, warn) when live daemons serve models other than `version`."""
+    beats = _live_heartbeats(settings, url)
+    others = sorted(
+        {f"{b.consumer} ({b.model_version})" for b in beats if b.model_version != version}
+    )
+    if not others:
+        return
+    served = any(b.model_version == version for b in beats)
+    problem = (
+        f"model {version} ({settings.model_file}) is "
+        + ("not served by every live daemon" if served else "served by no live daemon")
+        + f": {', '.join(others)} serve another. They encode new states with theirs and their "
+        "consolidation encodes moved memories back; restart them with "
+        f"{env_var('model_path')}={settings.model_file} first (README, 'When to retrain')"
+    )
+    if not force and not served:
+        raise click.ClickException(problem + ", or give --force")
+    click.echo(f"warning: {problem}", err=True)
 
 
 # -- check and stats ---------------------------------------------------------------------------

@@ -301,7 +301,7 @@ class Daemon:
             client, engine, self.settings, consumer, on_commit=on_commit, drift=drift
         )
         self.ingestor = ingestor
-        chores = _Chores(client, self.settings, ingestor, engine)
+        chores = _Chores(client, self.settings, ingestor, engine, self.consolidate)
         started = time.monotonic()
         try:
             with self._signals():
@@ -547,9 +547,15 @@ class _Chores:
     """
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, ingestor: Ingestor, engine: EmbeddingEngine
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        ingestor: Ingestor,
+        engine: EmbeddingEngine,
+        consolidating: bool,
     ) -> None:
         self._client = client
+        self._policy = settings.policy() if consolidating else None
         self._settings = settings
         self._ingestor = ingestor
         self._keys = ingestor.keys
@@ -600,6 +606,7 @@ class _Chores:
             reconstruction_mse=drift.mse() if (drift := self._ingestor.drift) else None,
             validation_mse=self._engine.validation_mse,
             ignored_fields=self._ingestor.ignored.report() or None,
+            policy=self._policy,
         )
         beat(self._client, self._keys, heartbeat)
         self._beating = True

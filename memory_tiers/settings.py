@@ -40,6 +40,9 @@ PACKAGED_MODEL = "state_autoencoder.pt"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 """What a Redis URL starts with (redis-py's schemes)."""
 
+POLICY_FIELDS = tuple(f"{tier}_{rule}" for tier in TIERS for rule in ("max_age_s", "max_per_agent"))
+"""The settings that decide which memories consolidation moves down (or deletes)."""
+
 Algorithm = Literal["FLAT", "HNSW"]
 Datatype = Literal["float32", "float16"]
 
@@ -214,6 +217,10 @@ class Settings:
                         else "an idle daemon's heartbeat expires while it waits for entries"
                     )
                 )
+
+    def policy(self) -> dict[str, float | int | None]:
+        """The consolidation policy: POLICY_FIELDS and their values (a daemon's heartbeat)."""
+        return {name: getattr(self, name) for name in POLICY_FIELDS}
 
     @property
     def model_file(self) -> Path:

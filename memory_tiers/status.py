@@ -67,6 +67,9 @@ class Heartbeat:
     """Its model's MSE per tier on the training run's held-out states."""
     ignored_fields: dict[str, int] | None = None
     """Values of state fields its model's schema does not use, per field (ignored.py)."""
+    policy: dict[str, float | int | None] | None = None
+    """The consolidation policy it runs its jobs with (`Settings.policy()`); None when it runs
+    none (serve --no-consolidate)."""
 
     def to_json(self) -> str:
         """The heartbeat key's value."""

@@ -117,6 +117,15 @@ class TierPolicy:
         """'stm->im' or 'ltm retention', for logs and tables."""
         return f"{self.tier}->{self.destination}" if self.destination else f"{self.tier} retention"
 
+    def rules(self) -> str:
+        """'older than 3600 s or past 1000 per agent', or 'off', for people."""
+        rules = []
+        if self.max_age_s is not None:
+            rules.append(f"older than {self.max_age_s:g} s")
+        if self.max_per_agent is not None:
+            rules.append(f"past {self.max_per_agent} per agent")
+        return " or ".join(rules) or "off"
+
 
 @dataclass(frozen=True)
 class PassResult:

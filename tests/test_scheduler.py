@@ -16,6 +16,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 from redis.exceptions import LockNotOwnedError
+from test_ingest import daemon as make_daemon
+from test_ingest import running
 
 from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, Settings
 from memory_tiers.cli import main
@@ -24,6 +26,7 @@ from memory_tiers.scheduler import (
     ConsolidationScheduler,
     JobRun,
 )
+from memory_tiers.status import heartbeats
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import epoch_ms
 
@@ -282,15 +285,71 @@ def test_consolidate_now_prints_what_each_job_moved(
     assert placement(store.client, records)["im"] == 30
 
 
-def test_consolidate_needs_a_redis_url_and_now(model_path: Path) -> None:
+def test_consolidate_needs_a_redis_url(model_path: Path) -> None:
     env = {"MT_REDIS_URL": None, "MT_MODEL_PATH": str(model_path)}
     result = CliRunner().invoke(main, ["consolidate", "--now"], env=env)
     assert result.exit_code == 2
     assert "MT_REDIS_URL" in result.output
 
-    result = CliRunner().invoke(main, ["consolidate"], env={**env, "MT_REDIS_URL": "redis://x"})
-    assert result.exit_code == 2
-    assert "--now" in result.output
+
+def test_consolidate_says_its_policy_and_can_take_the_daemons(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore,
+    settings: Settings, model_path: Path, engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    now = epoch_ms()
+    records = [
+        MemoryRecord(
+            entry_id=f"{now - 60 + i}-0", agent_id="bot", agent_type="explorer", step=i,
+            ts=now - 60 + i, model_version=engine.version,
+            vector=np.full(384, i / 60, dtype=np.float32),
+        )
+        for i in range(60)
+    ]  # fmt: skip
+    store.write("stm", records)  # a minute old: only a count rule moves them
+    daemon_settings = dataclasses.replace(
+        settings, stm_max_per_agent=50, consolidate_interval_s=3600, block_ms=100
+    )
+    env = {"MT_REDIS_URL": redis_server.url, "MT_MODEL_PATH": str(model_path)}
+    with running(make_daemon(daemon_settings, engine, "policy-d")):
+        wait_for(lambda: bool(heartbeats(redis_client, KEYS)), what="the daemon's heartbeat")
+        mine = CliRunner().invoke(main, ["--log-level", "WARNING", "consolidate"], env=env)
+        theirs = CliRunner().invoke(
+            main, ["--log-level", "WARNING", "consolidate", "--daemon-policy"], env=env
+        )
+    assert mine.exit_code == 0, mine.output
+    assert mine.stderr.splitlines() == [
+        "policy (this command's MT_* settings): stm->im older than 3600 s or past 1000 per "
+        "agent; im->ltm older than 86400 s or past 10000 per agent; ltm retention off",
+        "note: live daemon policy-d consolidates with another policy: MT_STM_MAX_PER_AGENT=50 "
+        "(this pass does not; --daemon-policy moves by theirs)",
+    ]
+    assert mine.stdout.splitlines()[1].split()[:2] == ["stm->im", "0"]
+    assert theirs.exit_code == 0, theirs.output
+    assert theirs.stderr.splitlines() == [
+        "policy (the live daemons' (policy-d)): stm->im older than 3600 s or past 50 per agent; "
+        "im->ltm older than 86400 s or past 10000 per agent; ltm retention off"
+    ]
+    assert theirs.stdout.splitlines()[1].split()[:2] == ["stm->im", "10"]
+    assert placement(redis_client, records) == {"stm": 50, "im": 10, "ltm": 0}
+
+
+def test_reencode_refuses_a_model_no_live_daemon_serves(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore,
+    settings: Settings, engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    env = {"MT_REDIS_URL": redis_server.url}  # the packaged default model, not the daemon's
+    with running(make_daemon(dataclasses.replace(settings, block_ms=100), engine, "old-model-d")):
+        wait_for(lambda: bool(heartbeats(redis_client, KEYS)), what="the daemon's heartbeat")
+        refused = CliRunner().invoke(main, ["--log-level", "WARNING", "reencode"], env=env)
+        forced = CliRunner().invoke(
+            main, ["--log-level", "WARNING", "reencode", "--force"], env=env
+        )
+    assert refused.exit_code == 1
+    assert "is served by no live daemon: old-model-d (" + engine.version in refused.output
+    assert "or give --force" in refused.output
+    assert forced.exit_code == 0, forced.output
+    assert forced.stderr.startswith("warning: model ")
+    assert forced.stdout.splitlines()[0].startswith("model ")
 
 
 def test_an_outage_is_one_warning_not_a_traceback_per_run(
