@@ -18,6 +18,7 @@ redis-py's own parser (`redis.connection.parse_url`), the one that will read it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -253,7 +254,7 @@ class Settings:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
         """Settings from field names to values, strings parsed; None and missing keep defaults."""
-        hints = get_type_hints(cls)
+        hints = _hints()
         parsed = {
             name: parse_value(name, hints[name], raw)
             for name, raw in values.items()
@@ -308,7 +309,7 @@ def redact_url(url: str | None) -> str | None:
 
 def field_type(name: str) -> Any:
     """The declared type of one settings field, without its Optional wrapper."""
-    hint = get_type_hints(Settings)[name]
+    hint = _hints()[name]
     return _unwrap_optional(hint)
 
 
@@ -354,6 +355,12 @@ def _parse_bool(name: str, raw: str) -> bool:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """Settings' field types, resolved once (get_type_hints costs ~1 ms a call)."""
+    return get_type_hints(Settings)
+
+
 def packaged_model() -> Path:
     """The default model's checkpoint, shipped in the package `memory_tiers.models`."""
     spec = importlib.util.find_spec("memory_tiers.models")
@@ -364,7 +371,7 @@ def packaged_model() -> Path:
 
 def allowed_values(name: str) -> str:
     """What a settings field allows, in words: 'an integer, 1 or more', 'FLAT or HNSW'."""
-    hint = get_type_hints(Settings)[name]
+    hint = _hints()[name]
     words = _kind(name)[1]
     allowed: Allowed | None = _FIELDS[name].metadata["allowed"]
     if allowed is not None:
@@ -376,7 +383,7 @@ def allowed_values(name: str) -> str:
 
 def setting_metavar(name: str) -> str:
     """The value placeholder of a settings option in --help: INTEGER, SECONDS|off, [FLAT|HNSW]."""
-    optional = type(None) in get_args(get_type_hints(Settings)[name])
+    optional = type(None) in get_args(_hints()[name])
     return _kind(name)[0] + ("|off" if optional and field_type(name) is not str else "")
 
 
@@ -410,7 +417,7 @@ def check_value(name: str, value: Any) -> Any:
     Raises:
         ConfigError: naming the field's variable, the value and what is allowed.
     """
-    hint = get_type_hints(Settings)[name]
+    hint = _hints()[name]
     target = _unwrap_optional(hint)
     if value is None and type(None) in get_args(hint):
         return value
