@@ -458,7 +458,8 @@ def run_recall(
     chunk = 1000
     for i in range(0, memories, chunk):
         part = stored[i : i + chunk]
-        vectors = engine.encode_states(part)
+        features = engine.schema.extract_batch(part)
+        vectors = engine.encode_features(features)
         for tier in TIERS:
             store.write(
                 tier,
@@ -472,6 +473,7 @@ def run_recall(
                         model_version=engine.version,
                         vector=vectors[tier][j],
                         state_json=json.dumps(s) if tier == "stm" else None,  # as ingested
+                        features=features[j] if tier == "stm" else None,
                     )
                     for j, s in enumerate(part)
                 ],

@@ -146,19 +146,22 @@ def main(ctx: click.Context, /, log_level: str, log_format: str, **values: Any) 
 def _refuse_settings(command: str | None, error: MemoryTiersError) -> NoReturn:
     """Stop on a setting that is not allowed, with one line, as each command's callers expect.
 
-    check: an 'unhealthy:' line and exit 1 (what probes read); serve: a log record (a JSON
-    line under --log-format json) and exit 2, which systemd does not restart; the others: an
-    'Error:' line and exit 2, click's code for bad usage.
+    check: an 'unhealthy:' line and exit 1 (what probes read); the services (serve, api, mcp):
+    a log record (a JSON line under --log-format json) and exit 2, which systemd does not
+    restart; the others: an 'Error:' line and exit 2, click's code for bad usage.
     """
     if command == "check":
         click.echo(f"unhealthy: {error}")
         raise SystemExit(1) from error
-    if command == "serve":
-        from .daemon import EXIT_REFUSED
-
-        _stop_serving(error, EXIT_REFUSED)
-    click.echo(f"Error: {error}", err=True)
+    if command in SERVICES:
+        logging.getLogger(__name__).critical("memory-tiers %s stops: %s", command, error)
+    else:
+        click.echo(f"Error: {error}", err=True)
     raise SystemExit(2) from error
+
+
+SERVICES = ("serve", "api", "mcp")
+"""The commands that run as services: they report refused settings as log records."""
 
 
 def _require_redis(settings: Settings, command: str, what: str = "") -> str:
@@ -1221,3 +1224,11 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+# -- network front ends (memory_tiers[api]) ----------------------------------------------------
+
+from .cli_frontends import api_command, mcp_command  # noqa: E402 -- after main exists
+
+main.add_command(api_command)
+main.add_command(mcp_command)

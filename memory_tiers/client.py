@@ -130,14 +130,14 @@ class _Query:
     reference: FloatArray  # (input_dim,)
     vectors: dict[str, FloatArray]  # tier -> (dim,)
 
-    def reference_at(self, engine: EmbeddingEngine, tier: str) -> FloatArray:
-        """(input_dim,) what `tier`'s reconstructed memories are measured against.
+    def reference_at(self, decoded: FloatArray) -> FloatArray:
+        """(input_dim,) what a tier's reconstructed memories are measured against, given
+        `decoded`, the query's own vector at that tier decoded.
 
         A vector query: itself as the tier reconstructs it (its memory is at 0). A state query:
         halfway between its features and that reconstruction; the sum of squared distances to
         both ranks as the distance to the midpoint, and ranked better than either alone.
         """
-        decoded: FloatArray = engine.decode(self.vectors[tier][None, :], tier)[0]
         if self.tier is not None:
             return decoded
         midpoint: FloatArray = ((decoded + self.reference) / 2).astype(np.float32)
@@ -360,51 +360,32 @@ class MemoryClient:
         started = time.perf_counter()
         prepared = self._prepare(query, searched)
         store = self._ready_store()
-        ranked = {
-            tier: self._recall_tier(store, prepared, tier, agent_id, k, step_range, filters)
-            for tier in searched
-        }
+        kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
+        found = store.candidates(
+            {tier: prepared.vectors[tier] for tier in searched},
+            self.settings.candidates(k),
+            agent_id=agent_id,
+            exact=[t for t in searched if t in kept] if prepared.tier is None else [],
+            version=self.engine.version,
+            step_range=step_range,
+            filters=filters,
+        )
+        chosen = {tier: measured[:k] for tier, measured in self._rerank(prepared, found).items()}
+        hits = store.hits({tier: [c for c, _, _ in measured] for tier, measured in chosen.items()})
+        ranked = {tier: _merged_hits(tier, chosen[tier], hits[tier]) for tier in searched}
         merged = sorted(
-            (m for hits in ranked.values() for m in hits),
+            (m for tier_hits in ranked.values() for m in tier_hits),
             key=lambda m: (m.feature_distance, TIERS.index(m.tier), m.hit.distance),
         )[:k]
         log.debug(
             "recall agent=%r tiers=%s hits=%s in %.1fms",
             agent_id,
             ",".join(searched),
-            {tier: len(hits) for tier, hits in ranked.items()},
+            {tier: len(tier_hits) for tier, tier_hits in ranked.items()},
             1000 * (time.perf_counter() - started),
         )
-        by_tier = {tier: [m.hit for m in hits] for tier, hits in ranked.items()}
+        by_tier = {tier: [m.hit for m in tier_hits] for tier, tier_hits in ranked.items()}
         return Recall(agent_id, prepared.tier, prepared.reference, by_tier, merged)
-
-    def _recall_tier(
-        self,
-        store: TierStore,
-        query: _Query,
-        tier: str,
-        agent_id: str,
-        k: int,
-        step_range: tuple[int, int] | None,
-        filters: Any,
-    ) -> list[MergedHit]:
-        """One tier's k hits: KNN over-fetches lean candidates, re-sorted, then read in full."""
-        keeps_state = tier == "stm" or self.settings.keep_state_after_stm
-        candidates = store.candidates(
-            tier,
-            query.vectors[tier],
-            self.settings.candidates(k),
-            agent_id=agent_id,
-            with_state=keeps_state and query.tier is None,
-            step_range=step_range,
-            filters=filters,
-        )
-        chosen = self._rerank(query, tier, candidates)[:k]
-        hits = {h.key: h for h in store.hits(tier, [c for c, _, _ in chosen])}
-        return [
-            MergedHit(tier, hits[c.key], distance, exact) for c, distance, exact in chosen
-            if c.key in hits
-        ]  # fmt: skip
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit from any tier, decoded from its vector.
@@ -457,33 +438,54 @@ class MemoryClient:
         return vector, tier
 
     def _rerank(
-        self, query: _Query, tier: str, candidates: Sequence[Candidate]
-    ) -> list[tuple[Candidate, float, bool]]:
-        """(candidate, feature distance, exact) nearest first (ties: KNN distance).
+        self, query: _Query, found: Mapping[str, Sequence[Candidate]]
+    ) -> dict[str, list[tuple[Candidate, float, bool]]]:
+        """Per tier, (candidate, feature distance, exact) nearest first (ties: KNN distance).
 
-        Candidates with a raw state (only a state query asks for them) are measured on its
-        features, extracted in one batch; the rest on their reconstruction. A stored state
-        the schema now refuses ranks last.
+        A candidate with its state's features (or a state, extracted here) is measured
+        exactly; one with a vector by its reconstruction, every tier's decoded in one pass.
+        Anything else (a stored state the schema now refuses) ranks last.
         """
-        if not candidates:
-            return []
         engine = self.engine
-        distances = np.full(len(candidates), np.inf)  # a state the schema refuses: last
-        exact = np.zeros(len(candidates), dtype=bool)
-        with_state = [i for i, c in enumerate(candidates) if c.state is not None]
-        if with_state:
-            states = [candidates[i].state for i in with_state]
-            features, good, _ = engine.schema.extract_valid(states)
-            measured = [with_state[i] for i in good]
-            distances[measured] = feature_distances(query.reference, features)
-            exact[measured] = True
-        rest = [i for i, c in enumerate(candidates) if not exact[i] and c.vector is not None]
-        if rest:
-            stored = np.stack([_candidate_vector(candidates[i]) for i in rest])  # (n, dim)
-            decoded = engine.decode(stored, tier)  # (n, input_dim)
-            distances[rest] = feature_distances(query.reference_at(engine, tier), decoded)
-        order = sorted(range(len(candidates)), key=lambda i: (distances[i], candidates[i].distance))
-        return [(candidates[i], float(distances[i]), bool(exact[i])) for i in order]
+        width = engine.schema.input_dim
+        distances = {tier: np.full(len(cs), np.inf) for tier, cs in found.items()}
+        exact = {tier: np.zeros(len(cs), dtype=bool) for tier, cs in found.items()}
+        parsed = [(t, i, c.state) for t, cs in found.items() for i, c in enumerate(cs) if c.state]
+        extracted, good, _ = engine.schema.extract_valid([state for _, _, state in parsed])
+        rows = {(parsed[j][0], parsed[j][1]): row for j, row in zip(good, extracted, strict=True)}
+        decode: dict[str, list[FloatArray]] = {}
+        for tier, candidates in found.items():
+            features: dict[int, FloatArray] = {
+                i: c.features
+                for i, c in enumerate(candidates)
+                if c.features is not None and c.features.shape == (width,)
+            }
+            features.update({i: row for (t, i), row in rows.items() if t == tier})
+            if features:
+                measured = list(features)
+                distances[tier][measured] = feature_distances(
+                    query.reference, np.stack(list(features.values()))
+                )
+                exact[tier][measured] = True
+            stored = [c.vector for c in candidates if c.vector is not None]
+            if stored:
+                decode[tier] = [query.vectors[tier], *stored]
+        for tier, decoded in engine.decode_tiers(
+            {tier: np.stack(vectors) for tier, vectors in decode.items()}
+        ).items():
+            with_vector = [i for i, c in enumerate(found[tier]) if c.vector is not None]
+            reference = query.reference_at(decoded[0])
+            distances[tier][with_vector] = feature_distances(reference, decoded[1:])
+        return {
+            tier: [
+                (candidates[i], float(distances[tier][i]), bool(exact[tier][i]))
+                for i in sorted(
+                    range(len(candidates)),
+                    key=lambda i: (distances[tier][i], candidates[i].distance),
+                )
+            ]
+            for tier, candidates in found.items()
+        }
 
 
 class AgentMemory:
@@ -591,7 +593,14 @@ def _check_engine_dims(engine: EmbeddingEngine, dims: Mapping[str, int]) -> None
         )
 
 
-def _candidate_vector(candidate: Candidate) -> FloatArray:
-    if candidate.vector is None:
-        raise StoreError(f"search hit {candidate.key} came back without its vector")
-    return candidate.vector
+def _merged_hits(
+    tier: str, chosen: Sequence[tuple[Candidate, float, bool]], hits: Sequence[Hit]
+) -> list[MergedHit]:
+    """The chosen candidates' full hits with their feature distances; a record gone since
+    the search is left out."""
+    by_key = {hit.key: hit for hit in hits}
+    return [
+        MergedHit(tier, by_key[c.key], distance, exact)
+        for c, distance, exact in chosen
+        if c.key in by_key
+    ]

@@ -167,18 +167,37 @@ class EmbeddingEngine:
         x = torch.as_tensor(vectors, dtype=torch.float32, device=self.device)
         return layers[from_tier](x).cpu().numpy()
 
-    @torch.no_grad()
     def decode(self, vectors: np.ndarray, tier: str) -> np.ndarray:
         """Embeddings (N, dim) of one tier to reconstructed feature rows (N, input_dim)."""
-        decoders = {
-            "stm": self.model.decode_from_stm,
-            "im": self.model.decode_from_im,
-            "ltm": self.model.decode_from_ltm,
-        }
-        if tier not in decoders:
-            raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
-        x = torch.as_tensor(np.atleast_2d(vectors), dtype=torch.float32, device=self.device)
-        return decoders[tier](x).cpu().numpy()
+        return self.decode_tiers({tier: vectors})[tier]
+
+    @torch.no_grad()
+    def decode_tiers(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Several tiers' embeddings {tier: (N_t, dim)} to feature rows {tier: (N_t, input_dim)}
+        with one decoder pass: each tier is first lifted to STM space (IM and LTM through their
+        expansions), so a recall decodes its IM and LTM candidates together."""
+        lifted = []
+        for tier, tier_vectors in vectors.items():
+            if tier not in TIERS:
+                raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
+            x = torch.as_tensor(
+                np.atleast_2d(tier_vectors), dtype=torch.float32, device=self.device
+            )
+            if x.shape[-1] != self.dims[tier]:
+                raise ModelError(
+                    f"{tier} vectors: expected last dimension {self.dims[tier]}, "
+                    f"got shape {tuple(x.shape)}"
+                )
+            if tier == "ltm":
+                x = self.model.ltm_to_im(x)
+            if tier != "stm":
+                x = self.model.im_to_stm(x)
+            lifted.append(x)
+        if not lifted:
+            return {}
+        decoded = self.model.decode_from_stm(torch.cat(lifted)).cpu().numpy()
+        rows = np.cumsum([0, *(len(x) for x in lifted)])
+        return {tier: decoded[rows[i] : rows[i + 1]] for i, tier in enumerate(vectors)}
 
     def reconstruct_from_embedding(
         self, embedding: np.ndarray, tier: str = "stm"

@@ -305,6 +305,7 @@ def _store_everywhere(
                 model_version=engine.version,
                 vector=vectors[tier][i],
                 state_json=json.dumps(state) if keep else None,
+                features=features[i] if keep else None,  # as ingest and consolidation write
             )
             for i, (entry_id, state) in enumerate(zip(entry_ids, trial.stored, strict=True))
         ]

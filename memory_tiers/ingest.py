@@ -503,7 +503,10 @@ class Ingestor:
             vectors = self.engine.encode_features(features, (STM,))[STM]  # (len(good), stm_dim)
             if self.drift is not None:
                 self.drift.sample(features)
-            records = [self._record(split.good[i][0], vectors[row]) for row, i in enumerate(good)]
+            records = [
+                self._record(split.good[i][0], vectors[row], features[row])
+                for row, i in enumerate(good)
+            ]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources, ignored_fields=ignored.total())
         transaction = self._transaction(batch) if batch.ids else None
@@ -654,7 +657,12 @@ class Ingestor:
         features = np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
         return features, good, errors
 
-    def _record(self, decoded: _Decoded, vector: npt.NDArray[np.float32]) -> MemoryRecord:
+    def _record(
+        self,
+        decoded: _Decoded,
+        vector: npt.NDArray[np.float32],
+        features: npt.NDArray[np.float32],
+    ) -> MemoryRecord:
         entry = decoded.entry
         return MemoryRecord(
             entry_id=entry.entry_id,
@@ -666,6 +674,7 @@ class Ingestor:
             model_version=self.engine.version,
             vector=vector,
             state_json=decoded.state_json,
+            features=features,
         )
 
     def _queue_records(

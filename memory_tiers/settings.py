@@ -193,6 +193,28 @@ class Settings:
     redis_modules: str | None = _setting(
         None, "module .so files for the embedded Redis, separated by ':'"
     )
+    api_host: str = _setting("127.0.0.1", "address the HTTP API and MCP server listen on", _NAME)
+    api_port: int = _setting(8080, "port of the HTTP API (memory-tiers api)", _PORT)
+    api_keys: str | None = _setting(
+        None,
+        "API keys of the HTTP API and MCP server, separated by commas or spaces (secret: "
+        "prefer MT_API_KEYS_FILE, which also limits keys to agents)",
+    )
+    api_keys_file: str | None = _setting(
+        None,
+        "file of API keys, one a line: KEY, or KEY<TAB>AGENT_ID<TAB>... to limit it to agents",
+    )
+    api_max_body_bytes: int = _setting(
+        4 * 1024 * 1024, "largest HTTP request body the API reads, in bytes", _at_least(1)
+    )
+    api_max_batch: int = _setting(
+        1000, "most memories one remember request may carry", _at_least(1)
+    )
+    api_timeout_s: float = _setting(
+        10.0,
+        "an API request taking longer gets 504; also the API's Redis socket timeout",
+        _above(0),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -275,9 +297,12 @@ class Settings:
         return f"Settings({values})"
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, with any password in the Redis URL masked, for logs."""
+        """The settings as a dict, with any password in the Redis URL and API keys masked, for
+        logs."""
         values = dataclasses.asdict(self)
         values["redis_url"] = redact_url(self.redis_url)
+        if self.api_keys is not None:
+            values["api_keys"] = "***"
         return values
 
 
@@ -402,6 +427,10 @@ def _kind(name: str) -> tuple[str, str]:
             "model_path": ("FILE", "a checkpoint file"),
             "redis_server": ("FILE", "a file"),
             "redis_modules": ("PATHS", "files separated by ':'"),
+            "metrics_host": ("HOST", "a host name or address"),
+            "api_host": ("HOST", "a host name or address"),
+            "api_keys": ("KEYS", "keys separated by commas or spaces"),
+            "api_keys_file": ("FILE", "a file"),
         }
         return texts.get(name, ("TEXT", "text"))
     if name.endswith("_ms"):

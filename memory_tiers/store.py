@@ -27,10 +27,10 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,11 @@ VECTOR_FIELD = "vec"
 
 STATE_FIELD = "state"
 """Hash field holding the raw state JSON (STM records); stored, not indexed."""
+
+FEATURES_FIELD = "features"
+"""Hash field holding the raw state's features (float32 bytes), kept with the state: recall's
+exact re-sort reads 50 of them in microseconds, where parsing and featurizing 50 states
+takes milliseconds. Stored, not indexed; valid under the schema of `model_version`'s model."""
 
 DISTANCE_METRIC = "L2"
 """Vector distance of every tier index; RediSearch reports it squared."""
@@ -93,6 +98,9 @@ class MemoryRecord:
     importance: float = 0.0
     state_json: str | None = None
     """The raw state JSON; kept in STM, dropped by consolidation."""
+    features: Vector | None = None
+    """(input_dim,) float32 features of the raw state under the schema of `model_version`'s
+    model; written only with the state."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -116,15 +124,17 @@ class Hit:
     """The parsed state JSON, when the record kept it (STM)."""
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A KNN result with only what re-sorting it needs: its state, or else its vector."""
+class Candidate(NamedTuple):
+    """A KNN result with only what re-sorting it needs: its state's features (or, where the
+    record has none that the serving model wrote, its parsed state), or else its vector.
+    A tuple: a recall makes 150 of them."""
 
     key: str
     distance: float
     """Squared Euclidean distance to the query vector (RediSearch's L2)."""
-    state: dict[str, Any] | None
-    vector: Vector | None
+    features: Vector | None = None
+    state: Any = None
+    vector: Vector | None = None
 
 
 @dataclass(frozen=True)
@@ -445,51 +455,64 @@ class TierStore:
 
     def candidates(
         self,
-        tier: str,
-        vector: npt.ArrayLike,
+        vectors: Mapping[str, npt.ArrayLike],
         n: int,
         *,
         agent_id: str,
-        with_state: bool,
+        exact: Collection[str] = (),
+        version: str = "",
         step_range: tuple[int, int] | None = None,
         filters: FilterExpression | None = None,
-    ) -> list[Candidate]:
-        """The `n` records of one agent nearest to `vector`, lean: for re-sorting, then `hits`.
+    ) -> dict[str, list[Candidate]]:
+        """Per tier of `vectors`, the `n` records of one agent nearest to its vector, lean: for
+        re-sorting, then `hits`. All tiers' KNN go in one round trip.
 
-        Each carries its raw state when `with_state` and the record kept it, else its vector
-        (fetched in a second round trip for records that lack the state): KNN replies of
-        50 records with every field cost several times more to parse than the re-sort.
+        A record of a tier in `exact` carries its state's features if the model `version`
+        wrote them; failing that its parsed state, or, with no state, its vector (these
+        fetched in one more round trip). Records of the other tiers carry their vectors.
 
         Raises:
             ValueError: bad vector, n, agent_id or step_range.
-            StoreError: the query failed.
+            StoreError: the queries failed, or a record is corrupt.
         """
-        settings = self._tier(tier)
-        query = _knn_query(settings, vector, n, _filter(agent_id, step_range, filters))
-        wanted = STATE_FIELD if with_state else VECTOR_FIELD
-        query.return_fields("agent_id", wanted, _DISTANCE)
-        docs = self._query(settings.name, query, raw=True)
-        leaked = [text(d["id"]) for d in docs if text(d.get("agent_id", b"")) != agent_id]
-        if leaked:
-            # Never hand one agent another's memories, even if the TAG filter were to widen.
-            log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
-            docs = [d for d in docs if text(d.get("agent_id", b"")) == agent_id]
-        found = [_decode_candidate(settings, doc) for doc in docs]
-        bare = [c.key for c in found if c.state is None and c.vector is None]
-        if not bare:
+        where = _filter(agent_id, step_range, filters)
+        commands: dict[str, tuple[Any, ...]] = {}
+        for tier, vector in vectors.items():
+            settings = self._tier(tier)
+            lean = (FEATURES_FIELD, "model_version") if tier in exact else (VECTOR_FIELD,)
+            query = _knn_query(settings, vector, n, where)
+            query.return_fields("agent_id", *lean, _DISTANCE)
+            params = [x for name, value in query.params.items() for x in (name, value)]
+            commands[tier] = (
+                "FT.SEARCH", self.keys.index(tier), *query.get_args(),
+                "PARAMS", len(params), *params,
+            )  # fmt: skip
+        found: dict[str, list[Candidate]] = {}
+        unmeasured: dict[str, list[str]] = {}
+        for tier, docs in self._search(commands, f"KNN ({where})").items():
+            settings = self._tier(tier)
+            candidates = _decode_candidates(
+                settings, _own(agent_id, docs), version if tier in exact else None
+            )
+            found[tier] = candidates
+            unmeasured[tier] = [
+                c.key for c in candidates if c.features is None and c.vector is None
+            ]
+        if not any(unmeasured.values()):
             return found
-        vectors = {
-            key: _decode_vector(settings, doc[VECTOR_FIELD], key)
-            for key, doc in self._documents(settings.name, bare, [VECTOR_FIELD]).items()
-        }  # records without a state: their vectors
-        return [
-            replace(c, vector=vectors[c.key]) if c.key in vectors else c
-            for c in found
-            if c.state is not None or c.vector is not None or c.key in vectors
-        ]
+        fetched = self._documents(unmeasured, [STATE_FIELD, VECTOR_FIELD])
+        for tier, candidates in found.items():
+            records = fetched.get(tier, {})
+            found[tier] = [
+                c if c.key not in unmeasured[tier] else _with_state(self._tier(tier), c, records)
+                for c in candidates
+                if c.key not in unmeasured[tier] or c.key in records
+            ]
+        return found
 
-    def hits(self, tier: str, chosen: Sequence[Candidate]) -> list[Hit]:
-        """Full hits (vector and state included) of chosen candidates, in their order.
+    def hits(self, chosen: Mapping[str, Sequence[Candidate]]) -> dict[str, list[Hit]]:
+        """Full hits (vector and state included) of each tier's chosen candidates, in their
+        order, all tiers in one round trip.
 
         Read with FT.SEARCH (INKEYS), as the search was: a user allowed to search but not to
         read records (README, Security) recalls all the same. A record moved or deleted since
@@ -498,59 +521,85 @@ class TierStore:
         Raises:
             StoreError: Redis failed, or a record is incomplete or corrupt.
         """
-        settings = self._tier(tier)
         fields = [*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, VECTOR_FIELD]
-        docs = self._documents(settings.name, [c.key for c in chosen], fields)
-        return [
-            _decode_hit(settings, self.keys, {**docs[c.key], _DISTANCE: c.distance})
-            for c in chosen
-            if c.key in docs
-        ]
+        docs = self._documents({t: [c.key for c in cs] for t, cs in chosen.items()}, fields)
+        return {
+            tier: [
+                _decode_hit(
+                    self._tier(tier), self.keys, {**docs[tier][c.key], _DISTANCE: c.distance}
+                )
+                for c in candidates
+                if c.key in docs.get(tier, {})
+            ]
+            for tier, candidates in chosen.items()
+        }
 
     def _documents(
-        self, tier: str, keys: Sequence[str], fields: Sequence[str]
-    ) -> dict[str, dict[str, Any]]:
-        """Key -> `fields` of those of `keys` that exist, through the tier's index."""
-        if not keys:
-            return {}
-        index = self.keys.index(tier)
-        try:
-            reply = self.client.execute_command(
-                "FT.SEARCH", index, "*", "INKEYS", len(keys), *keys,
-                "RETURN", len(fields), *fields, "LIMIT", 0, len(keys), "DIALECT", 2,
-                NEVER_DECODE=True,
-            )  # fmt: skip
-        except redis.RedisError as e:
-            raise StoreError(
-                f"reading {len(keys)} records through {index} failed: {failure_text(e, self.keys)}"
-            ) from e
-        return {text(doc["id"]): doc for doc in _search_documents(reply)}
+        self, keys: Mapping[str, Sequence[str]], fields: Sequence[str]
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Tier -> key -> `fields` of those of each tier's `keys` that exist, read through the
+        tiers' indexes in one round trip."""
+        commands: dict[str, tuple[Any, ...]] = {}
+        for tier, tier_keys in keys.items():
+            if tier_keys:
+                commands[tier] = (
+                    "FT.SEARCH", self.keys.index(tier), "*", "INKEYS", len(tier_keys), *tier_keys,
+                    "RETURN", len(fields), *fields, "LIMIT", 0, len(tier_keys), "DIALECT", 2,
+                )  # fmt: skip
+        return {
+            tier: {text(doc["id"]): doc for doc in docs}
+            for tier, docs in self._search(commands, "reading records").items()
+        }
 
-    def _query(self, tier: str, query: VectorQuery, raw: bool = False) -> list[dict[str, Any]]:
+    def _search(
+        self, commands: Mapping[str, tuple[Any, ...]], what: str
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Tier -> documents of its FT.SEARCH command, all sent in one round trip. If an index
+        is missing (dropped, or Redis restored without it), the indexes are recreated (over
+        the existing records) and the commands run once more."""
+        try:
+            replies = self._pipelined(commands, what)
+        except StoreError as e:
+            if not missing_index(e):
+                raise
+            log.warning("a tier index is missing; recreating the tier indexes")
+            self.ensure_indexes()
+            replies = self._pipelined(commands, what)
+        return {tier: _search_documents(r) for tier, r in zip(commands, replies, strict=True)}
+
+    def _pipelined(self, commands: Mapping[str, tuple[Any, ...]], what: str) -> list[Any]:
+        """The raw replies of `commands`, sent in one round trip.
+
+        Raises:
+            StoreError: Redis failed, or a command did (the first failure's text).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands.values():
+            pipe.execute_command(*command, NEVER_DECODE=True)
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except redis.RedisError as e:
+            raise StoreError(f"{what} failed: {failure_text(e, self.keys)}") from e
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise StoreError(f"{what} failed: {failure_text(failed, self.keys)}") from failed
+        return replies
+
+    def _query(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
         """Run a query; if its index is missing (dropped, or Redis restored without it),
         recreate the indexes (over the existing records) and run it once more."""
         try:
-            return self._run(tier, query, raw)
+            return self._run(tier, query)
         except StoreError as e:
             if not missing_index(e):
                 raise
         log.warning("index %s is missing; recreating the tier indexes", self.keys.index(tier))
         self.ensure_indexes()
-        return self._run(tier, query, raw)
+        return self._run(tier, query)
 
-    def _run(self, tier: str, query: VectorQuery, raw: bool) -> list[dict[str, Any]]:
-        """The query's documents: through redisvl, or `raw`: one FT.SEARCH with the query's
-        own arguments, its reply read here (3-4x cheaper for 50 documents than redis-py's and
-        redisvl's parsing; fields stay bytes)."""
+    def _run(self, tier: str, query: VectorQuery) -> list[dict[str, Any]]:
         index = self._indexes[tier]
         try:
-            if raw:
-                params = [x for name, value in query.params.items() for x in (name, value)]
-                reply = self.client.execute_command(
-                    "FT.SEARCH", index.name, *query.get_args(), "PARAMS", len(params), *params,
-                    NEVER_DECODE=True,
-                )  # fmt: skip
-                return _search_documents(reply)
             docs: list[dict[str, Any]] = index.query(query)
         except (RedisVLError, redis.RedisError) as e:
             raise StoreError(
@@ -708,8 +757,25 @@ def _hset_commands(
         )  # fmt: skip
         if record.state_json is not None:
             command += (STATE_FIELD, record.state_json)
+            if record.features is not None:
+                command += (FEATURES_FIELD, _features_bytes(record))
         commands.append(command)
     return commands
+
+
+def _features_bytes(record: MemoryRecord) -> bytes:
+    """A record's features as stored: float32 bytes of a finite 1-D vector.
+
+    Raises:
+        ValueError: they are not one, naming the record.
+    """
+    features = np.asarray(record.features, dtype=np.float32)
+    if features.ndim != 1 or not np.isfinite(features).all():
+        raise ValueError(
+            f"record {record.entry_id!r}: features must be a finite 1-D vector, "
+            f"got shape {features.shape}"
+        )
+    return features.tobytes()
 
 
 def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> list[bytes] | None:
@@ -742,7 +808,7 @@ def _decode_record(
 ) -> MemoryRecord:
     values = {text(k): v for k, v in fields.items()}
     try:
-        state = values.get(STATE_FIELD)
+        state, features = values.get(STATE_FIELD), values.get(FEATURES_FIELD, b"")
         return MemoryRecord(
             entry_id=entry_id,
             agent_id=text(values["agent_id"]),
@@ -753,6 +819,7 @@ def _decode_record(
             model_version=text(values["model_version"]),
             vector=_decode_vector(tier, values[VECTOR_FIELD], key),
             state_json=None if state is None else text(state),
+            features=np.frombuffer(features, dtype=np.float32) if features else None,
         )
     except (KeyError, ValueError) as e:
         raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
@@ -787,18 +854,71 @@ def _search_documents(reply: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _decode_candidate(tier: TierSettings, doc: Mapping[str, Any]) -> Candidate:
-    key = text(doc["id"])
+def _own(agent_id: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`docs` of `agent_id` alone: never hand one agent another's memories, even if the TAG
+    filter were to widen."""
+    leaked = [text(d["id"]) for d in docs if text(d.get("agent_id", b"")) != agent_id]
+    if not leaked:
+        return docs
+    log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
+    return [d for d in docs if text(d.get("agent_id", b"")) == agent_id]
+
+
+def _decode_candidates(
+    tier: TierSettings, docs: Sequence[Mapping[str, Any]], version: str | None
+) -> list[Candidate]:
+    """Lean KNN documents as Candidates, their vectors converted together (a recall reads 150);
+    a record's features only if the model `version` wrote them."""
+    dtype = _DTYPES[tier.datatype]
+    size = tier.dim * np.dtype(dtype).itemsize
     try:
-        raw_vector, state = doc.get(VECTOR_FIELD), doc.get(STATE_FIELD)
-        return Candidate(
-            key=key,
-            distance=float(doc[_DISTANCE]),
-            state=None if state is None else json.loads(text(state)),
-            vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
+        keys = [text(doc["id"]) for doc in docs]
+        distances = [float(doc[_DISTANCE]) for doc in docs]
+        raw_vectors = [doc.get(VECTOR_FIELD) for doc in docs]
+        present = [raw for raw in raw_vectors if raw is not None]
+        bad = next(
+            (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
         )
+        if bad is not None:
+            raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
+        rows = iter(
+            np.frombuffer(b"".join(present), dtype=dtype)
+            .reshape(len(present), tier.dim)
+            .astype(np.float32)
+        )
+        features = [
+            np.frombuffer(doc[FEATURES_FIELD], dtype=np.float32)
+            if doc.get(FEATURES_FIELD) and text(doc.get("model_version", b"")) == version
+            else None
+            for doc in docs
+        ]
     except (KeyError, ValueError) as e:
-        raise StoreError(f"search hit {key} is incomplete or corrupt: {e!r}") from e
+        raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
+    return [
+        Candidate(key, distance, row_features, vector=None if raw is None else next(rows))
+        for key, distance, row_features, raw in zip(
+            keys, distances, features, raw_vectors, strict=True
+        )
+    ]
+
+
+def _with_state(tier: TierSettings, candidate: Candidate, docs: Mapping[str, Any]) -> Candidate:
+    """`candidate` with its record's parsed state from `docs`, or its vector if it has none."""
+    doc = docs[candidate.key]
+    state, raw_vector = doc.get(STATE_FIELD), doc.get(VECTOR_FIELD)
+    if state is not None:
+        return candidate._replace(state=_parsed_state(state))
+    if raw_vector is None:
+        raise StoreError(f"search hit {candidate.key} is incomplete: no {VECTOR_FIELD}")
+    return candidate._replace(vector=_decode_vector(tier, raw_vector, candidate.key))
+
+
+def _parsed_state(raw: bytes | str) -> Any:
+    """A stored state JSON parsed; None (which featurizing refuses) if it does not parse."""
+    try:
+        return json.loads(text(raw))
+    except ValueError:
+        return None
 
 
 def _hit_of(tier: str, key: str, record: MemoryRecord, distance: float) -> Hit:

@@ -55,7 +55,7 @@ from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
 from .replies import text
 from .settings import Settings
-from .store import STATE_FIELD, VECTOR_FIELD, MemoryRecord, TierStore, Vector
+from .store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD, MemoryRecord, TierStore, Vector
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ return 0
 
 _FIELDS: tuple[str, ...] = (
     *("agent_id", "agent_type", "step", "ts", "importance", "model_version"),
-    *(VECTOR_FIELD, STATE_FIELD),
+    *(VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD),
 )
 """What a pass reads of a record hash, in this order (see `_source`)."""
-_VEC, _STATE = 6, 7
+_VEC, _STATE, _FEATURES = 6, 7, 8
 
 KeepGoing = Callable[[], bool]
 
@@ -485,7 +485,7 @@ class _Pass:
             for row, j in enumerate(good):
                 i = with_state[j]
                 vectors[i] = encoded[row]
-                sources[i] = sources[i]._replace(model_version=version)
+                sources[i] = sources[i]._replace(model_version=version, features=features[row])
                 self.reencoded.add(sources[i].entry_id)
         encoded_ids = {sources[with_state[j]].entry_id for j in good}
         self.without_state.update(
@@ -652,11 +652,13 @@ class _Source(NamedTuple):
     importance: float
     model_version: str
     state_json: str | None
+    features: Vector | None
+    """The state's features under `model_version`'s schema, where stored with the state."""
 
 
 def _source(entry_id: str, row: list[Any]) -> _Source:
     """A source from its HMGET row (`_FIELDS` order, bytes); ValueError if a number is not one."""
-    state = row[_STATE]
+    state, features = row[_STATE], row[_FEATURES]
     return _Source(
         entry_id,
         row[0].decode("utf-8", "replace"),
@@ -666,6 +668,7 @@ def _source(entry_id: str, row: list[Any]) -> _Source:
         float(row[4]),
         row[5].decode("utf-8", "replace"),
         None if state is None else state.decode("utf-8", "replace"),
+        None if features is None else np.frombuffer(features, dtype=np.float32),
     )
 
 
@@ -682,6 +685,7 @@ def _records(sources: list[_Source], vectors: Vector, keep_state: bool) -> list[
             model_version=s.model_version,
             vector=vector,
             state_json=s.state_json if keep_state else None,
+            features=s.features if keep_state else None,
         )
         for s, vector in zip(sources, vectors, strict=True)
     ]

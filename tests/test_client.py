@@ -64,7 +64,8 @@ def seed_tiers(
 
     Memory i has step i, ts T0 + first_id + i and entry id `{ts}-0`.
     """
-    stm = engine.encode_states(states)["stm"]  # (N, 384)
+    features = engine.schema.extract_batch(states)
+    stm = engine.encode_features(features)["stm"]  # (N, 384)
     third = len(states) // 3
     parts = {
         "stm": range(0, third),
@@ -88,6 +89,7 @@ def seed_tiers(
                 model_version=engine.version,
                 vector=vectors[tier][i],
                 state_json=json.dumps(states[i]) if tier == "stm" else None,
+                features=features[i] if tier == "stm" else None,
             )
             for i in indices
         ]
@@ -273,6 +275,39 @@ def test_a_state_query_ranks_states_exactly_and_vectors_by_their_reconstruction(
     assert own.hit.vector is not None
     error = engine.decode(own.hit.vector, "im")[0] - engine.schema.extract(states[14])
     assert own.feature_distance == pytest.approx(float(np.mean(error**2)) / 4, rel=1e-5)
+
+
+def test_stored_features_are_read_only_where_the_serving_model_wrote_them(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    # Four STM memories of the same state: features as ingest writes them, features that
+    # are plainly wrong (all 1), wrong features of another model's schema, and none at all
+    # (a record written before features were stored).
+    true = engine.schema.extract(states[3])
+    ones = np.ones_like(true)
+    vector = engine.encode_features(true[None, :])["stm"][0]
+    kinds = {"own": (engine.version, true), "wrong": (engine.version, ones),
+             "older": ("older-model", ones), "none": (engine.version, None)}  # fmt: skip
+    store.write(
+        "stm",
+        [
+            MemoryRecord(
+                entry_id=f"{T0 + i}-0", agent_id=AGENT, agent_type="explorer", step=i,
+                ts=T0 + i, model_version=version, vector=vector,
+                state_json=json.dumps(states[3]), features=features,
+            )
+            for i, (version, features) in enumerate(kinds.values())
+        ],
+    )  # fmt: skip
+    query = states[5]
+
+    recall = client.recall(AGENT, query, k=4, tiers="stm")
+
+    measured = {list(kinds)[m.hit.step]: m.feature_distance for m in recall.merged}
+    exact = float(np.mean((true - engine.schema.extract(query)) ** 2))
+    wrong = float(np.mean((ones - engine.schema.extract(query)) ** 2))
+    assert measured == pytest.approx({"own": exact, "wrong": wrong, "older": exact, "none": exact})
+    assert all(m.exact for m in recall.merged)
 
 
 def test_a_vector_query_ranks_every_tier_by_reconstruction(

@@ -33,6 +33,7 @@ DOCKER = REPO / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 UNIT = DOCKER / "memory-tiers.service"
+API_UNIT = DOCKER / "memory-tiers-api.service"
 ENV_FILE = DOCKER / "memory-tiers.env"
 DOCKERIGNORE = REPO / ".dockerignore"
 
@@ -228,13 +229,15 @@ def memory_tiers_executable() -> str:
     return found
 
 
-def verifiable_unit(tmp_path: Path, replace: Mapping[str, str] | None = None) -> Path:
+def verifiable_unit(
+    tmp_path: Path, replace: Mapping[str, str] | None = None, unit: Path = UNIT
+) -> Path:
     """A copy of the unit that can be verified on this machine.
 
     Its ExecStart names this environment's memory-tiers (systemd-analyze verify checks the
     binary exists) and its EnvironmentFile is the example. `replace` edits lines further.
     """
-    text = UNIT.read_text()
+    text = unit.read_text()
     text, count = re.subn(
         r"^ExecStart=\S+/memory-tiers\b",
         lambda _: f"ExecStart={memory_tiers_executable()}",
@@ -248,7 +251,7 @@ def verifiable_unit(tmp_path: Path, replace: Mapping[str, str] | None = None) ->
     for old, new in (replace or {}).items():
         assert old in text
         text = text.replace(old, new)
-    copy_path = tmp_path / UNIT.name
+    copy_path = tmp_path / unit.name
     copy_path.write_text(text)
     return copy_path
 
@@ -484,7 +487,7 @@ def test_every_mt_variable_named_is_a_real_setting() -> None:
     declared = set(cli_envvar_params())
     assert sorted(CLI_ONLY_VARS - declared) == [], "the CLI no longer reads these"
     known = SETTINGS_VARS | CLI_ONLY_VARS
-    for path in (ENV_FILE, COMPOSE, DOCKERFILE, UNIT):
+    for path in (ENV_FILE, COMPOSE, DOCKERFILE, UNIT, API_UNIT):
         unknown = sorted(set(MT_NAME.findall(path.read_text())) - known)
         assert unknown == [], f"{path.name} names variables no setting reads: {unknown}"
 
@@ -513,6 +516,36 @@ def test_image_and_compose_values_are_valid() -> None:
     environment = load_compose()["services"]["daemon"]["environment"]
     values = {k: compose_default(str(v)) for k, v in environment.items() if v is not None}
     assert_valid_values(values, "compose.yaml")
+
+
+# -- the HTTP API's unit and compose service ---------------------------------------------------
+
+
+def test_api_unit_passes_systemd_analyze_verify_and_runs_the_api(tmp_path: Path) -> None:
+    code, lines = systemd_analyze("verify", "--man=no", verifiable_unit(tmp_path, unit=API_UNIT))
+    assert code == 0, "\n".join(lines)
+    assert [line for line in lines if API_UNIT.name in line] == []
+    service = {k: v[-1] for k, v in parse_unit(API_UNIT.read_text())["Service"].items()}
+    assert shlex.split(service["ExecStart"])[1:] == ["api"]
+    assert service["EnvironmentFile"] == "/etc/memory-tiers/memory-tiers.env"
+    assert "2" in service["RestartPreventExitStatus"].split()
+    daemon = {k: v[-1] for k, v in parse_unit(UNIT.read_text())["Service"].items()}
+    assert service["User"] == daemon["User"] and service["ProtectSystem"] == "strict"
+
+
+def test_compose_api_reads_its_keys_as_a_secret_and_checks_liveness() -> None:
+    compose = load_compose()
+    api = compose["services"]["api"]
+    assert api["profiles"] == ["api"], "the API starts only with --profile api"
+    assert api["command"] == ["api"] and api["image"] == compose["services"]["daemon"]["image"]
+    assert api["secrets"] == ["api-keys"] and "api-keys" in compose["secrets"]
+    assert api["environment"]["MT_API_KEYS_FILE"] == "/run/secrets/api-keys"
+    port = str(api["environment"]["MT_API_PORT"])
+    assert any(str(p).endswith(f":{port}") for p in api["ports"])
+    assert f"127.0.0.1:{port}/livez" in " ".join(command_words(api["healthcheck"]["test"]))
+    assert api["read_only"] is True and api["cap_drop"] == ["ALL"]
+    values = {k: compose_default(str(v)) for k, v in api["environment"].items() if v is not None}
+    assert_valid_values(values, "compose.yaml (api)")
 
 
 # -- the package -------------------------------------------------------------------------------

@@ -208,11 +208,14 @@ def test_every_state_is_stored_once_and_found_by_its_own_vector(
     assert pending(redis_client) == 0
     store = TierStore(redis_client, ingest_settings)
     records = store.read("stm", [KEYS.record("stm", entry_id) for entry_id in ids])
-    vectors = engine.encode_states(states)["stm"]
+    features = engine.schema.extract_batch(states)
+    vectors = engine.encode_features(features)["stm"]
     for i, (record, state) in enumerate(zip(records, states, strict=True)):
         assert (record.entry_id, record.agent_id, record.step) == (ids[i], state["agent_id"], i)
         assert (record.agent_type, record.model_version) == (state["agent_type"], engine.version)
         assert json.loads(record.state_json or "") == state
+        assert record.features is not None
+        np.testing.assert_array_equal(record.features, features[i])  # what recall re-sorts by
         np.testing.assert_allclose(record.vector, vectors[i], atol=1e-5)
         hits = store.search("stm", vectors[i], k=3, agent_id=state["agent_id"])
         assert hits[0].distance < 1e-3
@@ -229,8 +232,11 @@ def test_actions_are_stored_through_their_state_form(
     (record,) = batch.records
     assert (record.entry_id, record.step, record.agent_type) == (entry_id, 4, UNKNOWN_AGENT_TYPE)
     assert json.loads(record.state_json or "") == action
-    expected = engine.encode_states([action_to_state(action)])["stm"][0]
+    features = engine.schema.extract(action_to_state(action))
+    expected = engine.encode_features(features[None, :])["stm"][0]
     np.testing.assert_allclose(record.vector, expected, atol=1e-6)
+    # Recall measures it as it was encoded: by its state form's features, not the raw action.
+    np.testing.assert_array_equal(record.features, features)
 
 
 # -- bad entries -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from test_ingest import (
 
 from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
 from memory_tiers.cli import main
+from memory_tiers.client import MemoryClient
 from memory_tiers.daemon import INDEX_CHECK_INTERVAL_S
 from memory_tiers.ingest import Ingestor, consumer_client
 from memory_tiers.protocol import encode_entry
@@ -202,6 +203,26 @@ def test_a_search_on_a_missing_index_recreates_it(
     redis_client.ft(KEYS.index("im")).dropindex()
     store.search("im", vector, k=1)  # no "no such index": recreated, indexing in the background
     wait_for(lambda: [h.entry_id for h in store.search("im", vector, k=1)] == ["1-0"], 10, "hit")
+
+
+def test_a_recall_on_a_missing_index_recreates_it(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    client = MemoryClient(redis_client, ingest_settings, engine)
+    state = simulate_states(1, seed=3)[0]
+    vector = engine.encode_states([state])["im"][0]
+    client.store.ensure_indexes()
+    record = MemoryRecord(
+        entry_id="1-0", agent_id="a", agent_type="t", step=1, ts=1, model_version="v",
+        vector=vector,
+    )  # fmt: skip
+    client.store.write("im", [record])
+    redis_client.ft(KEYS.index("im")).dropindex()
+
+    client.recall("a", state, k=1)  # all tiers in one round trip; no "no such index"
+
+    found = lambda: [h.entry_id for h in client.recall("a", state, k=1).by_tier["im"]]  # noqa: E731
+    wait_for(lambda: found() == ["1-0"], 10, "the IM hit")
 
 
 def test_check_is_unhealthy_while_an_index_is_missing_or_failing(

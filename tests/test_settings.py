@@ -89,11 +89,13 @@ BAD_VALUES = {
     "metrics_host": "",
     "redis_server": "",
     "redis_modules": "",
+    "api_host": "two words",
 }
 """A value each setting refuses; numeric settings not named here get -1 (and 'x')."""
 
-ACCEPTING_ANY_TEXT = {"redis_server", "redis_modules"}
-"""Paths, checked when the embedded Redis starts (find_redis_server names a missing one)."""
+ACCEPTING_ANY_TEXT = {"redis_server", "redis_modules", "api_keys", "api_keys_file"}
+"""Checked where they are used: paths when the embedded Redis starts (find_redis_server names a
+missing one), API keys and their file when the API starts (auth.py names the variable)."""
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Settings)])
@@ -245,9 +247,13 @@ def test_check_with_a_bad_setting_is_unhealthy_in_one_line() -> None:
     assert len(result.stdout.splitlines()) == 1
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-def test_serve_with_a_bad_setting_exits_2_with_one_log_line(log_format: str) -> None:
-    result = run_cli("--log-format", log_format, "serve", env={"MT_REDIS_URL": "localhost:6379"})
+@pytest.mark.parametrize(
+    ("log_format", "command"), [("text", "serve"), ("json", "serve"), ("json", "api")]
+)
+def test_a_service_with_a_bad_setting_exits_2_with_one_log_line(
+    log_format: str, command: str
+) -> None:
+    result = run_cli("--log-format", log_format, command, env={"MT_REDIS_URL": "localhost:6379"})
     assert result.returncode == 2  # systemd: RestartPreventExitStatus=2
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
@@ -258,7 +264,7 @@ def test_serve_with_a_bad_setting_exits_2_with_one_log_line(log_format: str) -> 
     else:
         assert " CRITICAL memory_tiers.cli " in line
         message = line
-    assert "memory-tiers serve stops: MT_REDIS_URL='localhost:6379': not a Redis URL" in message
+    assert f"memory-tiers {command} stops: MT_REDIS_URL='localhost:6379': not a Redis" in message
 
 
 def test_version() -> None:
@@ -274,6 +280,5 @@ def test_help_shows_each_setting_with_its_type() -> None:
     assert "--stm-max-age-s SECONDS|off" in result.output
     assert "--stm-algorithm [FLAT|HNSW]" in result.output
     assert "--redis-url URL" in result.output
-    assert "TEXT" not in result.output.replace("--prefix TEXT", "").replace(
-        "--metrics-host TEXT", ""
-    )
+    assert "--metrics-host HOST" in result.output and "--api-port INTEGER" in result.output
+    assert "TEXT" not in result.output.replace("--prefix TEXT", "")

@@ -51,9 +51,11 @@ def policy(settings: Settings, **rules: Any) -> Settings:
 def stm_records(
     engine: EmbeddingEngine, placed: Sequence[tuple[str, int]], seed: int = 0
 ) -> list[MemoryRecord]:
-    """One STM record per (agent, ts), encoded from simulated states, the raw state kept."""
+    """One STM record per (agent, ts), encoded from simulated states, the raw state and its
+    features kept (as ingest writes them)."""
     states = simulate_states(len(placed), seed=seed)
-    vectors = engine.encode_states(states)["stm"]
+    features = engine.schema.extract_batch(states)
+    vectors = engine.encode_features(features)["stm"]
     return [
         MemoryRecord(
             entry_id=f"{ts}-{i}",
@@ -65,6 +67,7 @@ def stm_records(
             model_version=engine.version,
             vector=vectors[i],
             state_json=json.dumps(states[i]),
+            features=features[i],
         )
         for i, (agent, ts) in enumerate(placed)
     ]
@@ -330,11 +333,14 @@ def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
 def old_model_records(
     engine: EmbeddingEngine, placed: Sequence[tuple[str, int]], seed: int
 ) -> list[MemoryRecord]:
-    """STM records as another model wrote them: its version, vectors this model never made."""
+    """STM records as another model wrote them: its version, vectors and features (of its own
+    schema) this model never made."""
     records = stm_records(engine, placed, seed=seed)
     noise = np.random.default_rng(seed).normal(size=(len(records), 384)).astype(np.float32)
     return [
-        dataclasses.replace(r, model_version="old-model", vector=v)
+        dataclasses.replace(
+            r, model_version="old-model", vector=v, features=np.ones(7, dtype=np.float32)
+        )
         for r, v in zip(records, noise, strict=True)
     ]
 
@@ -357,6 +363,12 @@ def test_reencode_rewrites_other_models_memories_from_their_state_in_place(
         engine.version
     ] * 2
     assert [r.state_json for r in after] == [r.state_json for r in old + current]
+    features = [r.features for r in after]
+    np.testing.assert_array_equal(
+        np.stack(features[:3]),
+        engine.schema.extract_batch([json.loads(r.state_json or "") for r in old[:3]]),
+    )  # the states' features under this model's schema, for recall's exact re-sort
+    assert features[3] is None  # no state, no features
     np.testing.assert_array_equal(after[3].vector, old[3].vector)  # left as it was
     np.testing.assert_array_equal(after[4].vector, current[0].vector)
     hit = store.search("stm", expected[1], k=1, agent_id="a")[0]
@@ -445,6 +457,13 @@ def test_raw_state_is_dropped_after_stm_unless_kept(
     assert [r.state_json for r in in_im] == expected
     assert [r.state_json for r in in_ltm] == expected
     assert redis_client.hexists(keys["ltm"][0], "state") is keep
+    for moved in (in_im, in_ltm):  # the state's features go wherever the state goes
+        for record, original in zip(moved, records, strict=True):
+            if keep:
+                assert record.features is not None and original.features is not None
+                np.testing.assert_array_equal(record.features, original.features)
+            else:
+                assert record.features is None
 
 
 # -- the agent set the count rule reads --------------------------------------------------------
