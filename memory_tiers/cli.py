@@ -830,28 +830,41 @@ def _consolidation_policy(settings: Settings, url: str, daemon_policy: bool) -> 
     Raises:
         click.UsageError: --daemon-policy, and no live daemon consolidates or they disagree.
     """
-    beats = [beat for beat in _live_heartbeats(settings, url) if beat.policy]
-    policies = {_policy_key(beat.policy): beat for beat in beats if beat.policy}
+    groups: dict[tuple[float | None, ...], list[Heartbeat]] = {}
+    for beat in _live_heartbeats(settings, url):
+        if beat.policy:
+            groups.setdefault(_policy_key(beat.policy), []).append(beat)
     source = "this command's MT_* settings"
     if daemon_policy:
-        if len(policies) != 1:
-            found = "no live daemon consolidates" if not policies else "live daemons disagree"
+        if len(groups) != 1:
+            found = "no live daemon consolidates" if not groups else "live daemons disagree"
             raise click.UsageError(f"--daemon-policy: {found}; give the MT_* policy settings")
-        beat = next(iter(policies.values()))
-        policy: dict[str, Any] = dict(beat.policy or {})  # checked again by Settings
+        [group] = groups.values()
+        policy: dict[str, Any] = _known_policy(group[0].policy)  # checked again by Settings
         settings = dataclasses.replace(settings, **policy)
-        source = f"the live daemons' ({', '.join(b.consumer for b in beats)})"
+        source = f"the live daemons' ({', '.join(b.consumer for b in group)})"
     click.echo(f"policy ({source}): {_policy_words(settings)}", err=True)
-    others = [b for key, b in policies.items() if key != _policy_key(settings.policy())]
-    for beat in others:
-        changed = {k: v for k, v in (beat.policy or {}).items() if getattr(settings, k) != v}
+    for key, group in groups.items():
+        if key == _policy_key(settings.policy()):
+            continue
+        theirs = _known_policy(group[0].policy)
+        changed = {k: v for k, v in theirs.items() if getattr(settings, k) != v}
+        one = len(group) == 1
         click.echo(
-            f"note: live daemon {beat.consumer} consolidates with another policy: "
+            f"note: live daemon{'' if one else 's'} {', '.join(b.consumer for b in group)} "
+            f"consolidate{'s' if one else ''} with another policy: "
             + ", ".join(f"{env_var(k)}={'off' if v is None else v}" for k, v in changed.items())
             + " (this pass does not; --daemon-policy moves by theirs)",
             err=True,
         )
     return settings
+
+
+def _known_policy(policy: Mapping[str, float | int | None] | None) -> dict[str, Any]:
+    """The POLICY_FIELDS of a heartbeat's policy (a daemon of another version may add more)."""
+    from .settings import POLICY_FIELDS
+
+    return {k: v for k, v in (policy or {}).items() if k in POLICY_FIELDS}
 
 
 def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
@@ -866,8 +879,12 @@ def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
 
 
 def _policy_key(policy: Mapping[str, float | int | None] | None) -> tuple[float | None, ...]:
-    """A policy's values, comparable across JSON (a heartbeat's 3600 may read back as 3600.0)."""
-    return tuple(None if v is None else float(v) for v in (policy or {}).values())
+    """A policy's values in POLICY_FIELDS order, comparable across JSON (a heartbeat's 3600 may
+    read back as 3600.0)."""
+    from .settings import POLICY_FIELDS
+
+    values = policy or {}
+    return tuple(None if (v := values.get(k)) is None else float(v) for k in POLICY_FIELDS)
 
 
 def _policy_words(settings: Settings) -> str:
