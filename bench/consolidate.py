@@ -172,7 +172,7 @@ def main() -> None:
     base = Settings.from_env()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        engine = EmbeddingEngine.from_checkpoint(base.model_path, expect_dims=base.dims)
+        engine = EmbeddingEngine.from_checkpoint(base.model_file, expect_dims=base.dims)
     records = make_records(args.records, args.agents, base.stm_dim, engine.version)
     with redis_url(Settings.from_env()) as url:
         client = redis.Redis.from_url(url)

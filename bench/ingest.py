@@ -533,7 +533,7 @@ def main() -> None:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     logging.basicConfig(level=logging.WARNING)
     base = Settings.from_env()
-    model_path = Path(base.model_path)
+    model_path = base.model_file
     if not model_path.is_absolute():
         model_path = ROOT / model_path
     base = replace(base, model_path=str(model_path), batch_size=args.batch_size)

@@ -16,31 +16,104 @@ import redis
 
 from .constants import Keys
 from .errors import MemoryTiersError
-from .logs import LogFormat, configure_logging
+from .logs import configure_logging
 from .server import EmbeddedRedis
-from .settings import Settings, env_var, redact_url
+from .settings import Settings, env_var, redact_url, setting_metavar
 
 if TYPE_CHECKING:  # torch loads only for the commands that use it
+    from .tiers import PassResult
     from .train import Checkpoint
 
 
+class EnvOption(click.Option):
+    """An option also read from an environment variable: its errors name both."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = super().get_error_hint(ctx)
+        return f"{hint} (or {self.envvar})" if isinstance(self.envvar, str) else hint
+
+
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one option per Settings field, each also read from its `MT_*` variable."""
+    """Add one option per Settings field, each also read from its `MT_*` variable.
+
+    Values stay strings here: Settings parses and checks them, so an error names the variable
+    the same way whether the value came from the environment or the command line.
+    """
     for f in reversed(dataclasses.fields(Settings)):
+        default = "unset" if f.default is None else f.default
         command = click.option(
             "--" + f.name.replace("_", "-"),
             f.name,
             envvar=env_var(f.name),
             default=None,
             show_envvar=True,
-            help=f"{f.metadata['help']} [default: {f.default}]",
+            metavar=setting_metavar(f.name),
+            help=f"{f.metadata['help']} [default: {default}]",
         )(command)
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class CommandGroup(click.Group):
+    """`memory-tiers`: its own options are accepted after the command name too.
+
+    `memory-tiers query --redis-url URL --agent a ...` reads as `memory-tiers --redis-url URL
+    query --agent a ...`; an option the command has itself (train --batch-size) stays the
+    command's.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._hoist(ctx, args))
+
+    def _hoist(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """`args` with this group's options that follow the command name moved before it."""
+        own = _takes_value(self.get_params(ctx), skip={"--help", "-h"})
+        at = _first_argument(args, own)
+        command = self.commands.get(args[at]) if at < len(args) else None
+        if command is None:
+            return args
+        theirs = _takes_value(command.get_params(ctx), skip=set())
+        moved: list[str] = []
+        rest: list[str] = []
+        i = at + 1
+        while i < len(args):
+            token = args[i]
+            name = token.split("=", 1)[0]
+            if token == "--":
+                rest += args[i:]
+                break
+            width = 1 if "=" in token else 1 + theirs.get(name, own.get(name, 0))
+            (moved if name in own and name not in theirs else rest).extend(args[i : i + width])
+            i += width
+        return [*args[:at], *moved, args[at], *rest]
+
+
+def _takes_value(params: Sequence[click.Parameter], skip: set[str]) -> dict[str, int]:
+    """{option name: how many values follow it} of the options among `params`."""
+    names: dict[str, int] = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            width = 0 if param.is_flag or param.count else param.nargs
+            names.update((n, width) for n in (*param.opts, *param.secondary_opts) if n not in skip)
+    return names
+
+
+def _first_argument(args: list[str], options: Mapping[str, int]) -> int:
+    """Where the command name is in `args`: past the leading options and their values."""
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        name = args[i].split("=", 1)[0]
+        i += 1 if "=" in args[i] else 1 + options.get(name, 0)
+    return i
+
+
+@click.group(
+    cls=CommandGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="memory_tiers", prog_name="memory-tiers")
 @click.option(
     "--log-level",
+    cls=EnvOption,
     envvar="MT_LOG_LEVEL",
     default="INFO",
     show_default=True,
@@ -48,21 +121,47 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--log-format",
+    cls=EnvOption,
     envvar="MT_LOG_FORMAT",
     default="text",
     show_default=True,
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json"], case_sensitive=False),
     help="json: one JSON object per line, for a log pipeline",
 )
 @settings_options
 @click.pass_context
-def main(ctx: click.Context, /, log_level: str, log_format: LogFormat, **values: Any) -> None:
-    """Redis-native memory tiers for agents: states in, KNN recall out."""
-    configure_logging(log_level, log_format)
+def main(ctx: click.Context, /, log_level: str, log_format: str, **values: Any) -> None:
+    """Redis-native memory tiers for agents: states in, KNN recall out.
+
+    Options of memory-tiers itself go before or after the command; each reads its MT_*
+    variable too. Every value is checked before a command starts.
+    """
+    configure_logging(log_level, "json" if log_format.lower() == "json" else "text")
     try:
         ctx.obj = Settings.from_mapping(values)
     except MemoryTiersError as e:
-        raise click.UsageError(str(e)) from e
+        _refuse_settings(ctx.invoked_subcommand, e)
+
+
+def _refuse_settings(command: str | None, error: MemoryTiersError) -> NoReturn:
+    """Stop on a setting that is not allowed, with one line, as each command's callers expect.
+
+    check: an 'unhealthy:' line and exit 1 (what probes read); the services (serve, api, mcp):
+    a log record (a JSON line under --log-format json) and exit 2, which systemd does not
+    restart; the others: an 'Error:' line and exit 2, click's code for bad usage.
+    """
+    if command == "check":
+        click.echo(f"unhealthy: {error}")
+        raise SystemExit(1) from error
+    if command in SERVICES:
+        logging.getLogger(__name__).critical("memory-tiers %s stops: %s", command, error)
+    else:
+        click.echo(f"Error: {error}", err=True)
+    raise SystemExit(2) from error
+
+
+SERVICES = ("serve", "api", "mcp")
+"""The commands that run as services: they report refused settings as log records."""
 
 
 def _require_redis(settings: Settings, command: str, what: str = "") -> str:
@@ -145,6 +244,11 @@ def demo(settings: Settings, seconds: float) -> None:
         raise click.ClickException(str(e)) from e
 
 
+DEFAULT_TRAIN_OUT = "models/state_autoencoder.pt"
+"""Where `train` writes without --out or MT_MODEL_PATH, from the current folder: in a clone of
+the repository, over the default model that the package ships."""
+
+
 @main.command()
 @click.option(
     "--simulate", type=int, default=None, help="train on N states of the built-in simulation"
@@ -189,15 +293,18 @@ def demo(settings: Settings, seconds: float) -> None:
 @click.option("--device", default=None, help="cpu or cuda [default: cuda when available]")
 @click.option(
     "--torch-threads",
+    cls=EnvOption,
     type=click.IntRange(min=1),
     default=None,
+    envvar="MT_TORCH_THREADS",
+    show_envvar=True,
     help="CPU threads for training [default: torch's choice; 1 is often fastest on a busy box]",
 )
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="checkpoint path [default: MT_MODEL_PATH]",
+    help=f"checkpoint path [default: MT_MODEL_PATH, else {DEFAULT_TRAIN_OUT} here]",
 )
 @click.pass_obj
 def train(
@@ -220,15 +327,22 @@ def train(
     torch_threads: int | None,
     out: str | None,
 ) -> None:
-    """Train the autoencoder; write the checkpoint, a metrics JSON and a loss-curve PNG."""
+    """Train the autoencoder; write the checkpoint, a metrics JSON and a loss-curve PNG.
+
+    The PNG needs matplotlib, the `plots` extra: without it the rest is written and a line
+    says how to install it.
+    """
     import torch
 
+    from . import plots
     from .features import FeatureSchema
-    from .plots import plot_loss_curve
     from .train import load_checkpoint, save_checkpoint, train_autoencoder_pipeline
 
     if sum((simulate is not None, jsonl is not None, from_stream)) != 1:
         raise click.UsageError("give exactly one of --simulate N, --jsonl FILE, --from-stream")
+    no_plot = "" if plots.available() else f"no loss-curve PNG: {plots.INSTALL_HINT} draws it"
+    if no_plot:
+        click.echo(f"{no_plot}; the checkpoint and its metrics are written as usual", err=True)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
@@ -248,17 +362,28 @@ def train(
     if start_from is not None:
         source["fine_tuned_from"] = start_from.version
     checkpoint.metrics["data"] = source
-    path = save_checkpoint(checkpoint, out or settings.model_path)
-    metrics_path = path.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
-    plot_path = plot_loss_curve(
-        checkpoint.metrics, path.with_suffix(".loss.png"), f"trained on {source['description']}"
-    )
+    path = save_checkpoint(checkpoint, out or settings.model_path or DEFAULT_TRAIN_OUT)
+    written = _write_training_reports(checkpoint, path, plot=not no_plot)
     mse = checkpoint.metrics["val_mse"]
     click.echo(
         f"model {checkpoint.version}: held-out MSE stm={mse['stm']:.5f} im={mse['im']:.5f} "
-        f"ltm={mse['ltm']:.5f}\nwrote {path}, {metrics_path}, {plot_path}"
+        f"ltm={mse['ltm']:.5f}\nwrote {', '.join(map(str, written))}"
     )
+    if no_plot:
+        click.echo(no_plot, err=True)
+
+
+def _write_training_reports(checkpoint: Checkpoint, path: Path, plot: bool) -> list[Path]:
+    """Beside the checkpoint: its metrics JSON and (with `plot`) its loss-curve PNG."""
+    from .plots import plot_loss_curve
+
+    metrics_path = path.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(_metrics_summary(checkpoint), indent=2) + "\n")
+    written = [path, metrics_path]
+    if plot:
+        title = f"trained on {checkpoint.metrics['data']['description']}"
+        written.append(plot_loss_curve(checkpoint.metrics, path.with_suffix(".loss.png"), title))
+    return written
 
 
 def _training_states(
@@ -543,12 +668,14 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 @main.command()
 @click.option(
     "--allow-untrained",
+    cls=EnvOption,
     is_flag=True,
     envvar="MT_ALLOW_UNTRAINED",
     help="serve an untrained (or missing) model instead of refusing it",
 )
 @click.option(
     "--consumer",
+    cls=EnvOption,
     default=None,
     envvar="MT_CONSUMER",
     help="consumer name in the group [default: host-pid]; reuse it to resume after a crash",
@@ -556,6 +683,7 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 @click.option(
     "--torch-threads",
     type=click.IntRange(min=1),
+    cls=EnvOption,
     default=1,
     show_default=True,
     envvar="MT_TORCH_THREADS",
@@ -563,6 +691,7 @@ def _evaluate_row(row: TierQuality) -> tuple[str, ...]:
 )
 @click.option(
     "--consolidate/--no-consolidate",
+    cls=EnvOption,
     default=True,
     show_default=True,
     envvar="MT_CONSOLIDATE",
@@ -641,7 +770,15 @@ CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
 
 
 @main.command("consolidate")
-@click.option("--now", "now", is_flag=True, help="run one full pass of each job and print it")
+@click.option(
+    "--now", "now", is_flag=True, help="run one full pass of each job now (what it always does)"
+)
+@click.option(
+    "--daemon-policy",
+    is_flag=True,
+    help="move by the policy of the live daemons (their heartbeats), not this command's MT_* "
+    "settings",
+)
 @click.option(
     "--wait",
     "wait_s",
@@ -650,23 +787,23 @@ CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
     help="seconds to wait for a job lock another daemon holds [default: the lock TTL, 30]",
 )
 @click.pass_obj
-def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> None:
-    """Move memories down the tiers by policy: STM->IM, IM->LTM, then LTM retention.
+def consolidate_command(
+    settings: Settings, now: bool, daemon_policy: bool, wait_s: float | None
+) -> None:
+    """Move memories down the tiers by policy, once, now: STM->IM, IM->LTM, LTM retention.
 
-    Each job runs under the same Redis lock as the daemons' scheduled jobs, so this is safe
-    while they run. Memories move through the model's bottleneck layers (settings.model_path).
+    The policy is this command's MT_*_MAX_AGE_S / MT_*_MAX_PER_AGENT settings (printed first),
+    or with --daemon-policy that of the live daemons; a note says when the two differ. Each
+    job runs under the same Redis lock as the daemons' scheduled jobs, so this is safe while
+    they run. Memories move through the model's bottleneck layers (MT_MODEL_PATH).
     """
     from .engine import EmbeddingEngine
     from .scheduler import JOB_NAMES, ConsolidationScheduler
-    from .tiers import TierPolicy
 
-    if not now:
-        raise click.UsageError(
-            "give --now: scheduled consolidation runs inside the daemons (memory-tiers serve)"
-        )
     url = _require_redis(settings, "consolidate", "the Redis whose tiers to consolidate")
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
+        settings = _consolidation_policy(settings, url, daemon_policy)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
         client = redis.Redis.from_url(url)
         try:
             scheduler = ConsolidationScheduler(client, settings, engine)
@@ -679,6 +816,90 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
     if not scheduler.tiers:
         click.echo("every tier policy is off: nothing to consolidate", err=True)
         return
+    _print_pass_results(settings, results)
+    busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
+    if busy:
+        raise click.ClickException(
+            f"not run, their lock stayed held by another process: {', '.join(busy)}"
+        )
+
+
+def _consolidation_policy(settings: Settings, url: str, daemon_policy: bool) -> Settings:
+    """`settings` with the policy consolidate runs by, said on stderr with where it came from.
+
+    Raises:
+        click.UsageError: --daemon-policy, and no live daemon consolidates or they disagree.
+    """
+    groups: dict[tuple[float | None, ...], list[Heartbeat]] = {}
+    for beat in _live_heartbeats(settings, url):
+        if beat.policy:
+            groups.setdefault(_policy_key(beat.policy), []).append(beat)
+    source = "this command's MT_* settings"
+    if daemon_policy:
+        if len(groups) != 1:
+            found = "no live daemon consolidates" if not groups else "live daemons disagree"
+            raise click.UsageError(f"--daemon-policy: {found}; give the MT_* policy settings")
+        [group] = groups.values()
+        policy: dict[str, Any] = _known_policy(group[0].policy)  # checked again by Settings
+        settings = dataclasses.replace(settings, **policy)
+        source = f"the live daemons' ({', '.join(b.consumer for b in group)})"
+    click.echo(f"policy ({source}): {_policy_words(settings)}", err=True)
+    for key, group in groups.items():
+        if key == _policy_key(settings.policy()):
+            continue
+        theirs = _known_policy(group[0].policy)
+        changed = {k: v for k, v in theirs.items() if getattr(settings, k) != v}
+        one = len(group) == 1
+        click.echo(
+            f"note: live daemon{'' if one else 's'} {', '.join(b.consumer for b in group)} "
+            f"consolidate{'s' if one else ''} with another policy: "
+            + ", ".join(f"{env_var(k)}={'off' if v is None else v}" for k, v in changed.items())
+            + " (this pass does not; --daemon-policy moves by theirs)",
+            err=True,
+        )
+    return settings
+
+
+def _known_policy(policy: Mapping[str, float | int | None] | None) -> dict[str, Any]:
+    """The POLICY_FIELDS of a heartbeat's policy (a daemon of another version may add more)."""
+    from .settings import POLICY_FIELDS
+
+    return {k: v for k, v in (policy or {}).items() if k in POLICY_FIELDS}
+
+
+def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
+    """The heartbeats of the daemons alive now."""
+    from .status import heartbeats
+
+    client = _status_client(url)
+    try:
+        return heartbeats(client, Keys(settings.prefix))
+    finally:
+        client.close()
+
+
+def _policy_key(policy: Mapping[str, float | int | None] | None) -> tuple[float | None, ...]:
+    """A policy's values in POLICY_FIELDS order, comparable across JSON (a heartbeat's 3600 may
+    read back as 3600.0)."""
+    from .settings import POLICY_FIELDS
+
+    values = policy or {}
+    return tuple(None if (v := values.get(k)) is None else float(v) for k in POLICY_FIELDS)
+
+
+def _policy_words(settings: Settings) -> str:
+    """'stm->im older than 3600 s or past 1000 per agent; ...; ltm retention off'."""
+    from .constants import TIERS
+    from .tiers import TierPolicy
+
+    policies = [TierPolicy.from_settings(settings, tier) for tier in TIERS]
+    return "; ".join(f"{p.describe()} {p.rules()}" for p in policies)
+
+
+def _print_pass_results(settings: Settings, results: Mapping[str, PassResult]) -> None:
+    """One table row per job that ran: what it moved, deleted and skipped."""
+    from .tiers import TierPolicy
+
     rows = [
         (
             TierPolicy.from_settings(settings, tier).describe(),
@@ -691,11 +912,6 @@ def consolidate_command(settings: Settings, now: bool, wait_s: float | None) -> 
     ]
     if rows:
         click.echo(_table(CONSOLIDATE_COLUMNS, rows, numeric=range(1, 5)))
-    busy = [JOB_NAMES[tier] for tier in scheduler.tiers if tier not in results]
-    if busy:
-        raise click.ClickException(
-            f"not run, their lock stayed held by another process: {', '.join(busy)}"
-        )
 
 
 # -- reencode ---------------------------------------------------------------------------------
@@ -708,13 +924,22 @@ REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "skipped", "seconds")
 @click.option(
     "--tiers", default="stm,im,ltm", show_default=True, help="tiers to re-encode, comma-separated"
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="re-encode even though the live daemons serve another model",
+)
 @click.pass_obj
-def reencode_command(settings: Settings, tiers: str) -> None:
+def reencode_command(settings: Settings, tiers: str, force: bool) -> None:
     """After a retrain: encode memories of other model versions again with MT_MODEL_PATH.
 
     Each memory whose raw state is stored (STM always; IM and LTM with
     MT_KEEP_STATE_AFTER_STM) gets the vector the current model gives its state. Those without
     a raw state stay as they are ("without state"). Safe while daemons run.
+
+    Restart the daemons on the new model first: while live daemons serve another one, they
+    keep encoding new states with it and their consolidation encodes moved memories back, so
+    reencode refuses (--force overrides).
     """
     from .engine import EmbeddingEngine
     from .store import TierStore
@@ -723,7 +948,8 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     url = _require_redis(settings, "reencode", "the Redis whose memories to re-encode")
     chosen = _query_tiers(tiers)
     try:
-        engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
+        engine = EmbeddingEngine.from_checkpoint(settings.model_file, expect_dims=settings.dims)
+        _check_served(settings, url, engine.version, force)
         client = redis.Redis.from_url(url)
         try:
             store = TierStore(client, settings)
@@ -738,6 +964,27 @@ def reencode_command(settings: Settings, tiers: str) -> None:
     ]
     click.echo(f"model {engine.version}")
     click.echo(_table(REENCODE_COLUMNS, rows, numeric=range(1, 5)))
+
+
+def _check_served(settings: Settings, url: str, version: str, force: bool) -> None:
+    """Refuse (or with `force`, warn) when live daemons serve models other than `version`."""
+    beats = _live_heartbeats(settings, url)
+    others = sorted(
+        {f"{b.consumer} ({b.model_version})" for b in beats if b.model_version != version}
+    )
+    if not others:
+        return
+    served = any(b.model_version == version for b in beats)
+    problem = (
+        f"model {version} ({settings.model_file}) is "
+        + ("not served by every live daemon" if served else "served by no live daemon")
+        + f": {', '.join(others)} serve another. They encode new states with theirs and their "
+        "consolidation encodes moved memories back; restart them with "
+        f"{env_var('model_path')}={settings.model_file} first (README, 'When to retrain')"
+    )
+    if not force and not served:
+        raise click.ClickException(problem + ", or give --force")
+    click.echo(f"warning: {problem}", err=True)
 
 
 # -- check and stats ---------------------------------------------------------------------------
@@ -862,6 +1109,8 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     from .status import agent_counts, model_versions, series, snapshot, top_agents
 
     url = _require_redis(settings, "stats", "the Redis the daemons use")
+    if plot_path:
+        _require_plots("stats --plot")
     keys = Keys(settings.prefix)
     client = _status_client(url)
     try:
@@ -909,6 +1158,9 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
         if daemon_rows
         else "no live daemon (no heartbeat key)",
     ]
+    ignored = _ignored_fields_line(status.heartbeats)
+    if ignored:
+        sections.append(ignored)
     drift = _drift_rows(status.heartbeats)
     if drift:
         table = _table(DRIFT_COLUMNS, drift, numeric={2, 3, 4})
@@ -933,6 +1185,31 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     click.echo("\n\n".join(sections))
     if plot_path:
         _plot_series(samples, plot_path, keys)
+
+
+def _require_plots(command: str) -> None:
+    """A usage error naming `command` when matplotlib (the `plots` extra) is missing."""
+    from . import plots
+
+    if not plots.available():
+        raise click.UsageError(f"{command} needs matplotlib: {plots.INSTALL_HINT}")
+
+
+def _ignored_fields_line(heartbeats: Sequence[Heartbeat]) -> str:
+    """What the live daemons' models ignore of the states they got, summed per field."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for beat in heartbeats:
+        counts.update(beat.ignored_fields or {})
+    if not counts:
+        return ""
+    fields = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common())
+    return (
+        f"ignored state fields (values): {fields}\n"
+        "  not in the model's feature schema and not numbers, they change no vector; README, "
+        "'Which state fields count', says how to add them"
+    )
 
 
 def _index_cells(status: Snapshot, tier: str) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 Writes need only Redis: `remember` and `remember_many` validate each entry the way the daemon
 will (protocol.encode_entry) and XADD it, so an agent that only writes never loads the model.
-The embedding engine is loaded from `settings.model_path` on the first recall.
+The embedding engine is loaded from `settings.model_file` on the first recall.
 
 Recall decisions:
 - A state query is featurized and encoded once, into every tier's space (one forward pass).
@@ -68,6 +68,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+
+SOCKET_TIMEOUT_S = 10.0
+"""How long a client that opened its own connection waits for a Redis reply before failing
+(StoreError); a recall takes milliseconds, so only a hung server or network waits this long."""
+
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+"""How long such a client waits to connect to Redis before failing."""
 
 ITEM_KEYS = ("agent_id", "state", "step", "ts", "kind", "importance")
 """Keys a `remember_many` item may have; agent_id and state are required."""
@@ -144,7 +151,7 @@ class MemoryClient:
         redis_client: a sync redis-py client; recall needs one that redisvl can read (any
             but `protocol=3`, see store.py).
         settings: key prefix, tier dimensions and index types, model path.
-        engine: an embedding engine to use; default: loaded from `settings.model_path` on
+        engine: an embedding engine to use; default: loaded from `settings.model_file` on
             the first recall, checked against the settings' dimensions.
 
     Raises:
@@ -180,7 +187,12 @@ class MemoryClient:
             raise ConfigError(
                 "MemoryClient needs settings.redis_url (MT_REDIS_URL): the Redis the daemon reads"
             )
-        client = cls(redis.Redis.from_url(settings.redis_url), settings)
+        connection = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        )  # the URL's own socket_timeout=/socket_connect_timeout= arguments win
+        client = cls(connection, settings)
         client._owns_client = True
         return client
 
@@ -209,7 +221,7 @@ class MemoryClient:
 
     @property
     def engine(self) -> EmbeddingEngine:
-        """The embedding engine, loaded from settings.model_path on first use.
+        """The embedding engine, loaded from settings.model_file on first use.
 
         Raises:
             ModelError: the checkpoint is missing, unreadable or of other dimensions.
@@ -225,12 +237,12 @@ class MemoryClient:
 
         started = time.perf_counter()
         engine = EmbeddingEngine.from_checkpoint(
-            self.settings.model_path, expect_dims=self.settings.dims
+            self.settings.model_file, expect_dims=self.settings.dims
         )
         log.info(
             "loaded model %s from %s in %.2fs",
             engine.version,
-            self.settings.model_path,
+            self.settings.model_file,
             time.perf_counter() - started,
         )
         return engine

@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 import redis
 import torch
+from redis.backoff import EqualJitterBackoff
 
 from .constants import Keys
 from .drift import ReconstructionDrift
@@ -86,10 +86,11 @@ DEFAULT_TORCH_THREADS = 1
 """torch threads of the daemon: Redis needs the other cores on a small box."""
 
 BACKOFF_INITIAL_S = 0.1
-"""First delay after Redis fails; it doubles with every failed attempt."""
+"""First delay after Redis fails; it doubles with every failed attempt (each delay is then drawn
+between half and all of that)."""
 
 BACKOFF_MAX_S = 10.0
-"""Longest delay between two attempts to reach Redis."""
+"""Longest delay between two attempts to reach Redis (drawn between 5 and 10 s)."""
 
 DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
@@ -114,21 +115,27 @@ fit: a restart cannot help (systemd: RestartPreventExitStatus=2)."""
 
 
 def load_engine(settings: Settings, allow_untrained: bool = False) -> EmbeddingEngine:
-    """The embedding engine of settings.model_path, checked against the tier dimensions.
+    """The embedding engine of settings.model_file, checked against the tier dimensions.
 
     Raises:
         ModelError: the checkpoint is missing or untrained (unless `allow_untrained`; then a
             missing one is replaced by random weights), unreadable, or of other dimensions.
     """
-    path = Path(settings.model_path)
+    path = settings.model_file
+    variable = env_var("model_path")
     fix = (
-        f"train one (memory-tiers train --simulate 20000 --out {path}), point "
-        f"{env_var('model_path')} at a trained checkpoint, or pass --allow-untrained "
-        "(allow_untrained=True) to store vectors of random weights"
+        f"point {variable} at a trained checkpoint (unset, the default model shipped in the "
+        f"package serves), or train one: memory-tiers train --simulate 20000 --out {path} "
+        "(memory-tiers serve --allow-untrained would store vectors of random weights)"
     )
     if not path.is_file():
         if not allow_untrained:
-            raise ModelError(f"no model checkpoint at {path}: {fix}")
+            if settings.model_path:
+                raise ModelError(f"no model checkpoint at {path} ({variable}): {fix}")
+            raise ModelError(
+                f"the default model is missing from the installed package ({path}): "
+                f"reinstall memory_tiers, or point {variable} at a trained checkpoint"
+            )
         log.warning("no model at %s: serving an UNTRAINED model (--allow-untrained)", path)
         return EmbeddingEngine.untrained(dims=settings.dims)
     engine = EmbeddingEngine.from_checkpoint(path, expect_dims=settings.dims)
@@ -162,13 +169,19 @@ def root_cause(error: BaseException) -> BaseException:
 
 
 class Backoff:
-    """Delays for one outage, `initial` doubling up to `cap`; logs its start and its end once."""
+    """Delays for one outage, `initial` doubling up to `cap`, with jitter; logs its start and its
+    end once.
+
+    The delays are redis-py's EqualJitterBackoff: each is random between half and all of the
+    doubled one, so daemons that lost Redis together do not all retry in the same instant.
+    """
 
     def __init__(self, initial: float = BACKOFF_INITIAL_S, cap: float = BACKOFF_MAX_S) -> None:
         self.initial = initial
         self.cap = cap
         self.attempts = 0
         self._since = 0.0
+        self._delays = EqualJitterBackoff(cap=cap, base=initial)
 
     def failed(self, error: BaseException) -> float:
         """Count a failed attempt; the delay before the next one."""
@@ -177,10 +190,11 @@ class Backoff:
             self._since = time.monotonic()
             cause = root_cause(error)
             log.warning(
-                "ingest interrupted (%s: %s); retrying with backoff from %.1f s up to %.0f s",
+                "ingest interrupted (%s: %s); retrying with jittered backoff from %.1f s up to "
+                "%.0f s",
                 type(cause).__name__, cause, self.initial, self.cap,
             )  # fmt: skip
-        return float(min(self.cap, self.initial * 2 ** (self.attempts - 1)))
+        return self._delays.compute(self.attempts - 1)
 
     def succeeded(self) -> None:
         """End the outage, if there was one."""
@@ -204,7 +218,7 @@ class Daemon:
         consumer: the consumer's name in the group [default: host-pid]; a restarted daemon of
             the same name resumes its own pending entries at once.
         allow_untrained: serve an untrained or missing model instead of refusing it.
-        engine: use this engine instead of loading settings.model_path.
+        engine: use this engine instead of loading settings.model_file.
         torch_threads: torch.set_num_threads at start; None leaves it alone.
         handle_signals: install SIGTERM/SIGINT handlers (main thread only).
         summary_interval_s: how often an INFO summary is logged.
@@ -287,7 +301,7 @@ class Daemon:
             client, engine, self.settings, consumer, on_commit=on_commit, drift=drift
         )
         self.ingestor = ingestor
-        chores = _Chores(client, self.settings, ingestor, engine)
+        chores = _Chores(client, self.settings, ingestor, engine, self.consolidate)
         started = time.monotonic()
         try:
             with self._signals():
@@ -533,9 +547,15 @@ class _Chores:
     """
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, ingestor: Ingestor, engine: EmbeddingEngine
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        ingestor: Ingestor,
+        engine: EmbeddingEngine,
+        consolidating: bool,
     ) -> None:
         self._client = client
+        self._policy = settings.policy() if consolidating else None
         self._settings = settings
         self._ingestor = ingestor
         self._keys = ingestor.keys
@@ -585,6 +605,8 @@ class _Chores:
             ttl_s=self._settings.heartbeat_ttl_s,
             reconstruction_mse=drift.mse() if (drift := self._ingestor.drift) else None,
             validation_mse=self._engine.validation_mse,
+            ignored_fields=self._ingestor.ignored.report() or None,
+            policy=self._policy,
         )
         beat(self._client, self._keys, heartbeat)
         self._beating = True

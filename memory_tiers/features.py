@@ -40,6 +40,7 @@ import math
 import reprlib
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,11 @@ POOLS = ("max", "mean")
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 _EXACT_INT = 2**53
 _BOOL_TYPES = (bool, np.bool_)
+
+NOT_FEATURES = frozenset({"agent_id"})
+"""State keys that are never features and are not reported as ignored: a state's own copy of
+its agent's id (the simulation's states carry one) is what recall filters by, not a trait."""
+
 _SCHEMA_KEYS = ("version", "numeric", "categorical", "grids", "hashed_slots", "default")
 
 _repr = reprlib.Repr()
@@ -270,6 +276,7 @@ class _Accumulator:
         self.slots: list[int] = []  # flat indices into the (n, hashed_slots) hashed block
         self.squashed: list[float] = []
         self.grids_done: list[frozenset[int]] = []  # per grid field: states filled in bulk
+        self.ignored: Counter[str] | None = None  # per key: values no slot takes, if counted
 
 
 @dataclass(frozen=True)
@@ -362,9 +369,14 @@ class FeatureSchema:
         return self._extract(list(states), fail)
 
     def extract_valid(
-        self, states: Iterable[object]
+        self, states: Iterable[object], ignored: Counter[str] | None = None
     ) -> tuple[FloatArray, list[int], dict[int, FeatureError]]:
         """Like `extract_batch`, but bad states are set aside instead of failing the batch.
+
+        Args:
+            ignored: if given, counts per key the top-level values no slot takes: keys the
+                schema does not name whose values are not numbers (or, with hashed_slots 0,
+                any), None and the state's own `agent_id` left out.
 
         Returns:
             (features of the good states in order, their indices, {index: error} of the bad)
@@ -375,16 +387,20 @@ class FeatureSchema:
             errors[index] = error
 
         items = list(states)
-        features = self._extract(items, keep)
+        features = self._extract(items, keep, ignored)
         good = [i for i in range(len(items)) if i not in errors]
         return features[good], good, errors
 
     def _extract(
-        self, states: Sequence[object], on_error: Callable[[int, FeatureError], None]
+        self,
+        states: Sequence[object],
+        on_error: Callable[[int, FeatureError], None],
+        ignored: Counter[str] | None = None,
     ) -> FloatArray:
         layout = self._layout
         out = np.zeros((len(states), layout.dim), dtype=np.float32)
         acc = _Accumulator(len(states), layout)
+        acc.ignored = ignored
         acc.grids_done = [_fill_grids(g, offset, states, out) for g, offset in layout.grids]
         for i, state in enumerate(states):
             try:
@@ -418,15 +434,17 @@ class FeatureSchema:
             value = None if i in done else state.get(g.name)
             if value is not None:
                 out[i, offset : offset + g.width] = _fit_grid(g, value).ravel()
-        if self.hashed_slots:
+        if self.hashed_slots or acc.ignored is not None:
             self._read_unknown(state, i, acc)
 
     def _read_unknown(self, state: Mapping[Any, Any], i: int, acc: _Accumulator) -> None:
-        known, k = self._layout.known, self.hashed_slots
+        known, k, ignored = self._layout.known, self.hashed_slots, acc.ignored
         for key, value in state.items():
             if key in known or not isinstance(key, str):
                 continue
-            if isinstance(value, _BOOL_TYPES) or not isinstance(value, _NUMBER_TYPES):
+            if not k or isinstance(value, _BOOL_TYPES) or not isinstance(value, _NUMBER_TYPES):
+                if ignored is not None and value is not None and key not in NOT_FEATURES:
+                    ignored[key] += 1
                 continue
             x = _number(key, value)
             acc.slots.append(i * k + zlib.crc32(key.encode("utf-8")) % k)

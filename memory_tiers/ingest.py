@@ -42,6 +42,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -65,6 +66,7 @@ from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, PartialCommitError, StoreError
+from .ignored import IgnoredFields
 from .protocol import StreamEntry, decode_entry, tag_problem
 from .replies import text
 from .settings import Settings
@@ -294,6 +296,8 @@ class Batch:
     prepare_s: float = 0.0
     transaction: Transaction | None = None
     """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
+    ignored_fields: int = 0
+    """Values of state fields the schema does not use (ignored.py), in the batch's states."""
 
 
 @dataclass(frozen=True)
@@ -334,9 +338,11 @@ class IngestStats:
     claimed: int = 0
     prepare_s: float = 0.0
     commit_s: float = 0.0
+    ignored_fields: int = 0
 
     def add(self, batch: Batch, outcome: Outcome) -> None:
         """Count one committed batch."""
+        self.ignored_fields += batch.ignored_fields
         self.batches += 1
         self.entries += len(batch.ids)
         self.stored += outcome.stored
@@ -401,6 +407,8 @@ class Ingestor:
         self.stats = IngestStats()
         self.on_commit = on_commit
         self.drift = drift
+        self.ignored = IgnoredFields()
+        """State fields this schema does not use, counted per key (each logged once)."""
         self._packer = _command_packer(client)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -480,7 +488,10 @@ class Ingestor:
         """Decode, featurize and encode a batch: its STM records and dead letters. No Redis."""
         start = time.perf_counter()
         split = _split(messages)
-        features, good, errors = self._featurize([d.state for d, _ in split.good])
+        ignored: Counter[str] = Counter()
+        features, good, errors = self._featurize([d.state for d, _ in split.good], ignored)
+        if ignored:
+            self.ignored.add(ignored)
         for index, error in errors.items():
             decoded, fields = split.good[index]
             split.dead.append(DeadLetter(decoded.entry.entry_id, error, fields))
@@ -497,7 +508,7 @@ class Ingestor:
                 for row, i in enumerate(good)
             ]
         sources = {d.entry.entry_id: fields for d, fields in split.good}
-        batch = Batch(split.ids, records, split.dead, sources)
+        batch = Batch(split.ids, records, split.dead, sources, ignored_fields=ignored.total())
         transaction = self._transaction(batch) if batch.ids else None
         return replace(batch, prepare_s=time.perf_counter() - start, transaction=transaction)
 
@@ -615,12 +626,13 @@ class Ingestor:
         return replies
 
     def _featurize(
-        self, states: Sequence[Mapping[str, Any]]
+        self, states: Sequence[Mapping[str, Any]], ignored: Counter[str]
     ) -> tuple[npt.NDArray[np.float32], list[int], dict[int, str]]:
-        """Feature rows of the good states, their indices, {index: reason} of the bad ones."""
+        """Feature rows of the good states, their indices, {index: reason} of the bad ones;
+        the values no slot takes are counted per key into `ignored`."""
         schema = self.engine.schema
         try:
-            features, good, errors = schema.extract_valid(states)
+            features, good, errors = schema.extract_valid(states, ignored)
         except Exception:
             # A bug or an error type the schema does not expect: find the state that causes it
             # rather than stop on the batch forever.

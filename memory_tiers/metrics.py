@@ -65,6 +65,12 @@ class DaemonMetrics:
             "Stream entries this daemon moved to the dead letters, with a reason.",
             registry=self.registry,
         )
+        self.ignored_fields = Counter(
+            "memory_tiers_state_fields_ignored",
+            "Values of state fields the model's feature schema does not use (they change no "
+            "vector); the daemon's log and memory-tiers stats name the fields.",
+            registry=self.registry,
+        )
         self.batch_seconds = Histogram(
             "memory_tiers_batch_seconds",
             "Time to prepare (decode, featurize, encode) and commit one batch.",
@@ -132,6 +138,7 @@ class DaemonMetrics:
         """Count one committed batch (called on the commit thread)."""
         self.ingested.inc(outcome.stored)
         self.dead_letters.inc(outcome.dead_letters)
+        self.ignored_fields.inc(batch.ignored_fields)
         self.batch_seconds.observe(batch.prepare_s + outcome.commit_s)
 
     def observe_job(self, run: JobRun) -> None:

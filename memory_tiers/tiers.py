@@ -117,6 +117,15 @@ class TierPolicy:
         """'stm->im' or 'ltm retention', for logs and tables."""
         return f"{self.tier}->{self.destination}" if self.destination else f"{self.tier} retention"
 
+    def rules(self) -> str:
+        """'older than 3600 s or past 1000 per agent', or 'off', for people."""
+        rules = []
+        if self.max_age_s is not None:
+            rules.append(f"older than {self.max_age_s:g} s")
+        if self.max_per_agent is not None:
+            rules.append(f"past {self.max_per_agent} per agent")
+        return " or ".join(rules) or "off"
+
 
 @dataclass(frozen=True)
 class PassResult:
@@ -192,7 +201,9 @@ def consolidate(
         moved, deleted, run.batches, time.perf_counter() - started,
         len(run.skipped), run.conflicts, run.reencoded_moved, len(run.without_state),
     )  # fmt: skip
-    log.info(
+    busy = result.moved or result.deleted or result.skipped or result.conflicts or run.stale
+    log.log(
+        logging.INFO if busy or run.stopped else logging.DEBUG,  # an idle pass every interval
         "consolidate %s: moved %d (%d re-encoded from their state), deleted %d, skipped %d, "
         "conflicts %d, stale index entries %d, %d batches in %.3f s%s",
         policy.describe(), result.moved, result.reencoded, result.deleted, result.skipped,

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import ModelError
+from .errors import MemoryTiersError, ModelError
 from .features import FeatureSchema, default_schema
 from .model import ModelConfig, StateAutoencoder
 from .sampling import sample_states
@@ -226,8 +226,16 @@ class AutoencoderTrainer:
     def _tensor(self, features: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(features, dtype=torch.float32, device=self.device)
 
-    def train_epoch(self, x: torch.Tensor, generator: torch.Generator) -> float:
-        """One pass over shuffled mini-batches; returns the mean weighted loss."""
+    def train_epoch(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        on_batch: Callable[[], object] | None = None,
+    ) -> float:
+        """One pass over shuffled mini-batches; returns the mean weighted loss.
+
+        `on_batch` is called after each batch (a progress bar's update).
+        """
         self.model.train()
         order = torch.randperm(len(x), generator=generator).to(self.device)
         total, batches = 0.0, 0
@@ -241,6 +249,8 @@ class AutoencoderTrainer:
             self.optimizer.step()
             total += loss.item()
             batches += 1
+            if on_batch is not None:
+                on_batch()
         return total / batches
 
     @torch.no_grad()
@@ -289,15 +299,18 @@ class AutoencoderTrainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(self.model.state_dict())
         started = time.perf_counter()
-        epochs = tqdm(
-            range(1, self.config.epochs + 1), desc="training", disable=not self.config.progress
-        )
-        for epoch in epochs:
-            train_loss = self.train_epoch(x_train, generator)
+        # Per batch, not per epoch: an epoch of a large set on a busy CPU takes minutes.
+        per_epoch = math.ceil(len(x_train) / self.config.batch_size)
+        progress = tqdm(
+            total=self.config.epochs * per_epoch, desc="training", unit="batch",
+            disable=not self.config.progress,
+        )  # fmt: skip
+        for epoch in range(1, self.config.epochs + 1):
+            train_loss = self.train_epoch(x_train, generator, on_batch=progress.update)
             val_loss = self.evaluate(x_val)["loss"]
             self.history["train_loss"].append(train_loss)
             self.history["val_loss"].append(val_loss)
-            epochs.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+            progress.set_postfix(epoch=epoch, train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             if val_loss < best_loss:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = copy.deepcopy(self.model.state_dict())
@@ -306,6 +319,7 @@ class AutoencoderTrainer:
                     "early stop at epoch %d: best val loss %.6f at %d", epoch, best_loss, best_epoch
                 )
                 break
+        progress.close()
         seconds = time.perf_counter() - started
         self.model.load_state_dict(best_state)
         epochs_run = len(self.history["train_loss"])
@@ -438,20 +452,76 @@ def load_checkpoint(
         ModelError: missing, unreadable, of another format, or not matching expectations.
     """
     path = Path(path)
+    payload = _read_checkpoint(path, device)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a memory_tiers checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise ModelError(f"{path} is an incomplete checkpoint: no {', '.join(missing)}")
+    try:
+        schema = FeatureSchema.from_dict(payload["schema"])
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (MemoryTiersError, TypeError, ValueError, KeyError) as e:
+        raise ModelError(
+            f"{path} holds a schema or model config this version cannot read: {e}"
+        ) from e
+    _check_expectations(path, schema, config, expect_schema, expect_dims)
+    model = StateAutoencoder(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ModelError(
+            f"{path}: its weights do not fit its own model config ({_one_line(e)})"
+        ) from e
+    return Checkpoint(model.to(device).eval(), schema, payload["version"], payload["metrics"])
+
+
+_CHECKPOINT_KEYS = ("schema", "model_config", "state_dict", "version", "metrics")
+
+
+def _read_checkpoint(path: Path, device: str | torch.device) -> Any:
+    """What `path` holds, read safely (weights_only=True: no pickled code runs).
+
+    torch's own errors are replaced by what they mean here: its advice to load with
+    weights_only=False would run whatever code the file carries, and the file is not a bug
+    to report to torch.
+
+    Raises:
+        ModelError: one line naming the file and what is wrong with it.
+    """
+    if path.is_dir():
+        raise ModelError(f"model checkpoint {path} is a folder, not a file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelError(f"model checkpoint {path} is empty")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError as e:
         raise ModelError(f"model checkpoint not found: {path}") from e
+    except OSError as e:
+        raise ModelError(f"cannot read model checkpoint {path}: {e.strerror or e}") from e
     except Exception as e:
-        raise ModelError(f"cannot read model checkpoint {path}: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path} is not a memory_tiers checkpoint (format {CHECKPOINT_FORMAT})")
-    schema = FeatureSchema.from_dict(payload["schema"])
-    config = ModelConfig.from_dict(payload["model_config"])
-    _check_expectations(path, schema, config, expect_schema, expect_dims)
-    model = StateAutoencoder(config)
-    model.load_state_dict(payload["state_dict"])
-    return Checkpoint(model.to(device).eval(), schema, payload["version"], payload["metrics"])
+        raise ModelError(f"model checkpoint {path} {_load_failure(e)}") from e
+    return payload
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load failed on an existing file, in words, without torch's advice."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return (
+            "holds Python objects besides tensors and plain data, which a safe load refuses: "
+            "it is not a memory_tiers checkpoint (train.save_checkpoint writes only those)"
+        )
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return "is corrupt or truncated (not a complete PyTorch file: copy it again)"
+    return "is not a PyTorch checkpoint file (neither a torch.save zip archive nor a legacy one)"
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line, at most 160 characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = text or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_expectations(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,40 @@ def test_train_needs_exactly_one_source(args: list[str]) -> None:
     result = CliRunner().invoke(main, ["train", *args])
     assert result.exit_code == 2
     assert "exactly one of --simulate N, --jsonl FILE, --from-stream" in result.output
+
+
+def test_progress_moves_per_batch_and_the_loss_plot_ticks_whole_epochs(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from memory_tiers.plots import loss_figure
+
+    model = tmp_path / "ae.pt"
+    args = ["--simulate", "500", "--epochs", "3", "--patience", "9", "--out", str(model)]
+    output = run_train(args)
+    assert re.search(r"training: 100%.* 21/21 \[", output), output  # 400 train states / 64: 7
+    figure = loss_figure(load_checkpoint(model).metrics)
+    ticks = figure.axes[0].get_xticks()
+    plt.close(figure)
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_without_matplotlib_train_writes_all_but_the_plot_and_stats_plot_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: EmbeddedRedis
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were missing
+    model = tmp_path / "ae.pt"
+    result = CliRunner().invoke(
+        main, ["--log-level", "WARNING", "train", "--simulate", "300", "--epochs", "1",
+               "--out", str(model)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "no loss-curve PNG: pip install 'memory_tiers[plots]' draws it" in result.stderr
+    assert f"wrote {model}, {model.with_suffix('.metrics.json')}\n" in result.stdout
+    assert load_checkpoint(model).metrics["epochs_run"] == 1
+    assert not model.with_suffix(".loss.png").exists()
+
+    stats = CliRunner().invoke(
+        main, ["--redis-url", redis_server.url, "stats", "--plot", str(tmp_path / "s.png")]
+    )
+    assert stats.exit_code == 2
+    assert "stats --plot needs matplotlib: pip install 'memory_tiers[plots]'" in stats.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -600,3 +601,25 @@ def test_redis_failures_are_store_errors_with_context() -> None:
             client.remember(AGENT, {"health": 1})
         with pytest.raises(StoreError, match="pipelined XADD of 2 entries"):
             client.remember_many([{"agent_id": AGENT, "state": {}}] * 2)
+
+
+def test_a_client_of_a_hung_redis_fails_after_its_socket_timeout(
+    redis_server: EmbeddedRedis,
+) -> None:
+    import socket
+
+    from memory_tiers.client import SOCKET_CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
+
+    with MemoryClient.from_url(redis_server.url) as healthy:
+        options = healthy.redis.connection_pool.connection_kwargs
+        assert (options["socket_timeout"], options["socket_connect_timeout"]) == (
+            SOCKET_TIMEOUT_S, SOCKET_CONNECT_TIMEOUT_S,
+        )  # fmt: skip
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        url = f"redis://127.0.0.1:{port}/0?socket_timeout=0.2"
+        with MemoryClient.from_url(url) as hung:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="Timeout"):
+                hung.remember("a", {"health": 1})
+            assert time.monotonic() - started < 5  # the URL's 0.2 s, a few retries

@@ -286,22 +286,30 @@ def test_a_second_signal_exits_at_once_with_a_nonzero_code(
     assert exits == [128 + signal.SIGINT]
 
 
-def test_backoff_doubles_to_its_cap_and_logs_once_per_outage(
+def test_backoff_doubles_to_its_cap_with_jitter_and_logs_once_per_outage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="memory_tiers.daemon")
     backoff = Backoff()
     error = redis.ConnectionError("refused")
     delays = [backoff.failed(error) for _ in range(10)]
-    assert delays[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
-    assert delays[-1] == BACKOFF_MAX_S and max(delays) == BACKOFF_MAX_S
+    ceilings = [min(BACKOFF_MAX_S, 0.1 * 2**i) for i in range(10)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
     backoff.succeeded()
     backoff.succeeded()
-    assert backoff.failed(error) == pytest.approx(0.1)  # a new outage starts over
+    assert 0.05 <= backoff.failed(error) <= 0.1  # a new outage starts over
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3
     assert messages[0].startswith("ingest interrupted (ConnectionError: refused)")
     assert messages[1].startswith("ingest resumed after 10 failed attempts")
+
+
+def test_daemons_that_lost_redis_together_do_not_retry_in_lockstep() -> None:
+    daemons = [Backoff() for _ in range(50)]
+    error = redis.ConnectionError("refused")
+    sixth = [[d.failed(error) for _ in range(6)][-1] for d in daemons]
+    assert all(1.6 <= delay <= 3.2 for delay in sixth)  # 0.1 x 2^5, jittered
+    assert len({round(delay, 2) for delay in sixth}) > 40
 
 
 def test_the_daemon_needs_a_redis_url(engine: EmbeddingEngine) -> None:

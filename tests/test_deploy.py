@@ -546,3 +546,29 @@ def test_compose_api_reads_its_keys_as_a_secret_and_checks_liveness() -> None:
     assert api["read_only"] is True and api["cap_drop"] == ["ALL"]
     values = {k: compose_default(str(v)) for k, v in api["environment"].items() if v is not None}
     assert_valid_values(values, "compose.yaml (api)")
+
+
+# -- the package -------------------------------------------------------------------------------
+
+
+def test_a_built_wheel_carries_the_default_model(tmp_path: Path) -> None:
+    """What `pip install` of a wheel, sdist or git URL gets: the model inside the package."""
+    import zipfile
+
+    source = tmp_path / "src"  # a copy: setuptools builds in the source tree (build/)
+    for folder in ("memory_tiers", "models"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__py*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = tmp_path.glob("memory_tiers-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("memory_tiers/models/state_autoencoder.pt")
+        names = archive.namelist()
+    assert shipped == (REPO / "models" / "state_autoencoder.pt").read_bytes()
+    assert "memory_tiers/models/__init__.py" in names
+    assert not [n for n in names if n.endswith(".png")]

@@ -12,6 +12,7 @@ import torch
 from memory_tiers import (
     EmbeddingEngine,
     FeatureError,
+    ModelError,
     action_to_state,
     default_schema,
     load_checkpoint,
@@ -131,3 +132,65 @@ def test_default_model_beats_pca_at_ltm(default_engine: EmbeddingEngine) -> None
     ltm = default_engine.encode_features(held_out)["ltm"]
     ae_mse = ((default_engine.decode(ltm, "ltm") - held_out) ** 2).mean()
     assert ae_mse < pca_mse, f"LTM MSE {ae_mse:.5f} is not below PCA-32's {pca_mse:.5f}"
+
+
+class _Foreign:
+    """A class a weights-only load refuses to rebuild."""
+
+
+def _broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """{case: (file, what its error must say)} of files that are not usable checkpoints."""
+    good = DEFAULT_MODEL.read_bytes()
+    payload = torch.load(DEFAULT_MODEL, weights_only=True)
+    files: dict[str, tuple[bytes | object, str]] = {
+        "garbage": (b"hello, not a model", "is not a PyTorch checkpoint file"),
+        "truncated": (good[: len(good) // 2], "is corrupt or truncated"),
+        "empty": (b"", "is empty"),
+        "foreign objects": ({"weights": _Foreign()}, "holds Python objects besides tensors"),
+        "foreign dict": ({"weights": torch.zeros(2)}, "is not a memory_tiers checkpoint"),
+        "future schema": (
+            {**payload, "schema": {"version": 99}},
+            "holds a schema or model config this version cannot read",
+        ),
+        "missing keys": ({"format": payload["format"]}, "is an incomplete checkpoint: no schema"),
+        "wrong shapes": (
+            {**payload, "state_dict": {k: v[:1] for k, v in payload["state_dict"].items()}},
+            "its weights do not fit its own model config (Error(s) in loading state_dict",
+        ),
+    }
+    made = {}
+    for case, (content, message) in files.items():
+        path = tmp_path / f"{case.replace(' ', '-')}.pt"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        made[case] = (path, message)
+    return made
+
+
+def test_a_broken_checkpoint_gets_one_line_naming_the_file(tmp_path: Path) -> None:
+    for case, (path, expected) in _broken_checkpoints(tmp_path).items():
+        with pytest.raises(ModelError) as caught:
+            load_checkpoint(path)
+        message = str(caught.value)
+        assert str(path) in message, case
+        assert expected in message, (case, message)
+        assert "\n" not in message, case
+        assert "weights_only" not in message and "issue" not in message, (case, message)
+    with pytest.raises(ModelError, match=f"model checkpoint {tmp_path} is a folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_serve_refuses_a_corrupt_checkpoint_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from memory_tiers.cli import main
+
+    path = tmp_path / "half.pt"
+    path.write_bytes(DEFAULT_MODEL.read_bytes()[:1000])
+    result = CliRunner().invoke(
+        main, ["serve"], env={"MT_MODEL_PATH": str(path), "MT_REDIS_URL": "redis://127.0.0.1:1"}
+    )
+    assert result.exit_code == 2
+    assert f"memory-tiers serve stops: model checkpoint {path} is corrupt" in result.output

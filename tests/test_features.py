@@ -500,3 +500,23 @@ def test_from_file_errors(tmp_path: Path) -> None:
         FeatureSchema.from_file(bad)
     with pytest.raises(ConfigError, match=r"\.yaml"):
         FeatureSchema.from_file(tmp_path / "schema.yaml")
+
+
+def test_values_no_slot_takes_are_counted_per_field() -> None:
+    from collections import Counter
+
+    schema = default_schema()
+    states = [
+        {"text": "user likes pizza", "health": 50},
+        {"text": "user hates rain", "tags": ["a"], "health": 50},
+        {"health": 50, "agent_id": "a-1", "flag": True, "gone": None, "score": 3},
+    ]
+    ignored: Counter[str] = Counter()
+    features, good, errors = schema.extract_valid(states, ignored)
+    assert (good, errors) == ([0, 1, 2], {})
+    assert ignored == {"text": 2, "tags": 1, "flag": 1}  # score is hashed; agent_id, None: never
+    assert np.array_equal(features[0], features[1])  # why users must be told
+    bare = FeatureSchema.from_dict({**schema.to_dict(), "hashed_slots": 0})
+    ignored.clear()
+    bare.extract_valid(states, ignored)
+    assert ignored == {"text": 2, "tags": 1, "flag": 1, "score": 1}

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.exceptions import LockNotOwnedError
+from test_ingest import daemon as make_daemon
+from test_ingest import running
 
 from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, Settings
 from memory_tiers.cli import main
@@ -22,9 +25,8 @@ from memory_tiers.scheduler import (
     JOB_NAMES,
     ConsolidationScheduler,
     JobRun,
-    LockNotAcquired,
-    RedisLock,
 )
+from memory_tiers.status import heartbeats
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import epoch_ms
 
@@ -110,75 +112,31 @@ def moving(settings: Settings, **changes: Any) -> Settings:
     )  # fmt: skip
 
 
-# -- RedisLock ---------------------------------------------------------------------------------
+# -- job locks (redis-py's Lock) ----------------------------------------------------------------
 
 
-def test_lock_is_exclusive_and_released_by_its_owner(redis_client: redis.Redis) -> None:
-    first, second = RedisLock(redis_client, LOCK, 10), RedisLock(redis_client, LOCK, 10)
+def test_a_job_lock_is_exclusive_expires_and_is_released_only_by_its_owner(
+    redis_client: redis.Redis, clients: list[redis.Redis], settings: Settings,
+    engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    """What the scheduler relies on, through the locks it makes: our use, not redis-py's tests."""
+    mine, theirs = (ConsolidationScheduler(c, settings, engine, lock_ttl_s=10) for c in clients)
+    first, second = mine.job_lock("consolidate-stm"), theirs.job_lock("consolidate-stm")
+    key = KEYS.lock("consolidate-stm")
 
-    assert first.acquire() is True
-    assert second.acquire() is False
-    assert first.owned and not second.owned
-    assert 9000 < redis_client.pttl(LOCK) <= 10_000
-    assert second.release() is False  # never held: deletes nothing
-    assert redis_client.get(LOCK) == first.token
-    assert first.release() is True
-    assert redis_client.exists(LOCK) == 0
-    assert second.acquire() is True
+    assert first.acquire(blocking=False) is True
+    assert second.acquire(blocking=False) is False
+    assert 9000 < redis_client.pttl(key) <= 10_000
+    redis_client.pexpire(key, 300)
+    first.reacquire()  # the renewal between batches: the full TTL again
+    assert redis_client.pttl(key) > 9000
 
-
-def test_a_lock_that_changed_hands_is_not_deleted_or_renewed_by_the_old_owner(
-    redis_client: redis.Redis,
-) -> None:
-    old = RedisLock(redis_client, LOCK, 0.2)
-    assert old.acquire()
-    wait_for(lambda: redis_client.exists(LOCK) == 0, what="the lock to expire")
-    new = RedisLock(redis_client, LOCK, 10)
-    assert new.acquire()
-
-    assert old.renew() is False
-    assert old.release() is False
-
-    assert redis_client.get(LOCK) == new.token
-    assert redis_client.pttl(LOCK) > 9000
-    assert new.owned and not old.owned
-
-
-def test_renew_extends_the_ttl_only_for_the_owner(redis_client: redis.Redis) -> None:
-    lock = RedisLock(redis_client, LOCK, 10)
-    assert lock.acquire()
-    redis_client.pexpire(LOCK, 300)
-
-    assert lock.renew() is True
-    assert redis_client.pttl(LOCK) > 9000
-
-    redis_client.set(LOCK, "someone-else", px=300)
-    assert lock.renew() is False
-    assert redis_client.pttl(LOCK) <= 300
-    assert lock.release() is False
-    assert redis_client.get(LOCK) == "someone-else"
-
-
-def test_blocking_acquire_waits_for_release_or_times_out(redis_client: redis.Redis) -> None:
-    holder = RedisLock(redis_client, LOCK, 10)
-    assert holder.acquire()
-    waiter = RedisLock(redis_client, LOCK, 10)
-
-    started = time.monotonic()
-    assert waiter.acquire(blocking=True, timeout_s=0.2) is False
-    assert 0.2 <= time.monotonic() - started < 2
-
-    threading.Timer(0.2, holder.release).start()
-    assert waiter.acquire(blocking=True, timeout_s=10) is True
-    assert waiter.owned
-
-
-def test_lock_as_context_manager_raises_when_busy(redis_client: redis.Redis) -> None:
-    with RedisLock(redis_client, LOCK, 10) as lock:
-        assert lock.owned
-        with pytest.raises(LockNotAcquired, match=LOCK), RedisLock(redis_client, LOCK, 10):
-            pass
-    assert redis_client.exists(LOCK) == 0
+    redis_client.set(key, "someone-else", px=10_000)  # as if ours had expired and changed hands
+    with pytest.raises(LockNotOwnedError):
+        first.reacquire()
+    with pytest.raises(LockNotOwnedError):
+        first.release()
+    assert redis_client.get(key) == "someone-else"
 
 
 # -- ConsolidationScheduler --------------------------------------------------------------------
@@ -204,8 +162,8 @@ def test_run_now_leaves_out_a_job_whose_lock_another_process_holds(
     redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
 ) -> None:
     records = seed(store, 20)
-    other = RedisLock(redis_client, KEYS.lock("consolidate-im"), 10)
-    assert other.acquire()
+    other = redis_client.lock(KEYS.lock("consolidate-im"), timeout=10)
+    assert other.acquire(blocking=False)
     scheduler = ConsolidationScheduler(redis_client, moving(settings), engine)
 
     results = scheduler.run_now(wait_s=0.1)
@@ -213,7 +171,7 @@ def test_run_now_leaves_out_a_job_whose_lock_another_process_holds(
     assert list(results) == ["stm"]
     assert scheduler.lock_busy["consolidate-im"] == 1
     assert placement(redis_client, records) == {"stm": 0, "im": 20, "ltm": 0}
-    assert other.owned
+    assert other.owned()
 
 
 def test_a_pass_that_loses_its_lock_stops_and_leaves_the_new_owners_lock(
@@ -327,15 +285,71 @@ def test_consolidate_now_prints_what_each_job_moved(
     assert placement(store.client, records)["im"] == 30
 
 
-def test_consolidate_needs_a_redis_url_and_now(model_path: Path) -> None:
+def test_consolidate_needs_a_redis_url(model_path: Path) -> None:
     env = {"MT_REDIS_URL": None, "MT_MODEL_PATH": str(model_path)}
     result = CliRunner().invoke(main, ["consolidate", "--now"], env=env)
     assert result.exit_code == 2
     assert "MT_REDIS_URL" in result.output
 
-    result = CliRunner().invoke(main, ["consolidate"], env={**env, "MT_REDIS_URL": "redis://x"})
-    assert result.exit_code == 2
-    assert "--now" in result.output
+
+def test_consolidate_says_its_policy_and_can_take_the_daemons(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore,
+    settings: Settings, model_path: Path, engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    now = epoch_ms()
+    records = [
+        MemoryRecord(
+            entry_id=f"{now - 60 + i}-0", agent_id="bot", agent_type="explorer", step=i,
+            ts=now - 60 + i, model_version=engine.version,
+            vector=np.full(384, i / 60, dtype=np.float32),
+        )
+        for i in range(60)
+    ]  # fmt: skip
+    store.write("stm", records)  # a minute old: only a count rule moves them
+    daemon_settings = dataclasses.replace(
+        settings, stm_max_per_agent=50, consolidate_interval_s=3600, block_ms=100
+    )
+    env = {"MT_REDIS_URL": redis_server.url, "MT_MODEL_PATH": str(model_path)}
+    with running(make_daemon(daemon_settings, engine, "policy-d")):
+        wait_for(lambda: bool(heartbeats(redis_client, KEYS)), what="the daemon's heartbeat")
+        mine = CliRunner().invoke(main, ["--log-level", "WARNING", "consolidate"], env=env)
+        theirs = CliRunner().invoke(
+            main, ["--log-level", "WARNING", "consolidate", "--daemon-policy"], env=env
+        )
+    assert mine.exit_code == 0, mine.output
+    assert mine.stderr.splitlines() == [
+        "policy (this command's MT_* settings): stm->im older than 3600 s or past 1000 per "
+        "agent; im->ltm older than 86400 s or past 10000 per agent; ltm retention off",
+        "note: live daemon policy-d consolidates with another policy: MT_STM_MAX_PER_AGENT=50 "
+        "(this pass does not; --daemon-policy moves by theirs)",
+    ]
+    assert mine.stdout.splitlines()[1].split()[:2] == ["stm->im", "0"]
+    assert theirs.exit_code == 0, theirs.output
+    assert theirs.stderr.splitlines() == [
+        "policy (the live daemons' (policy-d)): stm->im older than 3600 s or past 50 per agent; "
+        "im->ltm older than 86400 s or past 10000 per agent; ltm retention off"
+    ]
+    assert theirs.stdout.splitlines()[1].split()[:2] == ["stm->im", "10"]
+    assert placement(redis_client, records) == {"stm": 50, "im": 10, "ltm": 0}
+
+
+def test_reencode_refuses_a_model_no_live_daemon_serves(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, store: TierStore,
+    settings: Settings, engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    env = {"MT_REDIS_URL": redis_server.url}  # the packaged default model, not the daemon's
+    with running(make_daemon(dataclasses.replace(settings, block_ms=100), engine, "old-model-d")):
+        wait_for(lambda: bool(heartbeats(redis_client, KEYS)), what="the daemon's heartbeat")
+        refused = CliRunner().invoke(main, ["--log-level", "WARNING", "reencode"], env=env)
+        forced = CliRunner().invoke(
+            main, ["--log-level", "WARNING", "reencode", "--force"], env=env
+        )
+    assert refused.exit_code == 1
+    assert "is served by no live daemon: old-model-d (" + engine.version in refused.output
+    assert "or give --force" in refused.output
+    assert forced.exit_code == 0, forced.output
+    assert forced.stderr.startswith("warning: model ")
+    assert forced.stdout.splitlines()[0].startswith("model ")
 
 
 def test_an_outage_is_one_warning_not_a_traceback_per_run(
@@ -365,3 +379,28 @@ def test_an_outage_is_one_warning_not_a_traceback_per_run(
     assert sum("consolidation resumed" in m for m in messages) == 1
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert loud == []
+
+
+def test_idle_passes_and_job_set_up_log_nothing_at_info(
+    redis_client: redis.Redis, settings: Settings, engine: EmbeddingEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    scheduler = ConsolidationScheduler(
+        redis_client, dataclasses.replace(settings, consolidate_interval_s=0.05), engine
+    )
+    scheduler.store.ensure_indexes()
+    caplog.set_level(logging.DEBUG)
+    scheduler.start()
+    try:
+        wait_for(lambda: len(scheduler.history) >= 6, what="a few idle runs of each job")
+    finally:
+        scheduler.shutdown(wait=True)
+    ours = ("apscheduler", "memory_tiers.scheduler", "memory_tiers.tiers")
+    info = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and r.name.startswith(ours)
+    ]
+    assert [m for m in info if m.startswith("consolidation scheduled every 0.1 s")] == info
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum(m.startswith("consolidate stm->im: moved 0") for m in debug) >= 3

@@ -435,7 +435,7 @@ def test_json_logs_carry_the_settings_without_the_password_and_the_summary_numbe
 
 
 def test_heartbeats_must_outlive_a_blocking_read() -> None:
-    with pytest.raises(ConfigError, match=r"heartbeat_ttl_s=2\.0: must be at least 3 x block_ms"):
+    with pytest.raises(ConfigError, match=r"MT_HEARTBEAT_TTL_S=2\.0: must be at least 3 x MT_BL"):
         Settings(heartbeat_ttl_s=2.0, block_ms=1000)
 
 
@@ -512,3 +512,44 @@ def test_commands_that_need_a_redis_say_so(args: list[str], command: str) -> Non
     assert f"{command} needs MT_REDIS_URL (or memory-tiers --redis-url URL {command} ...)" in (
         result.output
     )
+
+
+def test_ignored_state_fields_are_counted_logged_once_and_shown_by_stats(
+    caplog: pytest.LogCaptureFixture, redis_client: redis.Redis, settings: Settings,
+    model_path: Path, engine: EmbeddingEngine,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="memory_tiers.ignored")
+    assert settings.redis_url
+    daemon_settings = make_settings(
+        settings.redis_url, model_path, metrics_port=0, metrics_host="127.0.0.1",
+        heartbeat_ttl_s=0.6,
+    )  # fmt: skip
+    states = [
+        {
+            "agent_id": "a",
+            "text": f"note {i}",
+            "health": 50,
+            **({"tags": ["x"]} if i % 3 == 0 else {}),
+        }
+        for i in range(30)
+    ]
+    with running(daemon(daemon_settings, engine, "ignoring", consolidate=False)) as d:
+        assert d.wait_started(30) and d.metrics_port
+        xadd_states(redis_client, states[:15])
+        wait_for(lambda: redis_client.zcard(KEYS.time_index("stm")) == 15, 30, "15 stored")
+        xadd_states(redis_client, states[15:], first_step=15)
+        wait_for(lambda: redis_client.zcard(KEYS.time_index("stm")) == 30, 30, "30 stored")
+        wait_for(
+            lambda: heartbeats(redis_client, KEYS)[0].ignored_fields == {"text": 30, "tags": 10},
+            10, "a heartbeat with the counts",
+        )  # fmt: skip
+        scraped = metrics(d.metrics_port)
+        result = CliRunner().invoke(main, ["stats"], env={"MT_REDIS_URL": settings.redis_url})
+    assert scraped["memory_tiers_state_fields_ignored_total"] == 40
+    assert result.exit_code == 0, result.output
+    assert "ignored state fields (values): text (30), tags (10)\n" in result.output
+    warned = [r.getMessage() for r in caplog.records if r.name == "memory_tiers.ignored"]
+    assert [m.split(":")[0] for m in warned] == [
+        "state field 'text' is not in the model's feature schema",
+        "state field 'tags' is not in the model's feature schema",
+    ]
