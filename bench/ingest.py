@@ -66,9 +66,11 @@ from memory_tiers import (
     encode_entry,
     simulate_states,
 )
+from memory_tiers.attributes import attribute_values
 from memory_tiers.daemon import frozen_heap
+from memory_tiers.features import default_schema
 from memory_tiers.server import redis_url
-from memory_tiers.store import STATE_FIELD, VECTOR_FIELD
+from memory_tiers.store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("raw", "ingest", "recall")
@@ -233,11 +235,14 @@ class Rate:
 
 
 def raw_commands(
-    keys: Keys, states: Sequence[Mapping[str, Any]], dim: int, seed: int = 0
+    store: TierStore, states: Sequence[Mapping[str, Any]], dim: int, seed: int = 0
 ) -> list[tuple[Any, ...]]:
-    """One HSET command per state with the fields the daemon writes, random vectors."""
+    """One HSET command per state with the fields the daemon writes (its state, features and
+    state attributes too), random vectors and features."""
+    keys = store.keys
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((len(states), dim)).astype(np.float32)
+    features = rng.random((len(states), default_schema().input_dim), dtype=np.float32)
     t0 = int(time.time() * 1000)
     commands = []
     for i, state in enumerate(states):
@@ -250,6 +255,8 @@ def raw_commands(
             "importance": 0.0,
             VECTOR_FIELD: vectors[i].tobytes(),
             STATE_FIELD: json.dumps(state, separators=(",", ":")),
+            FEATURES_FIELD: features[i].tobytes(),
+            **attribute_values(store.state_attributes, state),
         }
         flat = [item for pair in fields.items() for item in pair]
         commands.append(("HSET", keys.record("stm", f"{t0 + i}-0"), *flat))
@@ -260,9 +267,9 @@ def run_raw(client: redis.Redis, settings: Settings, states: Sequence[Mapping[st
     """Pipelined HSETs of the daemon's records into a fresh STM index."""
     settings = replace(settings, prefix=RAW)
     clean(client, RAW)
-    store = TierStore(client, settings)
+    store = TierStore(client, settings, default_schema())
     store.ensure_indexes()
-    commands = raw_commands(store.keys, states, settings.stm_dim)
+    commands = raw_commands(store, states, settings.stm_dim)
     batch = settings.batch_size
     wait_for_background_saves(client)
     with frozen_heap():
@@ -449,7 +456,7 @@ def run_recall(
         warnings.simplefilter("ignore")
         engine = EmbeddingEngine.from_checkpoint(settings.model_path, expect_dims=settings.dims)
     torch.set_num_threads(1)
-    store = TierStore(client, settings)
+    store = TierStore(client, settings, engine.schema)
     store.ensure_indexes()
     states = simulate_states(memories + recalls, num_agents=agents, seed=2)
     stored, probes = states[:memories], states[memories:]
@@ -474,6 +481,7 @@ def run_recall(
                         vector=vectors[tier][j],
                         state_json=json.dumps(s) if tier == "stm" else None,  # as ingested
                         features=features[j] if tier == "stm" else None,
+                        attributes=attribute_values(store.state_attributes, s),
                     )
                     for j, s in enumerate(part)
                 ],

@@ -161,6 +161,14 @@ class Filters(BaseModel):
     agent_type: list[str] | None = Field(None, description="One of these agent types.")
     importance: Range | None = None
     ts: Range | None = Field(None, description="Epoch milliseconds.")
+    where: dict[str, list[float | None] | list[str] | str] | None = Field(
+        None,
+        description=(
+            "Conditions on the state's fields: a numeric field -> [low, high] (inclusive, "
+            'null for open), a categorical one -> a value or a list of values; e.g. {"health": '
+            '[null, 20], "status": "idle"}. A memory whose state left a field out never matches.'
+        ),
+    )
 
     def spec(self) -> RecallFilter:
         """The gateway's filter of these fields."""
@@ -169,6 +177,7 @@ class Filters(BaseModel):
             importance=None if self.importance is None else (self.importance.min,
                                                                self.importance.max),
             ts=None if self.ts is None else (_int(self.ts.min), _int(self.ts.max)),
+            where=self.where,
         )  # fmt: skip
 
 
@@ -505,6 +514,9 @@ def _blamed_field(message: str) -> str | None:
     if len(words) >= 2 and words[0] == "item" and words[1].isdigit():
         inner = _blamed_field(" ".join(words[2:]))
         return f"items.{words[1]}" + (f".{inner}" if inner else "")
+    if words and words[0] == "where":  # "where: 'health' range ..." -> filters.where.health
+        named = len(words) > 1 and words[1].startswith("'")
+        return "filters.where" + (f".{words[1].strip(chr(39))}" if named else "")
     known = ("agent_id", "state", "step", "ts", "kind", "importance", "vector", "k", "tiers")
     return next((word for word in words[:2] if word in known), None)
 

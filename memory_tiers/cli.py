@@ -460,8 +460,16 @@ _QUERY_SUMMARY_FIELDS = ("agent_type", "status", "current_action")
 @click.option(
     "--tiers", default="stm,im,ltm", show_default=True, help="tiers to search, comma-separated"
 )
+@click.option(
+    "--where",
+    "where_json",
+    default=None,
+    help='conditions on state fields, a JSON object: {"health": [null, 20], "status": "idle"}',
+)
 @click.pass_obj
-def query_command(settings: Settings, agent_id: str, state_json: str, k: int, tiers: str) -> None:
+def query_command(
+    settings: Settings, agent_id: str, state_json: str, k: int, tiers: str, where_json: str | None
+) -> None:
     """Recall an agent's memories nearest to a state; print them ranked across tiers.
 
     feature_dist is the mean squared feature difference to the query, comparable across tiers:
@@ -475,12 +483,15 @@ def query_command(settings: Settings, agent_id: str, state_json: str, k: int, ti
         settings, "query",
         "the Redis the daemon writes to. A fresh embedded Redis would be empty: nothing to recall.",
     )  # fmt: skip
-    state = _query_state(state_json)
+    state = _json_object(state_json, "--state")
+    where = None if where_json is None else _json_object(where_json, "--where")
     searched = _query_tiers(tiers)
     try:
         with MemoryClient.from_settings(settings) as client:
-            recall = client.recall(agent_id, state, k=k, tiers=searched)
+            recall = client.recall(agent_id, state, k=k, tiers=searched, where=where)
             rows = [_query_row(rank, item, client) for rank, item in enumerate(recall.merged, 1)]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--where" if where else None) from e
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
     if not rows:
@@ -489,16 +500,16 @@ def query_command(settings: Settings, agent_id: str, state_json: str, k: int, ti
     click.echo(_table(QUERY_COLUMNS, rows, _QUERY_NUMERIC_COLUMNS))
 
 
-def _query_state(text: str) -> dict[str, Any]:
+def _json_object(text: str, option: str) -> dict[str, Any]:
     try:
-        state = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON ({e.msg} at {e.pos})", param_hint="--state") from e
-    if not isinstance(state, dict):
+        raise click.BadParameter(f"not JSON ({e.msg} at {e.pos})", param_hint=option) from e
+    if not isinstance(value, dict):
         raise click.BadParameter(
-            f"must be a JSON object, got {type(state).__name__}", param_hint="--state"
+            f"must be a JSON object, got {type(value).__name__}", param_hint=option
         )
-    return state
+    return value
 
 
 def _query_tiers(text: str) -> list[str]:
@@ -740,11 +751,13 @@ def init_command(settings: Settings) -> None:
     from .constants import TIERS
     from .ingest import ensure_group
     from .store import TierStore
+    from .train import load_checkpoint
 
     keys = Keys(settings.prefix)
     client = redis.Redis.from_url(_require_redis(settings, "init"))
     try:
-        TierStore(client, settings).ensure_indexes()
+        schema = load_checkpoint(settings.model_file, expect_dims=settings.dims).schema
+        TierStore(client, settings, schema).ensure_indexes()  # with the state attributes
         created = ensure_group(client, keys)
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
@@ -952,7 +965,7 @@ def reencode_command(settings: Settings, tiers: str, force: bool) -> None:
         _check_served(settings, url, engine.version, force)
         client = redis.Redis.from_url(url)
         try:
-            store = TierStore(client, settings)
+            store = TierStore(client, settings, engine.schema)
             results = {tier: reencode(client, store, engine, settings, tier) for tier in chosen}
         finally:
             client.close()

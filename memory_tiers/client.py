@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from .attributes import StateAttribute, state_attributes, where_filter
 from .constants import TIERS, Keys
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
@@ -249,9 +250,10 @@ class MemoryClient:
 
     @property
     def store(self) -> TierStore:
-        """The tier indexes; built on first use (a writer never needs them)."""
+        """The tier indexes, declaring the model's state attributes; built on first use (a
+        writer never needs them), loading the model."""
         if self._store is None:
-            self._store = TierStore(self.redis, self.settings)
+            self._store = TierStore(self.redis, self.settings, self.engine.schema)
         return self._store
 
     def _ready_store(self) -> TierStore:
@@ -334,6 +336,7 @@ class MemoryClient:
         tiers: Sequence[str] = TIERS,
         step_range: tuple[int, int] | None = None,
         filters: Any = None,
+        where: Mapping[str, Any] | None = None,
     ) -> Recall:
         """The memories of `agent_id` nearest to `query`, per tier and merged.
 
@@ -342,13 +345,20 @@ class MemoryClient:
 
         Args:
             query: a state dict, or a vector of one tier's size (its tier is told by length).
+                A state that gives scalar fields but no grid of the schema (for a schema
+                without grids: not every scalar field) is partial: every memory of the agent
+                is ranked exactly on those fields alone, from its state attributes.
             k: hits per tier, and the length of the merged list at most.
             tiers: which tiers to search.
             step_range: only memories with lo <= step <= hi.
             filters: a further redisvl FilterExpression (`Num("importance") > 0.5`), ANDed.
+            where: conditions on the state's fields, ANDed: a numeric field -> (low, high),
+                inclusive, either end None; a categorical field -> a value or a list of
+                values (`{"health": (None, 20), "current_action": "gather"}`). A memory whose
+                state left a field out never matches a condition on it.
 
         Raises:
-            ValueError: bad k, tiers, step_range, or a vector of no tier's size.
+            ValueError: bad k, tiers, step_range, where, or a vector of no tier's size.
             FeatureError: the state cannot be featurized; the message names the field.
             EntryError: the agent id would be refused by the daemon.
             StoreError: Redis failed.
@@ -358,19 +368,29 @@ class MemoryClient:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k={k!r}: must be an integer of at least 1")
         started = time.perf_counter()
-        prepared = self._prepare(query, searched)
+        if where:
+            state_filter = where_filter(state_attributes(self.engine.schema), where)
+            filters = state_filter if filters is None else state_filter & filters
         store = self._ready_store()
-        kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
-        found = store.candidates(
-            {tier: prepared.vectors[tier] for tier in searched},
-            self.settings.candidates(k),
-            agent_id=agent_id,
-            exact=[t for t in searched if t in kept] if prepared.tier is None else [],
-            version=self.engine.version,
-            step_range=step_range,
-            filters=filters,
-        )
-        chosen = {tier: measured[:k] for tier, measured in self._rerank(prepared, found).items()}
+        if isinstance(query, Mapping) and (given := self._partial_fields(query)):
+            query_tier = None
+            reference, chosen = self._rank_partial(
+                store, agent_id, query, given, k, searched, step_range, filters
+            )
+        else:
+            prepared = self._prepare(query, searched)
+            query_tier, reference = prepared.tier, prepared.reference
+            kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
+            found = store.candidates(
+                {tier: prepared.vectors[tier] for tier in searched},
+                self.settings.candidates(k),
+                agent_id=agent_id,
+                exact=[t for t in searched if t in kept] if prepared.tier is None else [],
+                version=self.engine.version,
+                step_range=step_range,
+                filters=filters,
+            )
+            chosen = {t: measured[:k] for t, measured in self._rerank(prepared, found).items()}
         hits = store.hits({tier: [c for c, _, _ in measured] for tier, measured in chosen.items()})
         ranked = {tier: _merged_hits(tier, chosen[tier], hits[tier]) for tier in searched}
         merged = sorted(
@@ -385,7 +405,7 @@ class MemoryClient:
             1000 * (time.perf_counter() - started),
         )
         by_tier = {tier: [m.hit for m in tier_hits] for tier, tier_hits in ranked.items()}
-        return Recall(agent_id, prepared.tier, prepared.reference, by_tier, merged)
+        return Recall(agent_id, query_tier, reference, by_tier, merged)
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit from any tier, decoded from its vector.
@@ -397,6 +417,60 @@ class MemoryClient:
         if found.vector is None:
             raise ValueError(f"hit {found.key} has no vector: search with return_vectors=True")
         return self.engine.reconstruct_from_embedding(found.vector, found.tier)
+
+    def _partial_fields(self, query: Mapping[str, Any]) -> list[StateAttribute]:
+        """The scalar fields of a partial state query; [] for a query the vector path serves.
+
+        The line: a query that gives a grid of the schema is an observation, served by KNN
+        and the re-sort; one that gives scalar fields but no grid (or, for a schema without
+        grids, not every scalar field) asks by what it knows, ranked on those fields alone.
+        """
+        schema = self.engine.schema
+        attributes = state_attributes(schema)
+        given = [a for a in attributes if a.field in query]
+        if not given or any(g.name in query for g in schema.grids):
+            return []
+        return given if schema.grids or len(given) < len(attributes) else []
+
+    def _rank_partial(
+        self,
+        store: TierStore,
+        agent_id: str,
+        query: Mapping[str, Any],
+        given: Sequence[StateAttribute],
+        k: int,
+        searched: Sequence[str],
+        step_range: tuple[int, int] | None,
+        filters: Any,
+    ) -> tuple[FloatArray, dict[str, list[tuple[Candidate, float, bool]]]]:
+        """Recall by the fields a partial state gives: every memory of the agent (matching the
+        filters) is ranked exactly by feature distance over those fields' slots alone, read
+        from its state attributes, in every tier alike. Missing fields pull toward nothing.
+
+        Returns:
+            The query's features (its given fields; defaults elsewhere), and per tier the k
+            nearest as (candidate, distance, exact).
+        """
+        schema = self.engine.schema
+        slices = schema.slices()
+        slots = np.concatenate(
+            [np.arange(slices[a.field].start, slices[a.field].stop) for a in given]
+        )
+        reference = schema.extract({a.field: query[a.field] for a in given})  # (input_dim,)
+        rows = store.attribute_rows(
+            searched, agent_id, [a.name for a in given], step_range=step_range, filters=filters
+        )
+        chosen: dict[str, list[tuple[Candidate, float, bool]]] = {}
+        for tier, records in rows.items():
+            states = [_partial_state(given, values) for _, values in records]
+            features = schema.extract_batch(states) if states else np.zeros((0, len(reference)))
+            distances = np.mean((features[:, slots] - reference[slots]) ** 2, axis=1)
+            order = sorted(range(len(records)), key=lambda i: (distances[i], records[i][0]))[:k]
+            chosen[tier] = [
+                (Candidate(records[i][0], float(distances[i])), float(distances[i]), True)
+                for i in order
+            ]
+        return reference, chosen
 
     def _prepare(self, query: Mapping[str, Any] | npt.ArrayLike, tiers: Sequence[str]) -> _Query:
         """The query's vector in each searched tier, and its features."""
@@ -529,9 +603,10 @@ class AgentMemory:
         tiers: Sequence[str] = TIERS,
         step_range: tuple[int, int] | None = None,
         filters: Any = None,
+        where: Mapping[str, Any] | None = None,
     ) -> Recall:
         """This agent's memories nearest to `query`; see MemoryClient.recall."""
-        return self.client.recall(self.agent_id, query, k, tiers, step_range, filters)
+        return self.client.recall(self.agent_id, query, k, tiers, step_range, filters, where)
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit; see MemoryClient.reconstruct."""
@@ -591,6 +666,15 @@ def _check_engine_dims(engine: EmbeddingEngine, dims: Mapping[str, int]) -> None
             f"engine has tier dimensions {engine.dims}, the settings say {dict(dims)} "
             "(MT_STM_DIM, MT_IM_DIM, MT_LTM_DIM must match the model)"
         )
+
+
+def _partial_state(given: Sequence[StateAttribute], values: Mapping[str, str]) -> dict[str, Any]:
+    """A record's given fields as a state, from its attribute values (strings from Redis)."""
+    return {
+        a.field: float(values[a.name]) if a.numeric else values[a.name]
+        for a in given
+        if a.name in values
+    }
 
 
 def _merged_hits(

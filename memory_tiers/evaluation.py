@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from .attributes import attribute_values, state_attributes
 from .constants import TIERS
 from .errors import MemoryTiersError
 from .features import feature_distances
@@ -284,6 +285,49 @@ def client_recall(
     return {tier: total / max(count, 1) for tier, total in sums.items()}
 
 
+def partial_recall(
+    client: MemoryClient,
+    trials: Sequence[AgentTrial],
+    *,
+    k: int = 10,
+    tiers: Sequence[str] = TIERS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per tier, recall@k of `client.recall` for partial queries: each query keeps 2 to 4 of
+    the scalar fields its state gives, at random; truth is the stored states nearest over
+    those fields' feature slots alone. Ties count: a hit is right when it is as near as the
+    k-th truth. Stores as `client_recall` does (the agents' memories should not exist before).
+    """
+    schema = client.engine.schema
+    fields = [a.field for a in state_attributes(schema)]
+    slices = schema.slices()
+    rng = np.random.default_rng(seed)
+    client.store.ensure_indexes()
+    sums = dict.fromkeys(tiers, 0.0)
+    count = 0
+    for number, trial in enumerate(trials):
+        entry_ids = _store_everywhere(
+            client, trial, schema.extract_batch(trial.stored), first_ts=number * 10_000_000 + 1
+        )
+        row_of = {entry_id: row for row, entry_id in enumerate(entry_ids)}
+        for state in trial.queries:
+            present = [f for f in fields if f in state]
+            size = min(len(present), int(rng.integers(2, 5)))
+            query = {present[i]: state[present[i]] for i in rng.permutation(len(present))[:size]}
+            slots = np.concatenate([np.arange(schema.input_dim)[slices[f]] for f in query])
+            masked = [{f: s[f] for f in query if f in s} for s in trial.stored]
+            distances = np.mean(
+                (schema.extract_batch(masked) - schema.extract(query))[:, slots] ** 2, axis=1
+            )
+            bound = np.sort(distances)[min(k, len(distances)) - 1] + 1e-12
+            for tier in tiers:
+                found = client.recall(trial.agent_id, query, k, tiers=(tier,)).by_tier[tier]
+                right = sum(distances[row_of[h.entry_id]] <= bound for h in found)
+                sums[tier] += right / min(k, len(distances))
+        count += len(trial.queries)
+    return {tier: total / max(count, 1) for tier, total in sums.items()}
+
+
 def _store_everywhere(
     client: MemoryClient, trial: AgentTrial, features: FloatArray, first_ts: int
 ) -> list[str]:
@@ -292,6 +336,7 @@ def _store_everywhere(
 
     engine = client.engine
     vectors = engine.encode_features(features)
+    attributes = state_attributes(engine.schema)
     entry_ids = [f"{first_ts + i}-0" for i in range(len(trial.stored))]
     for tier in TIERS:
         keep = tier == "stm" or client.settings.keep_state_after_stm
@@ -306,6 +351,7 @@ def _store_everywhere(
                 vector=vectors[tier][i],
                 state_json=json.dumps(state) if keep else None,
                 features=features[i] if keep else None,  # as ingest and consolidation write
+                attributes=attribute_values(attributes, state),
             )
             for i, (entry_id, state) in enumerate(zip(entry_ids, trial.stored, strict=True))
         ]

@@ -58,6 +58,8 @@ class RecallFilter:
     """Only memories with importance in [low, high] (None: unbounded on that side)."""
     ts: tuple[int | None, int | None] | None = None
     """Only memories with ts (epoch ms) in [low, high]."""
+    where: Mapping[str, Any] | None = None
+    """Conditions on state fields, as `MemoryClient.recall(where=...)` takes them."""
 
 
 def filter_expression(spec: RecallFilter | None) -> FilterExpression | None:
@@ -170,7 +172,10 @@ class MemoryGateway:
         agent_id = check_agent_id(agent_id)
         self.authorize(key, agent_id)
         target = query if isinstance(query, Mapping) else np.asarray(query, dtype=np.float32)
-        found = self.client.recall(agent_id, target, k, tiers, step_range, filter_expression(spec))
+        found = self.client.recall(
+            agent_id, target, k, tiers, step_range, filter_expression(spec),
+            where=None if spec is None else spec.where,
+        )  # fmt: skip
         return recall_json(found, with_vectors)
 
     def reconstruct(self, key: ApiKey | None, agent_id: str, entry_id: str) -> dict[str, Any]:

@@ -62,6 +62,7 @@ if HIREDIS_AVAILABLE:
     import hiredis
     from redis.connection import HiredisRespSerializer
 
+from .attributes import attribute_values, state_attributes
 from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine, action_to_state
@@ -401,7 +402,9 @@ class Ingestor:
         self.engine = engine
         self.settings = settings
         self.consumer = consumer or default_consumer_name()
-        self.store = store or TierStore(client, settings)
+        self.store = store or TierStore(client, settings, engine.schema)
+        self.attributes = state_attributes(engine.schema)
+        """The state fields every record carries as attributes (attributes.py)."""
         self.keys = Keys(settings.prefix)
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
@@ -675,6 +678,7 @@ class Ingestor:
             vector=vector,
             state_json=decoded.state_json,
             features=features,
+            attributes=attribute_values(self.attributes, decoded.state),
         )
 
     def _queue_records(

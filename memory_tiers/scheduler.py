@@ -136,7 +136,7 @@ class ConsolidationScheduler:
         self.client = client
         self.settings = settings
         self.engine = engine
-        self.store = TierStore(client, settings)
+        self.store = TierStore(client, settings, engine.schema)
         self.keys = Keys(settings.prefix)
         self.lock_ttl_s = lock_ttl_s
         self.on_run = on_run

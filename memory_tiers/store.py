@@ -28,7 +28,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any, NamedTuple
 
@@ -43,8 +43,10 @@ from redisvl.query import VectorQuery
 from redisvl.query.filter import FilterExpression, Num, Tag
 from redisvl.schema import IndexSchema
 
+from .attributes import StateAttribute, state_attributes
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
+from .features import FeatureSchema
 from .protocol import integer_problem, tag_problem
 from .replies import text
 from .settings import Settings, TierSettings, env_var
@@ -67,6 +69,9 @@ DISTANCE_METRIC = "L2"
 
 TAG_SEPARATOR = "\x1f"
 """TAG separator of the indexes: a control character that `tag_problem` refuses in values."""
+
+MAX_ATTRIBUTE_ROWS = 10_000
+"""Records of one agent per tier that a partial-state recall reads at most."""
 
 TAG_FIELDS = ("agent_id", "agent_type", "model_version")
 """Indexed TAG fields of every record."""
@@ -101,6 +106,8 @@ class MemoryRecord:
     features: Vector | None = None
     """(input_dim,) float32 features of the raw state under the schema of `model_version`'s
     model; written only with the state."""
+    attributes: Mapping[str, float | str] = field(default_factory=dict)
+    """State attributes (attributes.py): attribute name -> the state's value."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -184,8 +191,11 @@ def _index_state(info: Any) -> IndexState:
     )
 
 
-def tier_schema(keys: Keys, tier: TierSettings) -> IndexSchema:
-    """The declared index of one tier: prefix, TAG/NUMERIC fields and the vector field."""
+def tier_schema(
+    keys: Keys, tier: TierSettings, state: Sequence[StateAttribute] = ()
+) -> IndexSchema:
+    """The declared index of one tier: prefix, TAG/NUMERIC fields, the vector field, and the
+    `state` attributes (attributes.py)."""
     tag_attrs = {"case_sensitive": True, "separator": TAG_SEPARATOR}
     vector_attrs = {
         "dims": tier.dim,
@@ -197,12 +207,23 @@ def tier_schema(keys: Keys, tier: TierSettings) -> IndexSchema:
         *({"name": name, "type": "tag", "attrs": tag_attrs} for name in TAG_FIELDS),
         *({"name": name, "type": "numeric"} for name in NUMERIC_FIELDS),
         {"name": VECTOR_FIELD, "type": "vector", "attrs": vector_attrs},
+        *(_attribute_field(a) for a in state),
     ]
     index = {"name": keys.index(tier.name), "prefix": keys.record_prefix(tier.name)}
     schema: IndexSchema = IndexSchema.from_dict(
         {"index": {**index, "storage_type": "hash"}, "fields": fields}
     )
     return schema
+
+
+def _attribute_field(attribute: StateAttribute) -> dict[str, Any]:
+    if attribute.numeric:
+        return {"name": attribute.name, "type": "numeric"}
+    return {
+        "name": attribute.name,
+        "type": "tag",
+        "attrs": {"case_sensitive": True, "separator": TAG_SEPARATOR},
+    }
 
 
 class TierStore:
@@ -217,13 +238,20 @@ class TierStore:
         ConfigError: the client speaks native RESP3 search replies.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, schema: FeatureSchema | None = None
+    ) -> None:
+        """A store over `client`; with the model's `schema`, its indexes also declare the
+        state attributes (attributes.py), added to existing indexes by `ensure_indexes`."""
         _check_client(client)
         self.client = client
         self.keys = Keys(settings.prefix)
         self.tiers = {name: settings.tier(name) for name in TIERS}
+        self.state_attributes = state_attributes(schema) if schema is not None else ()
         self._indexes = {
-            name: SearchIndex(tier_schema(self.keys, tier), redis_client=client)
+            name: SearchIndex(
+                tier_schema(self.keys, tier, self.state_attributes), redis_client=client
+            )
             for name, tier in self.tiers.items()
         }
 
@@ -265,6 +293,41 @@ class TierStore:
                     f"index {index.name} has {'; '.join(problems)}. Drop it "
                     f"(FT.DROPINDEX {index.name}; its records stay) or change the settings"
                 )
+            self._add_state_attributes(index.name, info)
+
+    def _add_state_attributes(self, index: str, info: Any) -> None:
+        """FT.ALTER an index that lacks some state attributes (made before them, or by a store
+        without the schema) to declare them; Redis then indexes the existing records.
+
+        Raises:
+            ConfigError: an attribute exists with another type.
+            StoreError: Redis failed.
+        """
+        existing = {
+            text(_lookup(a, "attribute")): text(_lookup(a, "type")).upper()
+            for a in _lookup(info, "attributes") or []
+        }
+        missing: list[Any] = []
+        for attribute in self.state_attributes:
+            kind = "NUMERIC" if attribute.numeric else "TAG"
+            found = existing.get(attribute.name)
+            if found is None:
+                missing += [attribute.name, kind]
+                if not attribute.numeric:
+                    missing += ["SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
+            elif found != kind:
+                raise ConfigError(
+                    f"index {index} has {attribute.name} (state field {attribute.field!r}) of "
+                    f"type {found}, the store needs {kind}. Drop it (FT.DROPINDEX {index}; "
+                    "its records stay)"
+                )
+        if not missing:
+            return
+        try:
+            self.client.execute_command("FT.ALTER", index, "SCHEMA", "ADD", *missing)
+        except redis.RedisError as e:
+            raise StoreError(f"FT.ALTER {index} failed: {failure_text(e, self.keys)}") from e
+        log.info("index %s: declared the state attributes %s", index, missing[::2])
 
     def _index_info(self, tier: str) -> Any:
         """The raw FT.INFO reply of one tier's index (RESP2 list or RESP3 map), None if absent."""
@@ -509,6 +572,39 @@ class TierStore:
                 if c.key not in unmeasured[tier] or c.key in records
             ]
         return found
+
+    def attribute_rows(
+        self,
+        tiers: Sequence[str],
+        agent_id: str,
+        names: Sequence[str],
+        *,
+        step_range: tuple[int, int] | None = None,
+        filters: FilterExpression | None = None,
+        limit: int = MAX_ATTRIBUTE_ROWS,
+    ) -> dict[str, list[tuple[str, dict[str, str]]]]:
+        """Per tier, (key, {attribute: value}) of every record of one agent that matches the
+        filters (at most `limit`), the attributes `names` it has; one round trip.
+
+        Raises:
+            ValueError: a bad agent_id or step_range.
+            StoreError: Redis failed.
+        """
+        where = str(_filter(agent_id, step_range, filters))
+        returned = ["agent_id", *names]
+        commands: dict[str, tuple[Any, ...]] = {}
+        for tier in tiers:
+            commands[tier] = (
+                "FT.SEARCH", self.keys.index(self._tier(tier).name), where,
+                "RETURN", len(returned), *returned, "LIMIT", 0, limit, "DIALECT", 2,
+            )  # fmt: skip
+        return {
+            tier: [
+                (text(doc["id"]), {name: text(doc[name]) for name in names if name in doc})
+                for doc in _own(agent_id, docs)
+            ]
+            for tier, docs in self._search(commands, f"reading attributes ({where})").items()
+        }
 
     def hits(self, chosen: Mapping[str, Sequence[Candidate]]) -> dict[str, list[Hit]]:
         """Full hits (vector and state included) of each tier's chosen candidates, in their
@@ -759,6 +855,8 @@ def _hset_commands(
             command += (STATE_FIELD, record.state_json)
             if record.features is not None:
                 command += (FEATURES_FIELD, _features_bytes(record))
+        for name, value in record.attributes.items():
+            command += (name, value)
         commands.append(command)
     return commands
 

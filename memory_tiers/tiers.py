@@ -530,10 +530,11 @@ class _Pass:
         records here). Unreadable records are skipped (logged, left in place).
         """
         tier = self.store.tiers[self.source]
+        names = [attribute.name for attribute in self.store.state_attributes]
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             # NEVER_DECODE: the vector is binary even when the client decodes replies.
-            pipe.execute_command("HMGET", key, *_FIELDS, NEVER_DECODE=True)
+            pipe.execute_command("HMGET", key, *_FIELDS, *names, NEVER_DECODE=True)
         try:
             rows = pipe.execute()
         except redis.RedisError as e:
@@ -555,7 +556,7 @@ class _Pass:
         kept = np.ones(len(good), dtype=bool)
         for i, (key, row) in enumerate(good):
             try:
-                sources.append(_source(key[start:], row))
+                sources.append(_source(key[start:], row, names))
             except ValueError as e:
                 self._skip([key], f"corrupt: {e}")
                 kept[i] = False
@@ -654,10 +655,13 @@ class _Source(NamedTuple):
     state_json: str | None
     features: Vector | None
     """The state's features under `model_version`'s schema, where stored with the state."""
+    attributes: dict[str, str]
+    """The record's state attributes (attributes.py), copied to the tier below as they are."""
 
 
-def _source(entry_id: str, row: list[Any]) -> _Source:
-    """A source from its HMGET row (`_FIELDS` order, bytes); ValueError if a number is not one."""
+def _source(entry_id: str, row: list[Any], names: Sequence[str]) -> _Source:
+    """A source from its HMGET row (`_FIELDS`, then the attributes `names`, bytes); ValueError
+    if a number is not one."""
     state, features = row[_STATE], row[_FEATURES]
     return _Source(
         entry_id,
@@ -669,6 +673,11 @@ def _source(entry_id: str, row: list[Any]) -> _Source:
         row[5].decode("utf-8", "replace"),
         None if state is None else state.decode("utf-8", "replace"),
         None if features is None else np.frombuffer(features, dtype=np.float32),
+        {
+            name: value.decode("utf-8", "replace")
+            for name, value in zip(names, row[len(_FIELDS) :], strict=True)
+            if value is not None
+        },
     )
 
 
@@ -686,6 +695,7 @@ def _records(sources: list[_Source], vectors: Vector, keep_state: bool) -> list[
             vector=vector,
             state_json=s.state_json if keep_state else None,
             features=s.features if keep_state else None,
+            attributes=s.attributes,
         )
         for s, vector in zip(sources, vectors, strict=True)
     ]

@@ -17,6 +17,7 @@ from memory_tiers import (
     simulate_states,
     train_autoencoder_pipeline,
 )
+from memory_tiers.features import default_schema
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +44,9 @@ def settings(redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Settings
 
 @pytest.fixture
 def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
-    """The tier store on the flushed server, its three indexes made."""
-    tiers = TierStore(redis_client, settings)
+    """The tier store on the flushed server, its three indexes made with the default schema's
+    state attributes."""
+    tiers = TierStore(redis_client, settings, default_schema())
     tiers.ensure_indexes()
     return tiers
 

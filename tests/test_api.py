@@ -128,6 +128,15 @@ def test_recall_by_vector_with_filters_and_vectors(
         "/v1/recall", json={**body, "filters": {"ts": {"min": 0}}, "step_range": [8, 9]}
     )
     assert sorted(h["step"] for h in later.json()["merged"]) == [8, 9]
+    status = states[5]["status"]
+    same = [i for i, s in enumerate(states) if s.get("status") == status]
+    where = {"where": {"status": status, "health": [None, 1000]}}
+    filtered = api.post("/v1/recall", json={**body, "k": 12, "step_range": [0, 11],
+                                            "filters": where})  # fmt: skip
+    assert filtered.status_code == 200, filtered.text
+    assert sorted(h["step"] for h in filtered.json()["by_tier"]["stm"]) == [
+        i for i in same if "health" in states[i]
+    ]
 
 
 def test_entry_status_tells_pending_dead_lettered_and_unknown(
@@ -265,6 +274,10 @@ def test_keys_never_reach_the_settings_repr(tmp_path: Path) -> None:
         ("/v1/recall", {"agent_id": " bot", "state": {}}, 422, "agent_id"),
         ("/v1/recall", {"agent_id": "bot-1"}, 422, "body"),
         ("/v1/recall", {"agent_id": "bot-1", "vector": [0.5] * 7}, 422, "vector"),
+        ("/v1/recall", {"agent_id": "bot-1", "state": {}, "filters": {"where": {"mood": "x"}}},
+         422, "filters.where.mood"),
+        ("/v1/recall", {"agent_id": "bot-1", "state": {},
+                        "filters": {"where": {"health": [5, 1]}}}, 422, "filters.where.health"),
         ("/v1/memories", {"agent_id": "bot-1", "state": {}, "step": 2**60}, 422, "step"),
         ("/v1/memories", {"agent_id": "bot-1", "state": [1]}, 422, "state"),
         ("/v1/memories", {"agent_id": "bot-1", "state": {}, "colour": 1}, 422, "colour"),

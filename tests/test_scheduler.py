@@ -94,6 +94,7 @@ class SlowEngine:
         self.delay_s = delay_s
         self.dims = engine.dims
         self.version = engine.version
+        self.schema = engine.schema
 
     def compress(self, vectors: np.ndarray, from_tier: str) -> np.ndarray:
         time.sleep(self.delay_s)
