@@ -227,8 +227,11 @@ def test_the_feature_schema_is_carried_whole_and_described() -> None:
     carried = STATE["$defs"]["feature_schema"]["const"]
     assert FeatureSchema.from_dict(carried) == DEFAULT_SCHEMA
     props = STATE["properties"]
-    assert list(props) == [*(f.name for f in DEFAULT_SCHEMA.numeric),
-                           *(c.name for c in DEFAULT_SCHEMA.categorical), "perception"]  # fmt: skip
+    assert list(props) == [
+        *(f.name for f in DEFAULT_SCHEMA.numeric),
+        *(c.name for c in DEFAULT_SCHEMA.categorical),
+        "perception",
+    ]
     assert "[-500, 500]" in props["x_position"]["description"]
     assert "absent or null: 0" in props["x_position"]["description"]
     assert props["agent_type"]["examples"] == ["harvester", "explorer", "defender", "builder"]
