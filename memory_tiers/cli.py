@@ -1256,9 +1256,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-# -- network front ends (memory_tiers[api]) ----------------------------------------------------
+# -- network front ends (memory_tiers[api]) and schema; imported after main exists ------------
 
-from .cli_frontends import api_command, mcp_command  # noqa: E402 -- after main exists
+from .cli_frontends import api_command, mcp_command, schema_command  # noqa: E402
 
 main.add_command(api_command)
 main.add_command(mcp_command)
+main.add_command(schema_command)

@@ -1,7 +1,8 @@
-"""`memory-tiers api` and `memory-tiers mcp`: the network front ends' commands.
+"""`memory-tiers api`, `mcp` and `schema`: the commands for agents outside Python.
 
 Kept apart from cli.py, which registers them, so the web stack (FastAPI, uvicorn, mcp) loads
-only for these commands; they need the `api` extra (`pip install "memory_tiers[api]"`).
+only for api and mcp; they need the `api` extra (`pip install "memory_tiers[api]"`). `schema`
+needs only the package.
 """
 
 from __future__ import annotations
@@ -149,3 +150,22 @@ def mcp_command(
 
     app: Any = http_app(gateway, keys, require_keys=not no_auth)
     uvicorn.run(app, host=settings.api_host, port=port, log_config=None)
+
+
+@click.command("schema")
+@click.argument("part", type=click.Choice(["entry", "state"]), default="entry")
+@click.pass_obj
+def schema_command(settings: Settings, part: str) -> None:
+    """Print a JSON Schema (draft 2020-12): PART entry (the default), a stream entry's fields
+    with the state schema under $defs/state; PART state, a state under the feature schema of
+    the model MT_MODEL_PATH names (the packaged one when unset). Needs no Redis."""
+    from .json_schemas import entry_schema, state_schema
+    from .train import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(settings.model_file, expect_dims=settings.dims)
+    except ModelError as e:
+        raise click.ClickException(str(e)) from e
+    state = state_schema(checkpoint.schema, checkpoint.version)
+    document = state if part == "state" else entry_schema(state)
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
