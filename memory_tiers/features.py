@@ -34,6 +34,7 @@ Decisions (the design's extractor left these open):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -43,6 +44,8 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,8 @@ POOLS = ("max", "mean")
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 _EXACT_INT = 2**53
 _BOOL_TYPES = (bool, np.bool_)
+_PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})  # what the batch path converts itself
+_PLAIN_CATEGORIES = frozenset({str, type(None)})
 
 NOT_FEATURES = frozenset({"agent_id"})
 """State keys that are never features and are not reported as ignored: a state's own copy of
@@ -265,6 +270,12 @@ class _Layout:
         self.category_slots = tuple(
             (c.name, offset, index, len(c.values)) for c, offset, index in self.categories
         )
+        # For the batch path: value -> slot within the field; None (absent) -> -1.
+        self.category_codes: list[dict[str | None, int]] = []
+        for _, _, index in self.categories:
+            codes: dict[str | None, int] = {None: -1}
+            codes.update(index.items())
+            self.category_codes.append(codes)
 
 
 class _Accumulator:
@@ -275,7 +286,6 @@ class _Accumulator:
         self.hot: list[int] = []  # flat indices into the (n, dim) output set to 1
         self.slots: list[int] = []  # flat indices into the (n, hashed_slots) hashed block
         self.squashed: list[float] = []
-        self.grids_done: list[frozenset[int]] = []  # per grid field: states filled in bulk
         self.ignored: Counter[str] | None = None  # per key: values no slot takes, if counted
 
 
@@ -353,7 +363,7 @@ class FeatureSchema:
         def fail(_: int, error: FeatureError) -> None:
             raise error
 
-        features: FloatArray = self._extract([state], fail)[0]
+        features: FloatArray = self._extract_each([state], fail)[0]
         return features
 
     def extract_batch(self, states: Iterable[object]) -> FloatArray:
@@ -397,19 +407,40 @@ class FeatureSchema:
         on_error: Callable[[int, FeatureError], None],
         ignored: Counter[str] | None = None,
     ) -> FloatArray:
+        """The batch path: numpy over columns (`_Columns`). The states it declines, the bad and
+        the unusual, go through the per-state path, which computes them or names the error."""
+        columns = _Columns(self, states)
+        out = columns.features(ignored)
+        declined: list[int] = np.flatnonzero(columns.declined).tolist()
+        if declined:
+
+            def on_declined(j: int, error: FeatureError) -> None:
+                on_error(declined[j], error)
+
+            rows = [states[i] for i in declined]
+            out[declined] = self._extract_each(rows, on_declined, ignored)
+        return out
+
+    def _extract_each(
+        self,
+        states: Sequence[object],
+        on_error: Callable[[int, FeatureError], None],
+        ignored: Counter[str] | None = None,
+    ) -> FloatArray:
+        """The per-state path: each state read field by field, checked as it is read."""
         layout = self._layout
         out = np.zeros((len(states), layout.dim), dtype=np.float32)
         acc = _Accumulator(len(states), layout)
         acc.ignored = ignored
-        acc.grids_done = [_fill_grids(g, offset, states, out) for g, offset in layout.grids]
         for i, state in enumerate(states):
             try:
                 self._read(state, i, out, acc)
             except FeatureError as error:
                 on_error(i, error)
-        self._write_numeric(out, acc)
+        raw = np.array(acc.numbers, dtype=np.float64).reshape(len(out), layout.n_numeric)
+        _write_numeric(out, raw, layout)
         np.put(out, acc.hot, 1.0)
-        self._write_hashed(out, acc)
+        _write_hashed(out, acc.slots, acc.squashed, layout)
         return out
 
     def _read(self, state: object, i: int, out: FloatArray, acc: _Accumulator) -> None:
@@ -430,8 +461,8 @@ class FeatureSchema:
             if not isinstance(value, str):
                 raise FeatureError(f"field {name!r}: expected a string, got {_show(value)}")
             acc.hot.append(base + offset + index.get(value, other))
-        for (g, offset), done in zip(layout.grids, acc.grids_done, strict=True):
-            value = None if i in done else state.get(g.name)
+        for g, offset in layout.grids:
+            value = state.get(g.name)
             if value is not None:
                 out[i, offset : offset + g.width] = _fit_grid(g, value).ravel()
         if self.hashed_slots or acc.ignored is not None:
@@ -449,24 +480,6 @@ class FeatureSchema:
             x = _number(key, value)
             acc.slots.append(i * k + zlib.crc32(key.encode("utf-8")) % k)
             acc.squashed.append(x / (1.0 + abs(x)))
-
-    def _write_numeric(self, out: FloatArray, acc: _Accumulator) -> None:
-        layout = self._layout
-        if not layout.n_numeric:
-            return
-        raw = np.array(acc.numbers, dtype=np.float64).reshape(len(out), layout.n_numeric)
-        scaled = np.clip((raw - layout.num_min) / layout.num_span, 0.0, 1.0)
-        out[:, : layout.n_numeric] = np.where(np.isnan(raw), layout.num_default, scaled)
-
-    def _write_hashed(self, out: FloatArray, acc: _Accumulator) -> None:
-        k = self.hashed_slots
-        if not k:
-            return
-        size = len(out) * k
-        sums = np.bincount(acc.slots, weights=acc.squashed, minlength=size)
-        counts = np.bincount(acc.slots, minlength=size)
-        means = sums / np.maximum(counts, 1)  # an empty slot: mean 0 -> 0.5
-        out[:, self._layout.hashed_offset :] = ((means + 1.0) / 2.0).reshape(len(out), k)
 
     # --- reading back ---
 
@@ -591,6 +604,230 @@ def default_schema() -> FeatureSchema:
     )
 
 
+# --- the batch path ------------------------------------------------------------------------
+
+
+class _Columns:
+    """One batch of states read field by field: each field a list gathered across the states,
+    converted to a numpy column in one call.
+
+    It takes a value only where the conversion gives exactly what the per-state path gives
+    (plain dicts of JSON's types). A state holding anything else, a bad value among them, is
+    declined: `declined[i]` is set, its row here is left unfinished, and the per-state path
+    computes it or names its error.
+    """
+
+    def __init__(self, schema: FeatureSchema, states: Sequence[object]) -> None:
+        self.layout = schema._layout
+        self.hashed_slots = schema.hashed_slots
+        self.n = len(states)
+        self.declined = np.array([type(state) is not dict for state in states], dtype=bool)
+        empty: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = [
+            state if type(state) is dict else empty for state in states
+        ]
+
+    def features(self, ignored: Counter[str] | None) -> FloatArray:
+        """(n, input_dim) float32; counts into `ignored` only the states not declined."""
+        out = np.zeros((self.n, self.layout.dim), dtype=np.float32)
+        self._numeric(out)
+        self._categories(out)
+        for g, offset in self.layout.grids:
+            self._grid(g, offset, out)
+        if self.hashed_slots or ignored is not None:
+            self._unknown(out, ignored)
+        return out
+
+    def _column(self, name: str) -> list[Any]:
+        return list(map(dict.get, self.rows, repeat(name)))
+
+    def _decline(self, rows: Sequence[int]) -> None:
+        if rows:
+            self.declined[list(rows)] = True
+
+    def _numeric(self, out: FloatArray) -> None:
+        layout = self.layout
+        if not layout.n_numeric:
+            return
+        raw = np.empty((self.n, layout.n_numeric), dtype=np.float64)  # NaN: absent
+        for j, name in layout.numeric_names:
+            raw[:, j], odd = _floats(self._column(name))
+            self._decline(odd)
+        _write_numeric(out, raw, layout)
+
+    def _categories(self, out: FloatArray) -> None:
+        for (name, offset, _, other), codes_of in zip(
+            self.layout.category_slots, self.layout.category_codes, strict=True
+        ):
+            values = self._column(name)
+            if not set(map(type, values)) <= _PLAIN_CATEGORIES:
+                odd = [i for i, value in enumerate(values) if type(value) not in _PLAIN_CATEGORIES]
+                self._decline(odd)
+                for i in odd:
+                    values[i] = None
+            codes = np.fromiter(map(codes_of.get, values, repeat(other)), np.intp, self.n)
+            present = np.flatnonzero(codes >= 0)
+            out[present, offset + codes[present]] = 1.0
+
+    def _grid(self, g: GridField, offset: int, out: FloatArray) -> None:
+        """Grids grouped by their shape, each group converted, scaled and fitted as one array."""
+        values = self._column(g.name)
+        for (rows, cols), index in self._by_shape(values).items():
+            if rows > MAX_GRID_SIDE or cols > MAX_GRID_SIDE or rows * cols > MAX_GRID_CELLS:
+                self._decline(index)  # before any array is built from them
+                continue
+            taken, cells = _stack_grids([values[i] for i in index], cols)
+            if len(taken) < len(index):
+                self._decline(sorted(set(index) - {index[t] for t in taken}))
+            if taken:
+                fitted = _fit_cells(g, cells)  # (m, *g.shape)
+                out[[index[t] for t in taken], offset : offset + g.width] = fitted.reshape(
+                    len(taken), g.width
+                )
+
+    def _by_shape(self, values: list[Any]) -> dict[tuple[int, int], list[int]]:
+        """Positions of the grids that are lists of lists, by (rows, length of the first row);
+        other values but None are declined: another form, an empty grid, not a grid."""
+        if set(map(type, values)) == {list} and all(values):  # the common case, in C loops
+            firsts = list(map(itemgetter(0), values))
+            if set(map(type, firsts)) == {list}:
+                shapes = list(zip(map(len, values), map(len, firsts), strict=True))
+                if len(set(shapes)) == 1:
+                    return {shapes[0]: list(range(len(values)))}
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            if type(value) is list and value and type(value[0]) is list:
+                by_shape.setdefault((len(value), len(value[0])), []).append(i)
+            else:
+                self.declined[i] = True
+        return by_shape
+
+    def _unknown(self, out: FloatArray, ignored: Counter[str] | None) -> None:
+        """Keys the schema does not name, in each state's order (values sharing a hashed slot
+        are summed in that order, as the per-state path sums them)."""
+        known, k = self.layout.known, self.hashed_slots
+        slot_of: dict[str, int] = {}
+        rows: list[int] = []  # per number: its state
+        slots: list[int] = []
+        numbers: list[Any] = []
+        unused: list[tuple[int, str]] = []  # (state, key) of values no slot takes
+        for i in self._with_unknown_keys():
+            for key, value in self.rows[i].items():
+                if key in known:
+                    continue
+                if type(key) is not str:
+                    if isinstance(key, str):  # a str subclass, hashed by the per-state path
+                        self.declined[i] = True
+                    continue
+                kind = type(value)
+                if k and (kind is float or kind is int):
+                    slot = slot_of.get(key)
+                    if slot is None:
+                        slot = slot_of[key] = zlib.crc32(key.encode("utf-8")) % k
+                    rows.append(i)
+                    slots.append(i * k + slot)
+                    numbers.append(value)
+                elif kind in _PLAIN_UNUSED or (not k and kind in _PLAIN_NUMBERS):
+                    if value is not None and key not in NOT_FEATURES:
+                        unused.append((i, key))
+                else:  # numpy scalars and other types: the per-state path judges them
+                    self.declined[i] = True
+        x, odd = _floats(numbers)
+        self._decline([rows[j] for j in odd])
+        if k:
+            _write_hashed(out, slots, x / (1.0 + np.abs(x)), self.layout)
+        if ignored is not None:
+            declined = self.declined.tolist()
+            ignored.update(key for i, key in unused if not declined[i])
+
+    def _with_unknown_keys(self) -> Sequence[int]:
+        """The states with keys the schema does not name, leaving out only `NOT_FEATURES`
+        keys when no state gives one a number (then no slot takes it and it is not counted)."""
+        known = self.layout.known
+        if all(set(map(type, self._column(key))) <= _PLAIN_CATEGORIES for key in NOT_FEATURES):
+            known = known | NOT_FEATURES
+        return [i for i, state in enumerate(self.rows) if not known.issuperset(state)]
+
+
+_PLAIN_UNUSED = frozenset({str, bool, list, dict, type(None)})
+"""Types of unknown keys' values that no slot takes and the batch path counts itself."""
+
+
+def _floats(values: list[Any]) -> tuple[npt.NDArray[np.float64], list[int]]:
+    """Plain numbers (and None, as NaN) in one float64 array, and the positions the per-state
+    path must judge: values of other types, NaN, inf and numbers beyond +-2**53 (converted
+    there one by one, refused if too large for a float)."""
+    odd: list[int] = []
+    if not set(map(type, values)) <= _PLAIN_NUMBERS:
+        odd = [j for j, value in enumerate(values) if type(value) not in _PLAIN_NUMBERS]
+        values = [None if type(value) not in _PLAIN_NUMBERS else value for value in values]
+    try:
+        column = np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond any float
+        big = [j for j, v in enumerate(values) if type(v) is int and abs(v) >= _EXACT_INT]
+        odd += big
+        values = [None if type(v) is int and abs(v) >= _EXACT_INT else v for v in values]
+        column = np.array(values, dtype=np.float64)
+    unusual = np.flatnonzero(~(np.abs(column) < _EXACT_INT)).tolist()  # NaN, inf, huge
+    odd += [j for j in unusual if values[j] is not None]
+    return column, odd
+
+
+def _stack_grids(grids: list[list[Any]], cols: int) -> tuple[list[int], npt.NDArray[Any]]:
+    """Grids of one row count (lists of rows, the first `cols` long) as one (m, rows, cols)
+    array, and the positions of those in it: the grids that the per-state path reads as the
+    same numbers. The common case, cells that are ints 0..255 (codes), is read as bytes."""
+    rows = list(chain.from_iterable(grids))
+    if _all_are(map(type, rows), list) and _all_are(map(len, rows), cols):
+        cells = list(chain.from_iterable(rows))
+        if _all_are(map(type, cells), int):  # not bools, not int-like objects numpy refuses
+            with contextlib.suppress(ValueError):  # a cell outside 0..255
+                codes = np.frombuffer(bytearray(cells), dtype=np.uint8)
+                return list(range(len(grids))), codes.reshape(len(grids), -1, cols)
+    taken: list[int] = []
+    arrays: list[npt.NDArray[np.float64]] = []
+    for position, grid in enumerate(grids):
+        try:
+            array = np.asarray(grid)
+        except ValueError:  # ragged: the per-state path says where
+            continue
+        if array.shape != (len(grid), cols) or array.dtype.kind not in "biuf":
+            continue
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            continue
+        taken.append(position)
+        arrays.append(array.astype(np.float64))  # as the per-state path converts each grid
+    return taken, np.stack(arrays) if arrays else np.zeros((0, len(grids[0]), cols))
+
+
+def _all_are(items: Iterable[object], expected: object) -> bool:
+    """Whether every item is `expected` (types, lengths): list.count compares in C."""
+    found = list(items)
+    return found.count(expected) == len(found)
+
+
+def _write_numeric(out: FloatArray, raw: npt.NDArray[np.float64], layout: _Layout) -> None:
+    """Numeric block of `out` from raw values (n, n_numeric), NaN where absent."""
+    if not layout.n_numeric:
+        return
+    scaled = np.clip((raw - layout.num_min) / layout.num_span, 0.0, 1.0)
+    out[:, : layout.n_numeric] = np.where(np.isnan(raw), layout.num_default, scaled)
+
+
+def _write_hashed(out: FloatArray, slots: Any, squashed: Any, layout: _Layout) -> None:
+    """Hashed block of `out`: per slot the mean of the squashed values in it, summed in order."""
+    k = layout.dim - layout.hashed_offset
+    if not k:
+        return
+    size = len(out) * k
+    sums = np.bincount(slots, weights=squashed, minlength=size)
+    counts = np.bincount(slots, minlength=size)
+    means = sums / np.maximum(counts, 1)  # an empty slot: mean 0 -> 0.5
+    out[:, layout.hashed_offset :] = ((means + 1.0) / 2.0).reshape(len(out), k)
+
+
 # --- value checks --------------------------------------------------------------------------
 
 
@@ -613,60 +850,20 @@ def _number(name: str, value: object) -> float:
     return x
 
 
-def _fill_grids(
-    g: GridField, offset: int, states: Sequence[object], out: FloatArray
-) -> frozenset[int]:
-    """Write the grids of many states in one numpy conversion; the indices of those written.
-
-    Only grids that `_fit_grid` takes as they are (lists of `g.shape` rows and columns, checked
-    before numpy sees them, of finite numbers) and only when numpy reads all of them as one int,
-    bool or float array: every cell is then converted as `_fit_grid` converts it. Any other
-    grid (another shape, a bad cell, the {"grid": ...} form) is left to `_fit_grid`, state by
-    state, with its checks and errors.
-    """
-    rows, cols = g.shape
-    index = [
-        i
-        for i, state in enumerate(states)
-        if type(state) is dict and _plain_grid(state.get(g.name), rows, cols)
-    ]
-    if not index:
-        return frozenset()
-    try:
-        cells = np.array([states[i][g.name] for i in index])  # type: ignore[index]
-    except Exception:  # ragged, too deep...: each grid gets its own check and message
-        return frozenset()
-    if cells.shape != (len(index), *g.shape) or cells.dtype.kind not in "bif":
-        return frozenset()
-    flat = cells.reshape(len(index), g.width)
-    if cells.dtype.kind == "f":
-        finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():  # those grids are refused by _fit_grid, with the cell
-            index = [i for i, ok in zip(index, finite.tolist(), strict=True) if ok]
-            flat = flat[finite]
-    scaled = np.clip((flat.astype(np.float64) - g.min) / (g.max - g.min), 0.0, 1.0)
-    out[index, offset : offset + g.width] = scaled
-    return frozenset(index)
-
-
-def _plain_grid(value: object, rows: int, cols: int) -> bool:
-    """Whether `value` is a list of `rows` lists of `cols` items, the first not a list."""
-    return (
-        type(value) is list
-        and len(value) == rows
-        and all(type(row) is list and len(row) == cols for row in value)
-        and type(value[0][0]) is not list
-    )
-
-
 def _fit_grid(g: GridField, value: object) -> npt.NDArray[np.float64]:
     """A grid value checked, normalized to [0, 1] and fitted to `g.shape`."""
     cells = _grid_cells(g, value)
     if cells.size and cells.dtype.kind == "f" and not np.isfinite(cells).all():
         r, c = np.argwhere(~np.isfinite(cells))[0]
         raise FeatureError(f"field {g.name!r}: grid cell [{r}][{c}] is {cells[r, c]!r}")
+    return _fit_cells(g, cells)
+
+
+def _fit_cells(g: GridField, cells: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Checked cells (..., rows, cols), one grid or a stack of them, normalized to [0, 1] and
+    fitted to `g.shape`: the same arithmetic per grid either way."""
     scaled = np.clip((cells.astype(np.float64) - g.min) / (g.max - g.min), 0.0, 1.0)
-    for axis, size in enumerate(g.shape):
+    for axis, size in zip((-2, -1), g.shape, strict=True):
         scaled = _fit_axis(scaled, axis, size, g.pool)
     return scaled
 
@@ -735,7 +932,8 @@ def _check_grid_size(g: GridField, rows: int, cols: int) -> None:
 def _fit_axis(
     cells: npt.NDArray[np.float64], axis: int, size: int, pool: str
 ) -> npt.NDArray[np.float64]:
-    """Pool (n > size) over `size` near-equal blocks or pad (n < size), centered, with 0."""
+    """Pool (n > size) over `size` near-equal blocks or pad (n < size), centered, with 0;
+    `axis` is -2 (rows) or -1 (columns) of one grid or of a stack of grids."""
     n = cells.shape[axis]
     if n > size:
         starts = np.arange(size) * n // size  # strictly increasing since n > size
@@ -743,10 +941,10 @@ def _fit_axis(
             return np.maximum.reduceat(cells, starts, axis=axis)
         counts = np.diff(np.append(starts, n)).astype(np.float64)
         sums = np.add.reduceat(cells, starts, axis=axis)
-        return sums / (counts[:, None] if axis == 0 else counts[None, :])
+        return sums / (counts[:, None] if axis == -2 else counts)
     if n < size:
         before = (size - n) // 2
-        pad = [(0, 0), (0, 0)]
+        pad = [(0, 0)] * cells.ndim
         pad[axis] = (before, size - n - before)
         return np.pad(cells, pad, constant_values=0.0)
     return cells

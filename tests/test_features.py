@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -520,3 +521,108 @@ def test_values_no_slot_takes_are_counted_per_field() -> None:
     ignored.clear()
     bare.extract_valid(states, ignored)
     assert ignored == {"text": 2, "tags": 1, "flag": 1, "score": 1}
+
+
+# --- the batch path against the per-state path ---
+
+_SMALL = FeatureSchema(
+    numeric=(NumericField("a", -1, 1, default=0.25), NumericField("b", 0, 10)),
+    categorical=(CategoricalField("kind", ("x", "y")),),
+    grids=(GridField("cells", (3, 4), -1.0, 2.0, pool="mean"),),
+    hashed_slots=1,  # keys share the slot: the order values are summed in must not change
+)
+_SCHEMAS = (S, _SMALL, FeatureSchema.from_dict({**S.to_dict(), "hashed_slots": 0}))
+
+_numbers = st.one_of(  # values a declared number or an unknown key takes without error
+    st.none(),
+    st.floats(-1e6, 1e6),
+    st.integers(-(2**60), 2**60),  # past 2**53 too: converted one by one
+    st.booleans(),
+    st.builds(np.float64, st.floats(-1e3, 1e3)),
+)
+_cells = st.one_of(st.integers(0, 3), st.integers(-3, 300), st.floats(-5, 5), st.booleans())
+_FAULTS: dict[str, st.SearchStrategy[Any]] = {  # one bad value per kind of place
+    "number": st.sampled_from([math.nan, -math.inf, 10**400, "1.5", [1]]),
+    "category": st.sampled_from([1, True, 2.5, ["x"]]),
+    "grid": st.sampled_from(["ragged", "1-D", "nan", "none", "text", "nested", "string"]),
+}
+
+
+@st.composite
+def _grids(draw: st.DrawFn, shape: tuple[int, int], fault: str | None = None) -> Any:
+    """A grid of one of a few shapes (so that several states share one), of codes or of other
+    numbers, in one of the accepted forms; with `fault`, broken in that way."""
+    rows, cols = draw(st.sampled_from([shape, shape, (2, 3), (5, 5), (1, 40), (40, 13)]))
+    cell = st.integers(0, 3) if draw(st.booleans()) else _cells
+    grid: Any = [[draw(cell) for _ in range(cols)] for _ in range(rows)]
+    if fault is not None:
+        r, c = draw(st.integers(0, rows - 1)), draw(st.integers(0, cols - 1))
+        bad = {"nan": math.nan, "none": None, "text": "1", "nested": [1]}
+        if fault in bad:
+            grid[r][c] = bad[fault]
+        elif fault == "ragged":
+            grid[r] = grid[r][:-1] if cols > 1 else [*grid[r], 0]
+        return {"1-D": grid[0], "string": "grid"}.get(fault, grid)
+    form = draw(st.sampled_from(["list"] * 8 + ["empty", "form", "tuple"]))
+    return {"list": grid, "empty": [], "form": {"grid": grid}, "tuple": tuple(grid)}[form]
+
+
+@st.composite
+def _states(draw: st.DrawFn, schema: FeatureSchema) -> Any:
+    """A state of `schema`'s fields, some left out, unknown keys beside them; one in three has
+    one bad value, one in twenty is not a dict."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.sampled_from([None, 7, "state", [1, 2]]))
+    state: dict[str, Any] = {}
+    for f in schema.numeric:
+        if draw(st.integers(0, 3)):
+            state[f.name] = draw(st.floats(f.min - 5, f.max + 5) | _numbers)
+    for c in schema.categorical:
+        if draw(st.integers(0, 3)):
+            state[c.name] = draw(st.sampled_from([*c.values, "unknown", None]))
+    for g in schema.grids:
+        if draw(st.integers(0, 3)):
+            state[g.name] = draw(_grids(g.shape) | st.none())
+    extras = st.sampled_from(["score", "speed", "mood", "agent_id", "note", "flag"])
+    values = _numbers | st.text(max_size=2) | st.lists(st.integers(), max_size=2)
+    state.update(draw(st.dictionaries(extras, values, max_size=6)))
+    if draw(st.integers(0, 2)) == 0:
+        names = [f.name for f in schema.numeric] + [c.name for c in schema.categorical]
+        names += [g.name for g in schema.grids]
+        name = draw(st.sampled_from([*names, "score"]))
+        place = "category" if name in {c.name for c in schema.categorical} else "number"
+        if name in {g.name for g in schema.grids}:
+            state[name] = draw(_grids(schema.grids[0].shape, draw(_FAULTS["grid"])))
+        else:
+            state[name] = draw(_FAULTS[place])
+    return state
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_batch_path_equals_per_state_path(data: st.DataObject) -> None:
+    schema = data.draw(st.sampled_from(_SCHEMAS))
+    states = data.draw(st.lists(_states(schema), max_size=12))
+    rows: dict[int, bytes] = {}
+    failures: dict[int, str] = {}
+    for i, state in enumerate(states):
+        try:
+            rows[i] = schema.extract(state).tobytes()
+        except FeatureError as e:
+            failures[i] = str(e)
+    expected: Counter[str] = Counter()
+    schema._extract_each(states, lambda _, __: None, expected)  # the per-state path's counts
+
+    ignored: Counter[str] = Counter()
+    features, good, errors = schema.extract_valid(states, ignored)
+    assert {i: str(e) for i, e in errors.items()} == failures
+    assert good == sorted(rows)
+    assert [row.tobytes() for row in features] == [rows[i] for i in good]  # bit for bit
+    assert ignored == expected
+    if failures:
+        first = min(failures)
+        with pytest.raises(FeatureError) as caught:
+            schema.extract_batch(states)
+        assert str(caught.value) == f"item {first}: {failures[first]}"
+    else:
+        assert schema.extract_batch(states).tobytes() == b"".join(rows[i] for i in good)
