@@ -737,7 +737,8 @@ class _Columns:
         x, odd = _floats(numbers)
         self._decline([rows[j] for j in odd])
         if k:
-            _write_hashed(out, slots, x / (1.0 + np.abs(x)), self.layout)
+            with np.errstate(invalid="ignore"):  # inf/inf in declined rows, redone per state
+                _write_hashed(out, slots, x / (1.0 + np.abs(x)), self.layout)
         if ignored is not None:
             declined = self.declined.tolist()
             ignored.update(key for i, key in unused if not declined[i])
