@@ -32,6 +32,9 @@ PREFIX = "s_"
 
 Value = float | str
 
+KIND = "kind"
+"""Record attribute (TAG) holding the entry's kind, `state` or `action`: `recall(kinds=...)`."""
+
 
 @dataclass(frozen=True)
 class StateAttribute:
@@ -43,6 +46,11 @@ class StateAttribute:
     """The record's hash field and the index attribute."""
     numeric: bool
     """NUMERIC (a numeric field) or TAG (a categorical one)."""
+
+
+KIND_ATTRIBUTE = StateAttribute(KIND, KIND, numeric=False)
+"""The entry's kind as an attribute: added to indexes and copied down the tiers as the state
+fields are; not a state field, so `where` does not take it."""
 
 
 def state_attributes(schema: FeatureSchema) -> tuple[StateAttribute, ...]:

@@ -466,9 +466,20 @@ _QUERY_SUMMARY_FIELDS = ("agent_type", "status", "current_action")
     default=None,
     help='conditions on state fields, a JSON object: {"health": [null, 20], "status": "idle"}',
 )
+@click.option(
+    "--kinds",
+    default=None,
+    help="only memories of these kinds, comma-separated: state,action (default: both)",
+)
 @click.pass_obj
 def query_command(
-    settings: Settings, agent_id: str, state_json: str, k: int, tiers: str, where_json: str | None
+    settings: Settings,
+    agent_id: str,
+    state_json: str,
+    k: int,
+    tiers: str,
+    where_json: str | None,
+    kinds: str | None,
 ) -> None:
     """Recall an agent's memories nearest to a state; print them ranked across tiers.
 
@@ -488,10 +499,13 @@ def query_command(
     searched = _query_tiers(tiers)
     try:
         with MemoryClient.from_settings(settings) as client:
-            recall = client.recall(agent_id, state, k=k, tiers=searched, where=where)
+            recall = client.recall(
+                agent_id, state, k=k, tiers=searched, where=where,
+                kinds=None if kinds is None else [p.strip() for p in kinds.split(",")],
+            )  # fmt: skip
             rows = [_query_row(rank, item, client) for rank, item in enumerate(recall.merged, 1)]
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--where" if where else None) from e
+        raise click.BadParameter(str(e)) from e
     except MemoryTiersError as e:
         raise click.ClickException(str(e)) from e
     if not rows:

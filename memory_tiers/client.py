@@ -43,12 +43,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 import redis
+from redisvl.query.filter import Tag
 
-from .attributes import StateAttribute, state_attributes, where_filter
+from .attributes import KIND, StateAttribute, state_attributes, where_filter
 from .constants import TIERS, Keys
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
-from .protocol import MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
+from .protocol import KINDS, MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
 from .replies import text
 from .settings import Settings, redact_url
 from .store import Candidate, Hit, TierStore, failure_text
@@ -337,6 +338,7 @@ class MemoryClient:
         step_range: tuple[int, int] | None = None,
         filters: Any = None,
         where: Mapping[str, Any] | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> Recall:
         """The memories of `agent_id` nearest to `query`, per tier and merged.
 
@@ -356,6 +358,9 @@ class MemoryClient:
                 inclusive, either end None; a categorical field -> a value or a list of
                 values (`{"health": (None, 20), "current_action": "gather"}`). A memory whose
                 state left a field out never matches a condition on it.
+            kinds: only memories of these kinds (`("state",)` keeps actions out; actions are
+                otherwise recalled like states, by their state form). Memories stored before
+                kinds were recorded have none and never match.
 
         Raises:
             ValueError: bad k, tiers, step_range, where, or a vector of no tier's size.
@@ -371,6 +376,9 @@ class MemoryClient:
         if where:
             state_filter = where_filter(state_attributes(self.engine.schema), where)
             filters = state_filter if filters is None else state_filter & filters
+        if kinds is not None:
+            kind_filter = _kind_filter(kinds)
+            filters = kind_filter if filters is None else kind_filter & filters
         store = self._ready_store()
         if isinstance(query, Mapping) and (given := self._partial_fields(query)):
             query_tier = None
@@ -604,9 +612,10 @@ class AgentMemory:
         step_range: tuple[int, int] | None = None,
         filters: Any = None,
         where: Mapping[str, Any] | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> Recall:
         """This agent's memories nearest to `query`; see MemoryClient.recall."""
-        return self.client.recall(self.agent_id, query, k, tiers, step_range, filters, where)
+        return self.client.recall(self.agent_id, query, k, tiers, step_range, filters, where, kinds)
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit; see MemoryClient.reconstruct."""
@@ -666,6 +675,15 @@ def _check_engine_dims(engine: EmbeddingEngine, dims: Mapping[str, int]) -> None
             f"engine has tier dimensions {engine.dims}, the settings say {dict(dims)} "
             "(MT_STM_DIM, MT_IM_DIM, MT_LTM_DIM must match the model)"
         )
+
+
+def _kind_filter(kinds: Sequence[str]) -> Any:
+    """The filter of `recall(kinds=...)`; ValueError naming a kind the protocol has not."""
+    chosen = [kinds] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown or not chosen:
+        raise ValueError(f"kinds {chosen!r}: expected some of {', '.join(KINDS)}")
+    return Tag(KIND) == chosen
 
 
 def _partial_state(given: Sequence[StateAttribute], values: Mapping[str, str]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ if HIREDIS_AVAILABLE:
     import hiredis
     from redis.connection import HiredisRespSerializer
 
-from .attributes import attribute_values, state_attributes
+from .attributes import KIND, attribute_values, state_attributes
 from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine, action_to_state
@@ -678,7 +678,7 @@ class Ingestor:
             vector=vector,
             state_json=decoded.state_json,
             features=features,
-            attributes=attribute_values(self.attributes, decoded.state),
+            attributes={KIND: entry.kind, **attribute_values(self.attributes, decoded.state)},
         )
 
     def _queue_records(

@@ -43,7 +43,7 @@ from redisvl.query import VectorQuery
 from redisvl.query.filter import FilterExpression, Num, Tag
 from redisvl.schema import IndexSchema
 
-from .attributes import StateAttribute, state_attributes
+from .attributes import KIND_ATTRIBUTE, StateAttribute, state_attributes
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
@@ -242,15 +242,17 @@ class TierStore:
         self, client: redis.Redis, settings: Settings, schema: FeatureSchema | None = None
     ) -> None:
         """A store over `client`; with the model's `schema`, its indexes also declare the
-        state attributes (attributes.py), added to existing indexes by `ensure_indexes`."""
+        record attributes (attributes.py), added to existing indexes by `ensure_indexes`."""
         _check_client(client)
         self.client = client
         self.keys = Keys(settings.prefix)
         self.tiers = {name: settings.tier(name) for name in TIERS}
         self.state_attributes = state_attributes(schema) if schema is not None else ()
+        self.record_attributes = (KIND_ATTRIBUTE, *self.state_attributes)
+        """What every record carries besides its own fields: its kind and its state fields."""
         self._indexes = {
             name: SearchIndex(
-                tier_schema(self.keys, tier, self.state_attributes), redis_client=client
+                tier_schema(self.keys, tier, self.record_attributes), redis_client=client
             )
             for name, tier in self.tiers.items()
         }
@@ -293,10 +295,10 @@ class TierStore:
                     f"index {index.name} has {'; '.join(problems)}. Drop it "
                     f"(FT.DROPINDEX {index.name}; its records stay) or change the settings"
                 )
-            self._add_state_attributes(index.name, info)
+            self._add_attributes(index.name, info)
 
-    def _add_state_attributes(self, index: str, info: Any) -> None:
-        """FT.ALTER an index that lacks some state attributes (made before them, or by a store
+    def _add_attributes(self, index: str, info: Any) -> None:
+        """FT.ALTER an index that lacks some record attributes (made before them, or by a store
         without the schema) to declare them; Redis then indexes the existing records.
 
         Raises:
@@ -308,7 +310,7 @@ class TierStore:
             for a in _lookup(info, "attributes") or []
         }
         missing: list[Any] = []
-        for attribute in self.state_attributes:
+        for attribute in self.record_attributes:
             kind = "NUMERIC" if attribute.numeric else "TAG"
             found = existing.get(attribute.name)
             if found is None:
@@ -327,7 +329,7 @@ class TierStore:
             self.client.execute_command("FT.ALTER", index, "SCHEMA", "ADD", *missing)
         except redis.RedisError as e:
             raise StoreError(f"FT.ALTER {index} failed: {failure_text(e, self.keys)}") from e
-        log.info("index %s: declared the state attributes %s", index, missing[::2])
+        log.info("index %s: declared the record attributes %s", index, missing[::2])
 
     def _index_info(self, tier: str) -> Any:
         """The raw FT.INFO reply of one tier's index (RESP2 list or RESP3 map), None if absent."""

@@ -530,7 +530,7 @@ class _Pass:
         records here). Unreadable records are skipped (logged, left in place).
         """
         tier = self.store.tiers[self.source]
-        names = [attribute.name for attribute in self.store.state_attributes]
+        names = [attribute.name for attribute in self.store.record_attributes]
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             # NEVER_DECODE: the vector is binary even when the client decodes replies.

@@ -77,12 +77,38 @@ def test_records_keep_their_attributes_from_ingest_down_to_ltm(
         return found
 
     assert stored("stm") == expected
+    assert {redis_client.hget(KEYS.record("stm", i), "kind") for i in ids} == {"state"}
     policy = dataclasses.replace(settings, **{**NO_RULES, "stm_max_age_s": 0, "im_max_age_s": 0})
     later = int(time.time() * 1000) + 60_000  # every record is older than 0 s then
     assert consolidate(redis_client, store, engine, policy, "stm", now_ms=later).moved == 6
     assert stored("im") == expected  # the state is dropped, its attributes are not
     assert consolidate(redis_client, store, engine, policy, "im", now_ms=later).moved == 6
     assert stored("ltm") == expected
+    assert {redis_client.hget(KEYS.record("ltm", i), "kind") for i in ids} == {"state"}
+
+
+def test_kinds_keep_actions_out_or_in(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    client = MemoryClient(redis_client, settings, engine)
+    state = simulate_states(1, seed=4)[0]
+    action = {"action_type": "gather", "action_params": {"amount": 3}, "outcome": {"ok": 1}}
+    ids = {
+        "state": client.remember(AGENT, state, step=1),
+        "action": client.remember(AGENT, action, step=2, kind="action"),
+    }
+    ingestor = Ingestor(redis_client, engine, settings, "c1", store=store)
+    ingestor.ensure_group()
+    assert ingestor.process(ingestor.read_new())[1].stored == 2
+
+    def found(**options: Any) -> set[str]:
+        return {m.hit.entry_id for m in client.recall(AGENT, state, k=5, **options).merged}
+
+    assert found() == set(ids.values())  # actions are recalled like states by default
+    assert found(kinds=("state",)) == {ids["state"]}
+    assert found(kinds=["action"]) == {ids["action"]}
+    with pytest.raises(ValueError, match="kinds \\['thought'\\]: expected some of state, action"):
+        client.recall(AGENT, state, kinds=["thought"])
 
 
 def seed(engine: EmbeddingEngine, store: TierStore, tier: str = "stm") -> list[dict[str, Any]]:
@@ -213,12 +239,18 @@ def test_query_command_filters_with_where(
 
     found = CliRunner().invoke(main, [*query, "--where", '{"health": [null, 9.5]}'], env=env)
     bad = CliRunner().invoke(main, [*query, "--where", '{"mood": "happy"}'], env=env)
+    states_only = CliRunner().invoke(main, [*query, "--kinds", "state"], env=env)
+    bad_kind = CliRunner().invoke(main, [*query, "--kinds", "state,thought"], env=env)
 
     assert found.exit_code == 0, found.output
     rows = [line for line in found.stdout.splitlines()[1:] if line.strip()]
     assert len(rows) == len([i for i in range(10) if i % 7])  # health 0..9, given
     assert bad.exit_code == 2
     assert "'mood' is not a filterable field" in bad.output
+    assert states_only.exit_code == 0, states_only.output
+    assert "no memories of agent" in states_only.output  # seeded records have no kind
+    assert bad_kind.exit_code == 2
+    assert "expected some of state, action" in bad_kind.output
 
 
 def masked_distance(engine: EmbeddingEngine, state: dict[str, Any], query: dict[str, Any]) -> float:
