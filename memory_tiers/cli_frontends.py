@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .cli import EnvOption  # defined before cli.py imports this module
 from .errors import ConfigError, MemoryTiersError, ModelError
 from .settings import Settings
 
@@ -42,12 +43,14 @@ def _refuse(error: MemoryTiersError) -> None:
 
 _no_auth = click.option(
     "--no-auth",
+    cls=EnvOption,
     is_flag=True,
     envvar="MT_API_NO_AUTH",
     help="serve without API keys: every caller may access every agent (trusted networks only)",
 )
 _torch_threads = click.option(
     "--torch-threads",
+    cls=EnvOption,
     type=click.IntRange(min=1),
     default=1,
     show_default=True,

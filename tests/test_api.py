@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from click.testing import CliRunner
 from http_helpers import ADMIN_KEY, BOT_AGENTS, BOT_KEY, serving, write_keys_file
 from test_ingest import daemon, make_settings, running, wait_for, xadd_raw
 
 from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
 from memory_tiers.api import build, openapi_document
+from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,3 +329,14 @@ def test_the_committed_openapi_document_is_the_served_one(api: httpx.Client) -> 
         "/v1/memories", "/v1/memories/batch", "/v1/entries/{entry_id}", "/v1/recall",
         "/v1/reconstruct", "/v1/agents", "/v1/agents/{agent_id}", "/healthz",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [("api", "MT_API_NO_AUTH", "maybe"), ("api", "MT_TORCH_THREADS", "abc"),
+     ("mcp", "MT_TORCH_THREADS", "0")],
+)  # fmt: skip
+def test_a_bad_front_end_variable_is_named(command: str, variable: str, value: str) -> None:
+    result = CliRunner().invoke(main, [command], env={variable: value})
+    assert result.exit_code == 2
+    assert variable in result.output and value in result.output
