@@ -510,13 +510,9 @@ class TierStore:
             returned.append(VECTOR_FIELD)
         query.return_fields(*returned, skip_decode=[VECTOR_FIELD])
         docs = self._query(settings.name, query)
-        hits = [_decode_hit(settings, self.keys, doc) for doc in docs]
-        leaked = [h.key for h in hits if agent_id is not None and h.agent_id != agent_id]
-        if leaked:
-            # Never hand one agent another's memories, even if the TAG filter were to widen.
-            log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
-            hits = [h for h in hits if h.agent_id == agent_id]
-        return hits
+        if agent_id is not None:
+            docs = _own(agent_id, docs)
+        return [_decode_hit(settings, self.keys, doc) for doc in docs]
 
     def candidates(
         self,
@@ -1007,16 +1003,17 @@ def _with_state(tier: TierSettings, candidate: Candidate, docs: Mapping[str, Any
     doc = docs[candidate.key]
     state, raw_vector = doc.get(STATE_FIELD), doc.get(VECTOR_FIELD)
     if state is not None:
-        return candidate._replace(state=_parsed_state(state))
+        return candidate._replace(state=parsed_state(state))
     if raw_vector is None:
         raise StoreError(f"search hit {candidate.key} is incomplete: no {VECTOR_FIELD}")
     return candidate._replace(vector=_decode_vector(tier, raw_vector, candidate.key))
 
 
-def _parsed_state(raw: bytes | str) -> Any:
-    """A stored state JSON parsed; None (which featurizing refuses) if it does not parse."""
+def parsed_state(raw: bytes | str | None) -> Any:
+    """A stored state JSON parsed; None (which featurizing refuses) if absent or it does not
+    parse."""
     try:
-        return json.loads(text(raw))
+        return json.loads(text(raw) if raw is not None else "")
     except ValueError:
         return None
 

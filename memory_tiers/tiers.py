@@ -38,7 +38,6 @@ them: its vector stays in its old model's space, approximate for recall either w
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +54,15 @@ from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
 from .replies import text
 from .settings import Settings
-from .store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD, MemoryRecord, TierStore, Vector
+from .store import (
+    FEATURES_FIELD,
+    STATE_FIELD,
+    VECTOR_FIELD,
+    MemoryRecord,
+    TierStore,
+    Vector,
+    parsed_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +485,7 @@ class _Pass:
         sources = list(sources)
         good: list[int] = []
         if with_state:
-            states = [_parsed(sources[i].state_json) for i in with_state]
+            states = [parsed_state(sources[i].state_json) for i in with_state]
             features, good, _ = self.engine.schema.extract_valid(states)
         if good:
             encoded = self.engine.encode_features(features, (tier,))[tier]
@@ -622,14 +629,6 @@ class _Reencode(_Pass):
         sources, _ = self._encode_again(sources, vectors, self.source)
         again = [i for i, s in enumerate(sources) if s.entry_id in self.reencoded]
         return _records([sources[i] for i in again], vectors[again], keep_state=True)
-
-
-def _parsed(state_json: str | None) -> object:
-    """A raw state from its JSON; None (which featurizing refuses) if it does not parse."""
-    try:
-        return json.loads(state_json or "")
-    except ValueError:
-        return None
 
 
 def _row_problem(row: list[Any], width: int) -> str | None:
