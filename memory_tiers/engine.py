@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,13 +16,19 @@ import torch
 from .constants import TIERS
 from .errors import ModelError
 from .features import FeatureSchema, default_schema
-from .model import ModelConfig, StateAutoencoder
+from .model import ModelConfig, SmallBatchModel, StateAutoencoder
 from .train import Checkpoint, load_checkpoint, pick_device
 
 log = logging.getLogger(__name__)
 
 UNTRAINED_VERSION = "untrained"
 """model_version of an engine built without a trained checkpoint."""
+
+SMALL_BATCH = 256
+"""Rows up to which a CPU engine runs numpy on the model's weights (SmallBatchModel) rather
+than torch: one query encodes in 0.09 ms instead of 0.25, 100 candidates decode in 0.8 ms
+instead of 1.5 (2-core EPYC, one thread each). Larger batches stay in torch, under its thread
+setting (MT_TORCH_THREADS)."""
 
 EMBEDDING_NAMES = {"stm": "full_vector", "im": "compressed_vector", "ltm": "abstract_vector"}
 """The design's names for each tier's embedding."""
@@ -130,6 +137,15 @@ class EmbeddingEngine:
         unknown = set(tiers) - set(TIERS)
         if unknown:
             raise ValueError(f"unknown tiers {sorted(unknown)}: expected some of {TIERS}")
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.schema.input_dim:
+            raise ModelError(
+                f"features: expected rows of {self.schema.input_dim}, got shape {features.shape}"
+            )
+        if self._small_batch(len(features)):
+            down_to = max(tiers, key=TIERS.index, default="stm")
+            encoded = self._small_model.encode(features, down_to)
+            return {tier: encoded[tier] for tier in tiers}
         x = torch.as_tensor(features, dtype=torch.float32, device=self.device)
         vectors = {"stm": self.model.encode_stm(x)}
         if "im" in tiers or "ltm" in tiers:
@@ -167,6 +183,14 @@ class EmbeddingEngine:
         x = torch.as_tensor(vectors, dtype=torch.float32, device=self.device)
         return layers[from_tier](x).cpu().numpy()
 
+    def _small_batch(self, rows: int) -> bool:
+        """Whether `rows` rows go through numpy (SmallBatchModel) rather than torch."""
+        return self.device.type == "cpu" and rows <= SMALL_BATCH
+
+    @functools.cached_property
+    def _small_model(self) -> SmallBatchModel:
+        return SmallBatchModel(self.model)
+
     def decode(self, vectors: np.ndarray, tier: str) -> np.ndarray:
         """Embeddings (N, dim) of one tier to reconstructed feature rows (N, input_dim)."""
         return self.decode_tiers({tier: vectors})[tier]
@@ -176,28 +200,31 @@ class EmbeddingEngine:
         """Several tiers' embeddings {tier: (N_t, dim)} to feature rows {tier: (N_t, input_dim)}
         with one decoder pass: each tier is first lifted to STM space (IM and LTM through their
         expansions), so a recall decodes its IM and LTM candidates together."""
-        lifted = []
+        rows = {}
         for tier, tier_vectors in vectors.items():
             if tier not in TIERS:
                 raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
-            x = torch.as_tensor(
-                np.atleast_2d(tier_vectors), dtype=torch.float32, device=self.device
-            )
-            if x.shape[-1] != self.dims[tier]:
+            rows[tier] = np.atleast_2d(np.asarray(tier_vectors, dtype=np.float32))
+            if rows[tier].shape[-1] != self.dims[tier]:
                 raise ModelError(
                     f"{tier} vectors: expected last dimension {self.dims[tier]}, "
-                    f"got shape {tuple(x.shape)}"
+                    f"got shape {rows[tier].shape}"
                 )
+        if not rows:
+            return {}
+        if self._small_batch(sum(len(r) for r in rows.values())):
+            return self._small_model.decode(rows)
+        lifted = []
+        for tier, tier_rows in rows.items():
+            x = torch.as_tensor(tier_rows, device=self.device)
             if tier == "ltm":
                 x = self.model.ltm_to_im(x)
             if tier != "stm":
                 x = self.model.im_to_stm(x)
             lifted.append(x)
-        if not lifted:
-            return {}
         decoded = self.model.decode_from_stm(torch.cat(lifted)).cpu().numpy()
-        rows = np.cumsum([0, *(len(x) for x in lifted)])
-        return {tier: decoded[rows[i] : rows[i + 1]] for i, tier in enumerate(vectors)}
+        bounds = np.cumsum([0, *(len(x) for x in lifted)])
+        return {tier: decoded[bounds[i] : bounds[i + 1]] for i, tier in enumerate(rows)}
 
     def reconstruct_from_embedding(
         self, embedding: np.ndarray, tier: str = "stm"

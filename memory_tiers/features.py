@@ -409,6 +409,8 @@ class FeatureSchema:
     ) -> FloatArray:
         """The batch path: numpy over columns (`_Columns`). The states it declines, the bad and
         the unusual, go through the per-state path, which computes them or names the error."""
+        if not states:  # a recall whose candidates all carry features: skip the column setup
+            return np.zeros((0, self.input_dim), dtype=np.float32)
         columns = _Columns(self, states)
         out = columns.features(ignored)
         declined: list[int] = np.flatnonzero(columns.declined).tolist()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from .errors import ConfigError, ModelError
@@ -149,6 +150,87 @@ class StateAutoencoder(nn.Module):
         """Reconstruction through STM, and the STM embedding: (B, D) -> (B, D), (B, 384)."""
         stm = self.encode_stm(x)
         return self.decode_from_stm(stm), stm
+
+
+class SmallBatchModel:
+    """The autoencoder's forward passes in numpy, for the small batches of a recall on CPU.
+
+    At a recall's sizes (one query, 100 candidates) torch spends more time dispatching than
+    computing; numpy on the same weights does not. Linear maps that meet with no nonlinearity
+    between them are folded into one: an IM vector reaches the decoder's first hidden layer
+    through one 128 x 256 matrix (im_to_stm then decoder[0]), an LTM vector through one 32 x 256.
+    A snapshot of the weights when built: build a new one after training the model further.
+    """
+
+    def __init__(self, model: StateAutoencoder) -> None:
+        into_stm = _affine(model.decoder[0])
+        into_im = _chained(_affine(model.im_to_stm), into_stm)
+        into_decoder = {"stm": into_stm, "im": into_im}
+        into_decoder["ltm"] = _chained(_affine(model.ltm_to_im), into_im)
+        self._into_decoder = {tier: _float32(layer) for tier, layer in into_decoder.items()}
+        self._decoder = [_float32(_affine(model.decoder[i])) for i in (2, 4)]
+        self._encoder = [_float32(_affine(model.encoder[i])) for i in (0, 2)]
+        self._bottlenecks = {
+            tier: _float32(_affine(layer))
+            for tier, layer in (
+                ("stm", model.stm_bottleneck),
+                ("im", model.im_bottleneck),
+                ("ltm", model.ltm_bottleneck),
+            )
+        }
+
+    def encode(self, features: np.ndarray, down_to: str) -> dict[str, np.ndarray]:
+        """Feature rows (N, input_dim) to {tier: (N, dim)}, from STM down to tier `down_to`."""
+        hidden = np.asarray(features, dtype=np.float32)
+        for weight, bias in self._encoder:
+            hidden = _relu(hidden @ weight + bias)
+        vectors = {}
+        for tier, (weight, bias) in self._bottlenecks.items():
+            hidden = vectors[tier] = hidden @ weight + bias
+            if tier == down_to:
+                break
+        return vectors
+
+    def decode(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each tier's embeddings {tier: (N_t, dim)} to feature rows {tier: (N_t, input_dim)},
+        with one pass through the shared decoder layers."""
+        entered = [
+            vectors[tier] @ self._into_decoder[tier][0] + self._into_decoder[tier][1]
+            for tier in vectors
+        ]
+        hidden = _relu(np.concatenate(entered))
+        (middle_w, middle_b), (out_w, out_b) = self._decoder
+        logits = _relu(hidden @ middle_w + middle_b) @ out_w + out_b
+        decoded = 0.5 + 0.5 * np.tanh(0.5 * logits)  # the sigmoid, without exp's overflow
+        rows = np.cumsum([0, *(len(x) for x in entered)])
+        return {tier: decoded[rows[i] : rows[i + 1]] for i, tier in enumerate(vectors)}
+
+
+_Affine = tuple[np.ndarray, np.ndarray]
+"""(weight (in, out), bias (out,)): rows @ weight + bias."""
+
+
+def _affine(layer: nn.Module) -> _Affine:
+    """A Linear layer's map in float64 (folding in float64 keeps the float32 result exact)."""
+    assert isinstance(layer, nn.Linear)
+    weight = layer.weight.detach().cpu().double().numpy()
+    return weight.T, layer.bias.detach().cpu().double().numpy()
+
+
+def _chained(first: _Affine, then: _Affine) -> _Affine:
+    """One map equal to `first` followed by `then`."""
+    (w1, b1), (w2, b2) = first, then
+    return w1 @ w2, b1 @ w2 + b2
+
+
+def _float32(layer: _Affine) -> _Affine:
+    weight, bias = layer
+    return np.ascontiguousarray(weight, dtype=np.float32), bias.astype(np.float32)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    np.maximum(x, 0, out=x)
+    return x
 
 
 def _check_width(t: Tensor, width: int, what: str) -> None:

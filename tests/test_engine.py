@@ -18,6 +18,7 @@ from memory_tiers import (
     load_checkpoint,
     simulate_states,
 )
+from memory_tiers.engine import SMALL_BATCH
 
 DEFAULT_MODEL = Path(__file__).parent.parent / "models" / "state_autoencoder.pt"
 
@@ -37,6 +38,40 @@ def test_state_embedding_has_the_designs_three_vectors(engine: EmbeddingEngine) 
     for name, vector in one.items():
         assert batch[name].shape == (5, vector.shape[0])
         np.testing.assert_allclose(batch[name][3], vector, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 100, SMALL_BATCH, SMALL_BATCH + 1])
+def test_small_batches_in_numpy_give_torchs_vectors_and_reconstructions(
+    default_engine: EmbeddingEngine, rows: int
+) -> None:
+    # Up to SMALL_BATCH rows the CPU engine runs numpy on folded weights; more run in torch.
+    # Both must give the model's own numbers, tier by tier.
+    features = default_engine.schema.extract_batch(simulate_states(rows, seed=rows))
+    model = default_engine.model
+    with torch.no_grad():
+        x = torch.as_tensor(features)
+        stm = model.encode_stm(x)
+        expected = {"stm": stm, "im": model.stm_to_im(stm)}
+        expected["ltm"] = model.im_to_ltm(expected["im"])
+        decoded = {
+            "stm": model.decode_from_stm(expected["stm"]),
+            "im": model.decode_from_im(expected["im"]),
+            "ltm": model.decode_from_ltm(expected["ltm"]),
+        }
+    vectors = default_engine.encode_features(features)
+    for tier in ("stm", "im", "ltm"):
+        np.testing.assert_allclose(vectors[tier], expected[tier].numpy(), atol=2e-5, rtol=1e-5)
+    assert list(default_engine.encode_features(features, ("im",))) == ["im"]
+    tiers = default_engine.decode_tiers({t: v.numpy() for t, v in expected.items()})
+    for tier in ("stm", "im", "ltm"):
+        assert tiers[tier].dtype == np.float32
+        np.testing.assert_allclose(tiers[tier], decoded[tier].numpy(), atol=2e-5)
+
+
+def test_features_of_the_wrong_width_are_refused_on_either_path(engine: EmbeddingEngine) -> None:
+    for rows in (1, SMALL_BATCH + 1):
+        with pytest.raises(ModelError, match=r"features: expected rows of 152, got shape"):
+            engine.encode_features(np.zeros((rows, 151), np.float32))
 
 
 def test_compress_equals_encoding_one_tier_down(engine: EmbeddingEngine) -> None:

@@ -395,10 +395,14 @@ def test_a_native_resp3_client_is_refused(redis_server: EmbeddedRedis, settings:
 def test_redis_errors_come_back_as_store_errors_naming_the_index(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    # An index without the vector field (a missing one would be recreated): the KNN fails.
+    # An index whose vector field has another size (a missing index would be recreated): over
+    # a record, Redis refuses the KNN's 128-value query vector.
     redis_client.execute_command(
-        "FT.CREATE", "mt:idx:im", "ON", "HASH", "PREFIX", "1", "mt:im:", "SCHEMA", "agent_id", "TAG"
-    )
+        "FT.CREATE", "mt:idx:im", "ON", "HASH", "PREFIX", "1", "mt:im:",
+        "SCHEMA", "agent_id", "TAG",
+        "vec", "VECTOR", "FLAT", "6", "TYPE", "FLOAT32", "DIM", "4", "DISTANCE_METRIC", "L2",
+    )  # fmt: skip
+    redis_client.hset("mt:im:1-0", mapping={"agent_id": "a", "vec": bytes(16)})
     store = TierStore(redis_client, settings)
     with pytest.raises(StoreError, match=r"KNN on mt:idx:im \(@agent_id:\{a\}\) failed"):
         store.search("im", np.zeros(128, np.float32), agent_id="a")
