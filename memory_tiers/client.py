@@ -22,6 +22,11 @@ Recall decisions:
   (e.g. IM 0.902 vs 0.890 and 0.905, LTM 0.640 vs 0.637 and 0.596, simulated). For a vector
   query, whose features are only a reconstruction, every hit is measured that way against
   the query reconstructed at the hit's tier (a memory of the query vector itself is at 0).
+- Redis and Python work at once (`TierStore.recall_round`, one connection): every tier's KNN
+  is sent together; each tier is re-sorted as its reply arrives, while Redis answers the next,
+  and its k full hits are asked for as soon as they are chosen. The query and the candidates
+  go through the model in numpy (`engine.SMALL_BATCH`), where torch would spend more time
+  dispatching than computing.
 - The merged list ranks every tier's kept hits by the same distances: tier distances
   (`Hit.distance`, squared L2 in each tier's space) are not comparable across tiers.
 - The first recall runs `TierStore.ensure_indexes`: missing indexes are created (a recall before
@@ -385,21 +390,27 @@ class MemoryClient:
             reference, chosen = self._rank_partial(
                 store, agent_id, query, given, k, searched, step_range, filters
             )
+            hits = store.hits({tier: [c for c, _, _ in ranked] for tier, ranked in chosen.items()})
         else:
             prepared = self._prepare(query, searched)
             query_tier, reference = prepared.tier, prepared.reference
             kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
-            found = store.candidates(
+            chosen = {}
+
+            def choose(tier: str, found: list[Candidate]) -> list[Candidate]:
+                chosen[tier] = self._rerank(prepared, tier, found, k)
+                return [c for c, _, _ in chosen[tier]]
+
+            hits = store.recall_round(
                 {tier: prepared.vectors[tier] for tier in searched},
                 self.settings.candidates(k),
+                choose,
                 agent_id=agent_id,
                 exact=[t for t in searched if t in kept] if prepared.tier is None else [],
                 version=self.engine.version,
                 step_range=step_range,
                 filters=filters,
             )
-            chosen = {t: measured[:k] for t, measured in self._rerank(prepared, found).items()}
-        hits = store.hits({tier: [c for c, _, _ in measured] for tier, measured in chosen.items()})
         ranked = {tier: _merged_hits(tier, chosen[tier], hits[tier]) for tier in searched}
         merged = sorted(
             (m for tier_hits in ranked.values() for m in tier_hits),
@@ -520,54 +531,39 @@ class MemoryClient:
         return vector, tier
 
     def _rerank(
-        self, query: _Query, found: Mapping[str, Sequence[Candidate]]
-    ) -> dict[str, list[tuple[Candidate, float, bool]]]:
-        """Per tier, (candidate, feature distance, exact) nearest first (ties: KNN distance).
+        self, query: _Query, tier: str, candidates: Sequence[Candidate], k: int
+    ) -> list[tuple[Candidate, float, bool]]:
+        """The k nearest of one tier's candidates as (candidate, feature distance, exact),
+        nearest first (ties: KNN distance).
 
         A candidate with its state's features (or a state, extracted here) is measured
-        exactly; one with a vector by its reconstruction, every tier's decoded in one pass.
-        Anything else (a stored state the schema now refuses) ranks last.
+        exactly; one with a vector by its reconstruction, all decoded in one pass. Anything
+        else (a stored state the schema now refuses) ranks last.
         """
         engine = self.engine
         width = engine.schema.input_dim
-        distances = {tier: np.full(len(cs), np.inf) for tier, cs in found.items()}
-        exact = {tier: np.zeros(len(cs), dtype=bool) for tier, cs in found.items()}
-        parsed = [(t, i, c.state) for t, cs in found.items() for i, c in enumerate(cs) if c.state]
-        extracted, good, _ = engine.schema.extract_valid([state for _, _, state in parsed])
-        rows = {(parsed[j][0], parsed[j][1]): row for j, row in zip(good, extracted, strict=True)}
-        decode: dict[str, list[FloatArray]] = {}
-        for tier, candidates in found.items():
-            features: dict[int, FloatArray] = {
-                i: c.features
-                for i, c in enumerate(candidates)
-                if c.features is not None and c.features.shape == (width,)
-            }
-            features.update({i: row for (t, i), row in rows.items() if t == tier})
-            if features:
-                measured = list(features)
-                distances[tier][measured] = feature_distances(
-                    query.reference, np.stack(list(features.values()))
-                )
-                exact[tier][measured] = True
-            stored = [c.vector for c in candidates if c.vector is not None]
-            if stored:
-                decode[tier] = [query.vectors[tier], *stored]
-        for tier, decoded in engine.decode_tiers(
-            {tier: np.stack(vectors) for tier, vectors in decode.items()}
-        ).items():
-            with_vector = [i for i, c in enumerate(found[tier]) if c.vector is not None]
-            reference = query.reference_at(decoded[0])
-            distances[tier][with_vector] = feature_distances(reference, decoded[1:])
-        return {
-            tier: [
-                (candidates[i], float(distances[tier][i]), bool(exact[tier][i]))
-                for i in sorted(
-                    range(len(candidates)),
-                    key=lambda i: (distances[tier][i], candidates[i].distance),
-                )
-            ]
-            for tier, candidates in found.items()
+        distances = np.full(len(candidates), np.inf)
+        exact = np.zeros(len(candidates), dtype=bool)
+        rows = {
+            i: c.features
+            for i, c in enumerate(candidates)
+            if c.features is not None and c.features.shape == (width,)
         }
+        with_state = [i for i, c in enumerate(candidates) if c.state and i not in rows]
+        extracted, good, _ = engine.schema.extract_valid([candidates[i].state for i in with_state])
+        rows.update({with_state[j]: row for j, row in zip(good, extracted, strict=True)})
+        if rows:
+            measured = list(rows)
+            distances[measured] = feature_distances(query.reference, np.stack(list(rows.values())))
+            exact[measured] = True
+        stored = {i: c.vector for i, c in enumerate(candidates) if c.vector is not None}
+        if stored:
+            decoded = engine.decode(np.stack([query.vectors[tier], *stored.values()]), tier)
+            reference = query.reference_at(decoded[0])
+            distances[list(stored)] = feature_distances(reference, decoded[1:])
+        knn = np.fromiter((c.distance for c in candidates), float, len(candidates))
+        order = np.lexsort((knn, distances))[:k]
+        return [(candidates[i], float(distances[i]), bool(exact[i])) for i in order.tolist()]
 
 
 class AgentMemory:

@@ -191,40 +191,26 @@ class EmbeddingEngine:
     def _small_model(self) -> SmallBatchModel:
         return SmallBatchModel(self.model)
 
+    @torch.no_grad()
     def decode(self, vectors: np.ndarray, tier: str) -> np.ndarray:
         """Embeddings (N, dim) of one tier to reconstructed feature rows (N, input_dim)."""
-        return self.decode_tiers({tier: vectors})[tier]
-
-    @torch.no_grad()
-    def decode_tiers(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Several tiers' embeddings {tier: (N_t, dim)} to feature rows {tier: (N_t, input_dim)}
-        with one decoder pass: each tier is first lifted to STM space (IM and LTM through their
-        expansions), so a recall decodes its IM and LTM candidates together."""
-        rows = {}
-        for tier, tier_vectors in vectors.items():
-            if tier not in TIERS:
-                raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
-            rows[tier] = np.atleast_2d(np.asarray(tier_vectors, dtype=np.float32))
-            if rows[tier].shape[-1] != self.dims[tier]:
-                raise ModelError(
-                    f"{tier} vectors: expected last dimension {self.dims[tier]}, "
-                    f"got shape {rows[tier].shape}"
-                )
-        if not rows:
-            return {}
-        if self._small_batch(sum(len(r) for r in rows.values())):
-            return self._small_model.decode(rows)
-        lifted = []
-        for tier, tier_rows in rows.items():
-            x = torch.as_tensor(tier_rows, device=self.device)
-            if tier == "ltm":
-                x = self.model.ltm_to_im(x)
-            if tier != "stm":
-                x = self.model.im_to_stm(x)
-            lifted.append(x)
-        decoded = self.model.decode_from_stm(torch.cat(lifted)).cpu().numpy()
-        bounds = np.cumsum([0, *(len(x) for x in lifted)])
-        return {tier: decoded[bounds[i] : bounds[i + 1]] for i, tier in enumerate(rows)}
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
+        rows = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if rows.shape[-1] != self.dims[tier]:
+            raise ModelError(
+                f"{tier} vectors: expected last dimension {self.dims[tier]}, got shape {rows.shape}"
+            )
+        if self._small_batch(len(rows)):
+            return self._small_model.decode(rows, tier)
+        x = torch.as_tensor(rows, device=self.device)
+        decoders = {
+            "stm": self.model.decode_from_stm,
+            "im": self.model.decode_from_im,
+            "ltm": self.model.decode_from_ltm,
+        }
+        decoded: np.ndarray = decoders[tier](x).cpu().numpy()
+        return decoded
 
     def reconstruct_from_embedding(
         self, embedding: np.ndarray, tier: str = "stm"

@@ -191,19 +191,14 @@ class SmallBatchModel:
                 break
         return vectors
 
-    def decode(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each tier's embeddings {tier: (N_t, dim)} to feature rows {tier: (N_t, input_dim)},
-        with one pass through the shared decoder layers."""
-        entered = [
-            vectors[tier] @ self._into_decoder[tier][0] + self._into_decoder[tier][1]
-            for tier in vectors
-        ]
-        hidden = _relu(np.concatenate(entered))
+    def decode(self, vectors: np.ndarray, tier: str) -> np.ndarray:
+        """A tier's embeddings (N, dim) to feature rows (N, input_dim)."""
+        into_w, into_b = self._into_decoder[tier]
+        hidden = _relu(vectors @ into_w + into_b)
         (middle_w, middle_b), (out_w, out_b) = self._decoder
         logits = _relu(hidden @ middle_w + middle_b) @ out_w + out_b
-        decoded = 0.5 + 0.5 * np.tanh(0.5 * logits)  # the sigmoid, without exp's overflow
-        rows = np.cumsum([0, *(len(x) for x in entered)])
-        return {tier: decoded[rows[i] : rows[i + 1]] for i, tier in enumerate(vectors)}
+        decoded: np.ndarray = 0.5 + 0.5 * np.tanh(0.5 * logits)  # the sigmoid, no exp overflow
+        return decoded
 
 
 _Affine = tuple[np.ndarray, np.ndarray]

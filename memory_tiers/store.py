@@ -31,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, reduce
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -79,8 +79,15 @@ TAG_FIELDS = ("agent_id", "agent_type", "model_version")
 NUMERIC_FIELDS = ("step", "ts", "importance")
 """Indexed NUMERIC fields of every record."""
 
+HIT_FIELDS = (*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, VECTOR_FIELD)
+"""The fields a full Hit is read from."""
+
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 _DISTANCE = "vector_distance"
+_DISTANCE_NAME = _DISTANCE.encode()
+_T = TypeVar("_T")
+_Row = tuple[bytes, Mapping[bytes, Any]]
+"""One FT.SEARCH document: its key and its returned fields, names and values as bytes."""
 
 Vector = npt.NDArray[np.float32]
 _Queue = Callable[[Pipeline, str, Sequence["MemoryRecord"]], None]
@@ -509,62 +516,94 @@ class TierStore:
         if return_vectors:
             returned.append(VECTOR_FIELD)
         command = self._knn_command(settings, vector, k, where, returned)
-        docs = self._search({tier: command}, f"KNN on {self.keys.index(tier)} ({where})")[tier]
+        rows = self._search({tier: command}, f"KNN on {self.keys.index(tier)} ({where})")[tier]
         if agent_id is not None:
-            docs = _own(agent_id, docs)
-        docs.sort(key=lambda doc: float(doc[_DISTANCE]))
+            rows = _own(agent_id, rows)
+        docs = sorted(map(_document, rows), key=lambda doc: float(doc[_DISTANCE]))
         return [_decode_hit(settings, self.keys, doc) for doc in docs]
 
-    def candidates(
+    def recall_round(
         self,
         vectors: Mapping[str, npt.ArrayLike],
         n: int,
+        choose: Callable[[str, list[Candidate]], list[Candidate]],
         *,
         agent_id: str,
         exact: Collection[str] = (),
         version: str = "",
         step_range: tuple[int, int] | None = None,
         filters: FilterExpression | None = None,
-    ) -> dict[str, list[Candidate]]:
-        """Per tier of `vectors`, the `n` records of one agent nearest to its vector, lean: for
-        re-sorting, then `hits`. All tiers' KNN go in one round trip.
+    ) -> dict[str, list[Hit]]:
+        """Per tier of `vectors`: the `n` records of one agent nearest to its vector, lean, as
+        Candidates; `choose(tier, candidates)` picks and orders the ones to return; their full
+        hits (`hits`), in that order.
 
-        A record of a tier in `exact` carries its state's features if the model `version`
-        wrote them; failing that its parsed state, or, with no state, its vector (these
-        fetched in one more round trip). Records of the other tiers carry their vectors.
+        One connection, Redis and Python working at once: every tier's KNN is sent at once,
+        each tier's candidates are chosen as its reply arrives (while Redis still answers the
+        next tier's), and each tier's hits are asked for as soon as chosen.
+
+        A candidate of a tier in `exact` carries its state's features if the model `version`
+        wrote them; failing that its parsed state, or, with no state, its vector (read on
+        the way). Candidates of the other tiers carry their vectors.
 
         Raises:
             ValueError: bad vector, n, agent_id or step_range.
-            StoreError: the queries failed, or a record is corrupt.
+            StoreError: Redis failed, or a record is corrupt.
         """
         where = _filter(agent_id, step_range, filters)
+        label = f"KNN ({where})"
         commands: dict[str, tuple[Any, ...]] = {}
         for tier, vector in vectors.items():
-            settings = self._tier(tier)
             lean = (FEATURES_FIELD, "model_version") if tier in exact else (VECTOR_FIELD,)
-            commands[tier] = self._knn_command(settings, vector, n, where, ["agent_id", *lean])
-        found: dict[str, list[Candidate]] = {}
-        unmeasured: dict[str, list[str]] = {}
-        for tier, docs in self._search(commands, f"KNN ({where})").items():
-            settings = self._tier(tier)
-            candidates = _decode_candidates(
-                settings, _own(agent_id, docs), version if tier in exact else None
+            commands[tier] = self._knn_command(
+                self._tier(tier), vector, n, where, ["agent_id", *lean]
             )
-            found[tier] = candidates
-            unmeasured[tier] = [
-                c.key for c in candidates if c.features is None and c.vector is None
-            ]
-        if not any(unmeasured.values()):
+
+        def talk(conversation: _Conversation) -> dict[str, list[Hit]]:
+            knn = dict(zip(commands, conversation.send(list(commands.values())), strict=True))
+            chosen: dict[str, list[Candidate]] = {}
+            reads: dict[str, int] = {}
+            for tier, ticket in knn.items():
+                settings = self._tier(tier)
+                rows = _own(agent_id, _search_rows(self._ok(conversation.reply(ticket), label)))
+                found = _decode_candidates(settings, rows, version if tier in exact else None)
+                chosen[tier] = choose(tier, self._measurable(settings, found, conversation))
+                keys = [c.key for c in chosen[tier]]
+                if keys:
+                    [reads[tier]] = conversation.send([self._read_command(tier, keys, HIT_FIELDS)])
+            return {
+                tier: _hits_of(
+                    self._tier(tier),
+                    self.keys,
+                    candidates,
+                    _search_rows(self._ok(conversation.reply(reads[tier]), "reading records"))
+                    if tier in reads
+                    else [],
+                )
+                for tier, candidates in chosen.items()
+            }
+
+        return self._converse(talk, label)
+
+    def _measurable(
+        self, tier: TierSettings, found: list[Candidate], conversation: _Conversation
+    ) -> list[Candidate]:
+        """`found`, each candidate with something to measure: those with neither features
+        nor a vector get their record's parsed state, or else its vector (one more read; a
+        record gone meanwhile is left out)."""
+        unmeasured = [c.key for c in found if c.features is None and c.vector is None]
+        if not unmeasured:
             return found
-        fetched = self._documents(unmeasured, [STATE_FIELD, VECTOR_FIELD])
-        for tier, candidates in found.items():
-            records = fetched.get(tier, {})
-            found[tier] = [
-                c if c.key not in unmeasured[tier] else _with_state(self._tier(tier), c, records)
-                for c in candidates
-                if c.key not in unmeasured[tier] or c.key in records
-            ]
-        return found
+        [ticket] = conversation.send(
+            [self._read_command(tier.name, unmeasured, [STATE_FIELD, VECTOR_FIELD])]
+        )
+        rows = _search_rows(self._ok(conversation.reply(ticket), "reading records"))
+        records = {text(key): _document((key, fields)) for key, fields in rows}
+        return [
+            c if c.features is not None or c.vector is not None else _with_state(tier, c, records)
+            for c in found
+            if c.features is not None or c.vector is not None or c.key in records
+        ]
 
     def attribute_rows(
         self,
@@ -591,12 +630,13 @@ class TierStore:
                 "FT.SEARCH", self.keys.index(self._tier(tier).name), where,
                 "RETURN", len(returned), *returned, "LIMIT", 0, limit, "DIALECT", 2,
             )  # fmt: skip
+        raw_names = [(name, name.encode()) for name in names]
         return {
             tier: [
-                (text(doc["id"]), {name: text(doc[name]) for name in names if name in doc})
-                for doc in _own(agent_id, docs)
+                (text(key), {name: text(fields[raw]) for name, raw in raw_names if raw in fields})
+                for key, fields in _own(agent_id, rows)
             ]
-            for tier, docs in self._search(commands, f"reading attributes ({where})").items()
+            for tier, rows in self._search(commands, f"reading attributes ({where})").items()
         }
 
     def hits(self, chosen: Mapping[str, Sequence[Candidate]]) -> dict[str, list[Hit]]:
@@ -610,69 +650,84 @@ class TierStore:
         Raises:
             StoreError: Redis failed, or a record is incomplete or corrupt.
         """
-        fields = [*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, VECTOR_FIELD]
-        docs = self._documents({t: [c.key for c in cs] for t, cs in chosen.items()}, fields)
+        commands = {
+            tier: self._read_command(tier, [c.key for c in candidates], HIT_FIELDS)
+            for tier, candidates in chosen.items()
+            if candidates
+        }
+        rows = self._search(commands, "reading records")
         return {
-            tier: [
-                _decode_hit(
-                    self._tier(tier), self.keys, {**docs[tier][c.key], _DISTANCE: c.distance}
-                )
-                for c in candidates
-                if c.key in docs.get(tier, {})
-            ]
+            tier: _hits_of(self._tier(tier), self.keys, candidates, rows.get(tier, []))
             for tier, candidates in chosen.items()
         }
 
-    def _documents(
-        self, keys: Mapping[str, Sequence[str]], fields: Sequence[str]
-    ) -> dict[str, dict[str, dict[str, Any]]]:
-        """Tier -> key -> `fields` of those of each tier's `keys` that exist, read through the
-        tiers' indexes in one round trip."""
-        commands: dict[str, tuple[Any, ...]] = {}
-        for tier, tier_keys in keys.items():
-            if tier_keys:
-                commands[tier] = (
-                    "FT.SEARCH", self.keys.index(tier), "*", "INKEYS", len(tier_keys), *tier_keys,
-                    "RETURN", len(fields), *fields, "LIMIT", 0, len(tier_keys), "DIALECT", 2,
-                )  # fmt: skip
-        return {
-            tier: {text(doc["id"]): doc for doc in docs}
-            for tier, docs in self._search(commands, "reading records").items()
-        }
+    def _read_command(
+        self, tier: str, keys: Sequence[str], fields: Sequence[str]
+    ) -> tuple[Any, ...]:
+        """FT.SEARCH reading `fields` of those of a tier's `keys` that exist (INKEYS): records
+        read through the index, as a user allowed to search but not to read keys can."""
+        return (
+            "FT.SEARCH", self.keys.index(tier), "*", "INKEYS", len(keys), *keys,
+            "RETURN", len(fields), *fields, "LIMIT", 0, len(keys), "DIALECT", 2,
+        )  # fmt: skip
 
-    def _search(
-        self, commands: Mapping[str, tuple[Any, ...]], what: str
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Tier -> documents of its FT.SEARCH command, all sent in one round trip. If an index
-        is missing (dropped, or Redis restored without it), the indexes are recreated (over
-        the existing records) and the commands run once more."""
+    def _search(self, commands: Mapping[str, tuple[Any, ...]], label: str) -> dict[str, list[_Row]]:
+        """Tier -> the rows of its FT.SEARCH command, all sent in one round trip."""
+
+        def talk(conversation: _Conversation) -> dict[str, list[_Row]]:
+            tickets = conversation.send(list(commands.values()))
+            return {
+                tier: _search_rows(self._ok(conversation.reply(ticket), label))
+                for tier, ticket in zip(commands, tickets, strict=True)
+            }
+
+        return self._converse(talk, label)
+
+    def _converse(self, talk: Callable[[_Conversation], _T], label: str) -> _T:
+        """`talk` over one pooled connection (discarded if anything fails midway, as replies
+        may be left unread). Connection errors are retried as the client's retry policy says;
+        if an index is missing (dropped, or Redis restored without it), the indexes are
+        recreated (over the existing records) and `talk` runs once more.
+
+        Raises:
+            StoreError: Redis failed (`label` says doing what), or `talk` raised it.
+        """
+
+        def attempt() -> _T:
+            pool = self.client.connection_pool
+            connection = pool.get_connection()
+            try:
+                conversation = _Conversation(connection)
+                result = talk(conversation)
+                conversation.finish()
+                return result
+            except BaseException:
+                connection.disconnect()
+                raise
+            finally:
+                pool.release(connection)
+
+        def retried() -> _T:
+            retry = self.client.get_retry()
+            try:
+                return attempt() if retry is None else retry.call_with_retry(attempt, _no_op)
+            except redis.RedisError as e:
+                raise StoreError(f"{label} failed: {failure_text(e, self.keys)}") from e
+
         try:
-            replies = self._pipelined(commands, what)
+            return retried()
         except StoreError as e:
             if not missing_index(e):
                 raise
-            log.warning("a tier index is missing; recreating the tier indexes")
-            self.ensure_indexes()
-            replies = self._pipelined(commands, what)
-        return {tier: _search_documents(r) for tier, r in zip(commands, replies, strict=True)}
+        log.warning("a tier index is missing; recreating the tier indexes")
+        self.ensure_indexes()
+        return retried()
 
-    def _pipelined(self, commands: Mapping[str, tuple[Any, ...]], what: str) -> list[Any]:
-        """The raw replies of `commands`, sent in one round trip.
-
-        Raises:
-            StoreError: Redis failed, or a command did (the first failure's text).
-        """
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands.values():
-            pipe.execute_command(*command, NEVER_DECODE=True)
-        try:
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-        except redis.RedisError as e:
-            raise StoreError(f"{what} failed: {failure_text(e, self.keys)}") from e
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
-        if failed is not None:
-            raise StoreError(f"{what} failed: {failure_text(failed, self.keys)}") from failed
-        return replies
+    def _ok(self, reply: Any, label: str) -> Any:
+        """`reply`, unless it is an error reply: then StoreError naming what failed."""
+        if isinstance(reply, Exception):
+            raise StoreError(f"{label} failed: {failure_text(reply, self.keys)}") from reply
+        return reply
 
     def _knn_command(
         self,
@@ -705,6 +760,46 @@ class TierStore:
             return self.tiers[tier]
         except KeyError:
             raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}") from None
+
+
+def _no_op(_: Exception) -> None:
+    """A retry's failure hook with nothing to do: `attempt` already discarded the connection."""
+
+
+class _Conversation:
+    """Commands sent on one connection as soon as they are known, their replies read in order
+    when wanted: Python works on one reply while Redis still answers the next command.
+
+    Only redis-py's public Connection methods (those its own pipelines use): pack_commands,
+    send_packed_command, read_response.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._sent = 0
+        self._replies: list[Any] = []
+
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Send `commands`; their tickets, for `reply`."""
+        self._connection.send_packed_command(self._connection.pack_commands(commands))
+        first, self._sent = self._sent, self._sent + len(commands)
+        return list(range(first, self._sent))
+
+    def reply(self, ticket: int) -> Any:
+        """The raw reply (bytes, never decoded) of command `ticket`, an error reply as its
+        exception; the replies before it are read and kept."""
+        while len(self._replies) <= ticket:
+            try:
+                reply = self._connection.read_response(disable_decoding=True)
+            except redis.ResponseError as error:
+                reply = error
+            self._replies.append(reply)
+        return self._replies[ticket]
+
+    def finish(self) -> None:
+        """Read every reply not read yet, so the connection can be reused."""
+        if self._sent:
+            self.reply(self._sent - 1)
 
 
 # -- helpers: client, errors, FT.INFO ----------------------------------------------------------
@@ -920,18 +1015,19 @@ def _decode_record(
         raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
 
 
-def _search_documents(reply: Any) -> list[dict[str, Any]]:
-    """FT.SEARCH's documents as {"id": ..., field: value} (bytes), from RESP2 or RESP3."""
+def _search_rows(reply: Any) -> list[_Row]:
+    """FT.SEARCH's documents as (key, {field name: value}), all bytes, from RESP2 or RESP3;
+    as hiredis built them where it can (a recall reads 150 documents)."""
     if isinstance(reply, dict):  # RESP3: {total_results, results: [{id, extra_attributes}]}
-        return [
-            {"id": doc[b"id"], **{_name(k): v for k, v in doc[b"extra_attributes"].items()}}
-            for doc in reply[b"results"]
-        ]
+        return [(doc[b"id"], doc[b"extra_attributes"]) for doc in reply[b"results"]]
     pairs = zip(reply[1::2], reply[2::2], strict=True)  # RESP2: [total, id, [f, v, ...], ...]
-    return [
-        {"id": key, **{_name(f): v for f, v in zip(fields[::2], fields[1::2], strict=True)}}
-        for key, fields in pairs
-    ]
+    return [(key, dict(zip(fields[::2], fields[1::2], strict=True))) for key, fields in pairs]
+
+
+def _document(row: _Row) -> dict[str, Any]:
+    """A row as {"id": key, field name (str): value}, for decoding a whole record."""
+    key, fields = row
+    return {"id": key, **{_name(name): value for name, value in fields.items()}}
 
 
 @lru_cache(maxsize=1024)
@@ -940,49 +1036,53 @@ def _name(raw: bytes | str) -> str:
     return text(raw)
 
 
-def _own(agent_id: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`docs` of `agent_id` alone: never hand one agent another's memories, even if the TAG
+def _own(agent_id: str, rows: list[_Row]) -> list[_Row]:
+    """`rows` of `agent_id` alone: never hand one agent another's memories, even if the TAG
     filter were to widen."""
     own = agent_id.encode()
-    if all(d.get("agent_id") == own for d in docs):
-        return docs
-    leaked = [text(d["id"]) for d in docs if d.get("agent_id") != own]
+    if all(fields.get(b"agent_id") == own for _, fields in rows):
+        return rows
+    leaked = [text(key) for key, fields in rows if fields.get(b"agent_id") != own]
     log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
-    return [d for d in docs if d.get("agent_id") == own]
+    return [(key, fields) for key, fields in rows if fields.get(b"agent_id") == own]
 
 
 def _decode_candidates(
-    tier: TierSettings, docs: Sequence[Mapping[str, Any]], version: str | None
+    tier: TierSettings, rows: Sequence[_Row], version: str | None
 ) -> list[Candidate]:
-    """Lean KNN documents as Candidates, their vectors converted together (a recall reads 150);
-    a record's features only if the model `version` wrote them."""
+    """Lean KNN rows as Candidates, their vectors converted together (a recall reads 150); a
+    record's features only if the model `version` wrote them."""
     dtype = _DTYPES[tier.datatype]
     size = tier.dim * np.dtype(dtype).itemsize
+    trusted = None if version is None else version.encode()
+    vector_name, features_name = VECTOR_FIELD.encode(), FEATURES_FIELD.encode()
     try:
-        keys = [text(doc["id"]) for doc in docs]
-        distances = [float(doc[_DISTANCE]) for doc in docs]
-        raw_vectors = [doc.get(VECTOR_FIELD) for doc in docs]
+        keys = [text(key) for key, _ in rows]
+        distances = [float(fields[_DISTANCE_NAME]) for _, fields in rows]
+        raw_vectors = [fields.get(vector_name) for _, fields in rows]
         present = [raw for raw in raw_vectors if raw is not None]
         bad = next(
             (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
         )
         if bad is not None:
             raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
-        rows = iter(
+        vectors = iter(
             np.frombuffer(b"".join(present), dtype=dtype)
             .reshape(len(present), tier.dim)
             .astype(np.float32)
         )
         features = [
-            np.frombuffer(doc[FEATURES_FIELD], dtype=np.float32)
-            if doc.get(FEATURES_FIELD) and text(doc.get("model_version", b"")) == version
+            np.frombuffer(fields[features_name], dtype=np.float32)
+            if trusted is not None
+            and fields.get(features_name)
+            and fields.get(b"model_version") == trusted
             else None
-            for doc in docs
+            for _, fields in rows
         ]
     except (KeyError, ValueError) as e:
         raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
     return [
-        Candidate(key, distance, row_features, vector=None if raw is None else next(rows))
+        Candidate(key, distance, row_features, vector=None if raw is None else next(vectors))
         for key, distance, row_features, raw in zip(
             keys, distances, features, raw_vectors, strict=True
         )
@@ -1024,6 +1124,19 @@ def _hit_of(tier: str, key: str, record: MemoryRecord, distance: float) -> Hit:
         vector=record.vector,
         state=None if record.state_json is None else json.loads(record.state_json),
     )
+
+
+def _hits_of(
+    tier: TierSettings, keys: Keys, chosen: Sequence[Candidate], rows: Sequence[_Row]
+) -> list[Hit]:
+    """The chosen candidates' full hits from their records' `rows`, in the candidates' order,
+    each at its KNN distance; a record gone since the search is left out."""
+    docs = {text(key): _document((key, fields)) for key, fields in rows}
+    return [
+        _decode_hit(tier, keys, {**docs[c.key], _DISTANCE: c.distance})
+        for c in chosen
+        if c.key in docs
+    ]
 
 
 def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:

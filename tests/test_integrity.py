@@ -35,7 +35,7 @@ from memory_tiers.ingest import Ingestor, consumer_client
 from memory_tiers.protocol import encode_entry
 from memory_tiers.scheduler import ConsolidationScheduler
 from memory_tiers.status import Heartbeat, beat
-from memory_tiers.store import MemoryRecord, TierStore, index_states
+from memory_tiers.store import Candidate, MemoryRecord, TierStore, index_states
 
 HOSTILE_NUMBERS: list[tuple[dict[str, str], str]] = [
     ({"step": "9" * 400}, "step="),
@@ -223,6 +223,55 @@ def test_a_recall_on_a_missing_index_recreates_it(
 
     found = lambda: [h.entry_id for h in client.recall("a", state, k=1).by_tier["im"]]  # noqa: E731
     wait_for(lambda: found() == ["1-0"], 10, "the IM hit")
+
+
+def test_a_recall_after_redis_dropped_the_clients_connections_reconnects(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    client = MemoryClient(redis_client, ingest_settings, engine)
+    state = simulate_states(1, seed=3)[0]
+    client.store.ensure_indexes()
+    record = MemoryRecord(
+        entry_id="1-0", agent_id="a", agent_type="t", step=1, ts=1, model_version="v",
+        vector=engine.encode_states([state])["im"][0],
+    )  # fmt: skip
+    client.store.write("im", [record])
+    found = lambda: [h.entry_id for h in client.recall("a", state, k=1).by_tier["im"]]  # noqa: E731
+    wait_for(lambda: found() == ["1-0"], 10, "the IM hit")
+    assert ingest_settings.redis_url
+    with redis.Redis.from_url(ingest_settings.redis_url) as other:  # closes the client's ones
+        assert other.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    assert found() == ["1-0"]
+
+
+def test_a_recall_abandoned_midway_leaves_no_unread_reply_behind(
+    redis_client: redis.Redis, ingest_settings: Settings, engine: EmbeddingEngine
+) -> None:
+    # The recall sends every tier's KNN at once; if it stops after reading the first reply,
+    # the others must not be read later as the answers to another command.
+    store = TierStore(redis_client, ingest_settings)
+    store.ensure_indexes()
+    state = simulate_states(1, seed=3)[0]
+    vectors = engine.encode_states([state])
+    for tier in ("stm", "im", "ltm"):
+        record = MemoryRecord(
+            entry_id=f"{tier}-1", agent_id="a", agent_type="t", step=1, ts=1, model_version="v",
+            vector=vectors[tier][0],
+        )  # fmt: skip
+        store.write(tier, [record])
+
+    def give_up(tier: str, found: list[Candidate]) -> list[Candidate]:
+        raise RuntimeError(f"stopped at {tier}")
+
+    query = {tier: vectors[tier][0] for tier in ("stm", "im", "ltm")}
+    with pytest.raises(RuntimeError, match="stopped at stm"):
+        store.recall_round(query, 5, give_up, agent_id="a")
+
+    for _ in range(3):  # the pool hands out the same connection again, if it kept it
+        for tier in ("ltm", "im", "stm"):
+            assert [h.entry_id for h in store.search(tier, query[tier], k=1)] == [f"{tier}-1"]
+        assert redis_client.ping()
 
 
 def test_check_is_unhealthy_while_an_index_is_missing_or_failing(
