@@ -55,12 +55,11 @@ from typing import Any
 
 import numpy as np
 import redis
-from machine import clean, machine
+from machine import clean, fill_tiers, machine
 
 from memory_tiers import (
     TIERS,
     Keys,
-    MemoryRecord,
     Settings,
     TierStore,
     encode_entry,
@@ -461,31 +460,7 @@ def run_recall(
     states = simulate_states(memories + recalls, num_agents=agents, seed=2)
     stored, probes = states[:memories], states[memories:]
     started = time.perf_counter()
-    t0 = int(time.time() * 1000) - memories
-    chunk = 1000
-    for i in range(0, memories, chunk):
-        part = stored[i : i + chunk]
-        features = engine.schema.extract_batch(part)
-        vectors = engine.encode_features(features)
-        for tier in TIERS:
-            store.write(
-                tier,
-                [
-                    MemoryRecord(
-                        entry_id=f"{t0 + i + j}-0",
-                        agent_id=s["agent_id"],
-                        agent_type=s["agent_type"],
-                        step=(i + j) // agents,
-                        ts=t0 + i + j,
-                        model_version=engine.version,
-                        vector=vectors[tier][j],
-                        state_json=json.dumps(s) if tier == "stm" else None,  # as ingested
-                        features=features[j] if tier == "stm" else None,
-                        attributes=attribute_values(store.state_attributes, s),
-                    )
-                    for j, s in enumerate(part)
-                ],
-            )
+    fill_tiers(store, engine, stored, agents)
     fill_s = time.perf_counter() - started
     counts = [store.count(tier) for tier in TIERS]
     assert counts == [memories] * 3, f"tiers hold {counts}"

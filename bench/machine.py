@@ -1,14 +1,21 @@
-"""What the bench scripts beside this one share: the machine they ran on, a clean Redis."""
+"""What the bench scripts beside this one share: the machine they ran on, a clean Redis,
+tiers filled as ingest and consolidation leave them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from typing import Any
 
 import redis
 
-from memory_tiers import TIERS, Keys
+from memory_tiers import TIERS, EmbeddingEngine, Keys
+from memory_tiers.attributes import attribute_values
+from memory_tiers.store import MemoryRecord, TierStore
 
 
 def cpu_name() -> str:
@@ -39,3 +46,33 @@ def clean(client: redis.Redis, prefix: str) -> None:
             batch = []
     if batch:
         client.unlink(*batch)
+
+
+def fill_tiers(
+    store: TierStore,
+    engine: EmbeddingEngine,
+    states: Sequence[Mapping[str, Any]],
+    agents: int,
+    chunk: int = 1000,
+) -> None:
+    """Write every state into every tier as ingest and consolidation leave it: STM keeps the
+    state and its features, IM and LTM their vectors; all carry the state's attributes.
+    Entry ids count up from now minus len(states) ms, one per state; step is i // agents."""
+    store.ensure_indexes()
+    t0 = int(time.time() * 1000) - len(states)
+    for i in range(0, len(states), chunk):
+        part = states[i : i + chunk]
+        features = engine.schema.extract_batch(part)
+        vectors = engine.encode_features(features)
+        for tier in TIERS:
+            store.write(tier, [
+                MemoryRecord(
+                    entry_id=f"{t0 + i + j}-0", agent_id=s["agent_id"], agent_type=s["agent_type"],
+                    step=(i + j) // agents, ts=t0 + i + j, model_version=engine.version,
+                    vector=vectors[tier][j],
+                    state_json=json.dumps(s) if tier == "stm" else None,
+                    features=features[j] if tier == "stm" else None,
+                    attributes=attribute_values(store.state_attributes, s),
+                )
+                for j, s in enumerate(part)
+            ])  # fmt: skip

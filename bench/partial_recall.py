@@ -13,19 +13,16 @@ recall over 3 tiers with --memories per tier over --latency-agents agents.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import redis
-from machine import machine
+from machine import fill_tiers, machine
 from model_quality import heldout_trials
 
 from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, MemoryClient, Settings
-from memory_tiers.attributes import attribute_values
 from memory_tiers.evaluation import partial_recall
 from memory_tiers.sim import simulate_states
-from memory_tiers.store import MemoryRecord
 
 
 def latency(
@@ -35,25 +32,9 @@ def latency(
     settings = Settings(redis_url=url, prefix="plat")
     client = MemoryClient(connection, settings, engine)
     store = client.store
-    store.ensure_indexes()
     states = simulate_states(memories + 300, num_agents=agents, seed=2)
     stored, probes = states[:memories], states[memories:]
-    for i in range(0, memories, 1000):
-        part = stored[i : i + 1000]
-        features = engine.schema.extract_batch(part)
-        vectors = engine.encode_features(features)
-        for tier in TIERS:
-            store.write(tier, [
-                MemoryRecord(
-                    entry_id=f"{i + j + 1}-0", agent_id=s["agent_id"], agent_type=s["agent_type"],
-                    step=i + j, ts=i + j + 1, model_version=engine.version,
-                    vector=vectors[tier][j],
-                    state_json=json.dumps(s) if tier == "stm" else None,
-                    features=features[j] if tier == "stm" else None,
-                    attributes=attribute_values(store.state_attributes, s),
-                )
-                for j, s in enumerate(part)
-            ])  # fmt: skip
+    fill_tiers(store, engine, stored, agents)
     rng = np.random.default_rng(1)
     fields = ["health", "energy", "resources", "status", "current_action"]
     took = []
