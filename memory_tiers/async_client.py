@@ -34,7 +34,7 @@ from .client import (
 from .constants import TIERS, Keys
 from .errors import ConfigError, StoreError
 from .protocol import encode_entry
-from .replies import text
+from .resp import text
 from .settings import Settings
 from .store import Hit, failure_text
 

@@ -763,8 +763,8 @@ def init_command(settings: Settings) -> None:
     ACL user may not FT.CREATE (README, Security). Safe to repeat.
     """
     from .constants import TIERS
-    from .ingest import ensure_group
     from .store import TierStore
+    from .stream import ensure_group
     from .train import load_checkpoint
 
     keys = Keys(settings.prefix)

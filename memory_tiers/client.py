@@ -55,7 +55,7 @@ from .constants import TIERS, Keys
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
 from .protocol import KINDS, MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
-from .replies import text
+from .resp import text
 from .settings import Settings, redact_url
 from .store import Candidate, Hit, TierStore, failure_text
 

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import FrameType
 
 import redis
@@ -57,12 +56,9 @@ from .ingest import (
     Batch,
     Ingestor,
     IngestStats,
-    Message,
     Outcome,
     consumer_client,
     default_consumer_name,
-    remove_idle_consumers,
-    trim_acked,
 )
 from .metrics import DaemonMetrics
 from .scheduler import ConsolidationScheduler, JobRun
@@ -79,6 +75,7 @@ from .status import (
     tier_sizes,
 )
 from .store import index_states
+from .stream import ReadPosition, remove_idle_consumers, trim_acked
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +241,8 @@ class Daemon:
                 "(memory-tiers serve starts an embedded one when it is unset)"
             )
         self.settings = settings
+        self.redis_url: str = settings.redis_url
+        """The Redis it consumes from: settings.redis_url, known to be set."""
         self.consumer = consumer
         self.allow_untrained = allow_untrained
         self.engine = engine
@@ -287,7 +286,6 @@ class Daemon:
         engine = self.engine or load_engine(self.settings, self.allow_untrained)
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        assert self.settings.redis_url is not None  # checked in __init__
         consumer = self.consumer or default_consumer_name()
         log_settings(self.settings, f"daemon {consumer} starting, model {engine.version}:")
         every = self.settings.drift_sample_every
@@ -295,7 +293,7 @@ class Daemon:
         metrics = self._start_metrics()
         if metrics is not None:
             metrics.watch_drift(drift, engine.validation_mse)
-        client = consumer_client(self.settings.redis_url, self.settings, client_name(consumer))
+        client = consumer_client(self.redis_url, self.settings, client_name(consumer))
         on_commit = metrics.observe_batch if metrics else None
         ingestor = Ingestor(
             client, engine, self.settings, consumer, on_commit=on_commit, drift=drift
@@ -326,8 +324,7 @@ class Daemon:
         port = self.settings.metrics_port
         if port is None:
             return None
-        assert self.settings.redis_url is not None  # checked in __init__
-        metrics = DaemonMetrics(self.settings.redis_url, Keys(self.settings.prefix))
+        metrics = DaemonMetrics(self.redis_url, Keys(self.settings.prefix))
         try:
             self.metrics_port = metrics.serve(self.settings.metrics_host, port)
         except OSError as e:
@@ -345,8 +342,7 @@ class Daemon:
         if not self.consolidate:
             yield
             return
-        assert self.settings.redis_url is not None  # checked in __init__
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis.Redis.from_url(self.redis_url)
         on_run: Callable[[JobRun], None] | None = self.metrics.observe_job if self.metrics else None
         scheduler = ConsolidationScheduler(client, self.settings, engine, on_run=on_run)
         scheduler.start()
@@ -379,7 +375,7 @@ class Daemon:
     def _consume(self, ingestor: Ingestor, chores: _Chores) -> None:
         """The loop: claim idle entries now and then, read own pending ones, then new ones."""
         backoff = Backoff()
-        position = _Position()
+        position = ReadPosition(ingestor.reader)
         next_claim = 0.0
         last_summary, last_stats = time.monotonic(), _copy(ingestor.stats)
         lane = _CommitLane(ingestor)
@@ -392,7 +388,7 @@ class Daemon:
                         next_claim = time.monotonic() + self._claim_interval_s
                     self._step(ingestor, lane, position)
                 except Exception as e:
-                    position = _Position()  # re-read whatever was read and not acked
+                    position.restart()  # re-read whatever was read and not acked
                     for error in (e, *lane.drain()):
                         self._diagnose(ingestor, error)
                     self._stop.wait(backoff.failed(e))
@@ -406,35 +402,26 @@ class Daemon:
             for error in lane.close():
                 log.warning("the last commit failed: %s", commit_failure(error))
 
-    def _step(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
+    def _step(self, ingestor: Ingestor, lane: _CommitLane, position: ReadPosition) -> None:
         """Handle one batch: prepare it, read the next one, then hand this one to the lane.
 
         The next batch is read before this one's commit is sent, so Redis answers the read at
         once instead of after the commit; and it is prepared while that commit runs.
         """
-        messages = position.ahead or self._read(ingestor, position, wait=True)
-        position.ahead = []
+        messages = position.next_batch(wait=True)
         if not messages:
             lane.wait()  # idle: a failed commit is noticed now, not with the next batch
             return
         batch = ingestor.prepare(messages)
-        position.ahead = self._read(ingestor, position, wait=False)
+        position.read_ahead = position.next_batch(wait=False)
         lane.commit(batch)
 
-    def _read(self, ingestor: Ingestor, position: _Position, wait: bool) -> list[Message]:
-        """The next own pending entries, once none are left new ones (waiting for some or not)."""
-        if position.pending_after is not None:
-            messages = ingestor.read_pending(position.pending_after)
-            position.pending_after = _last_id(messages) if messages else None
-            return messages
-        return ingestor.read_new() if wait else ingestor.read_ready()
-
-    def _finish(self, ingestor: Ingestor, lane: _CommitLane, position: _Position) -> None:
+    def _finish(self, ingestor: Ingestor, lane: _CommitLane, position: ReadPosition) -> None:
         """On a stop: commit what was read ahead too, so this run leaves nothing pending."""
-        if not position.ahead:
+        if not position.read_ahead:
             return
         try:
-            lane.commit(ingestor.prepare(position.ahead))
+            lane.commit(ingestor.prepare(position.read_ahead))
         except Exception as e:
             log.warning("the last batches were not stored: %s", commit_failure(e))
 
@@ -651,15 +638,6 @@ class _Chores:
             log.warning("%s failed: %s", what, e)
 
 
-@dataclass
-class _Position:
-    """Where the consumer loop reads next, and what it has read and not yet prepared."""
-
-    pending_after: str | None = "0"
-    """Own pending entries after this id come next; None: they are done, new entries come."""
-    ahead: list[Message] = field(default_factory=list)
-
-
 class _CommitLane:
     """Commits one batch at a time on a worker thread, so the next batch is read and prepared
     meanwhile (the commit mostly waits on Redis, and a socket wait releases the GIL).
@@ -719,8 +697,3 @@ def frozen_heap() -> Iterator[None]:
 
 def _copy(stats: IngestStats) -> IngestStats:
     return IngestStats(**vars(stats))
-
-
-def _last_id(messages: list[Message]) -> str:
-    raw = messages[-1][0]
-    return raw.decode() if isinstance(raw, bytes) else str(raw)

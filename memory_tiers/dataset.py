@@ -12,7 +12,7 @@ import redis
 from .constants import Keys
 from .errors import EntryError, MemoryTiersError
 from .protocol import decode_entry
-from .replies import text
+from .resp import text
 from .store import TierStore
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from .constants import TIERS, Keys
 from .errors import StoreError
 from .ingest import DEAD_LETTER_FIELDS
 from .protocol import entry_time_ms
-from .replies import text
+from .resp import text
 from .store import failure_text
 
 EntryState = Literal["stored", "dead_letter", "pending", "unknown"]

@@ -1,7 +1,7 @@
 """The stream consumer: read a batch of states, featurize and encode it, write its records, ack.
 
 A batch is read with XREADGROUP (new entries, or this consumer's own pending ones) or taken
-over with XAUTOCLAIM, then handled in two steps:
+over with XAUTOCLAIM (stream.py), then handled in two steps:
 
 - `Ingestor.prepare`: CPU only, no Redis. Decode every entry (the stream protocol), featurize
   the good ones together, encode them together, build their STM records, and pack the batch's
@@ -10,8 +10,8 @@ over with XAUTOCLAIM, then handled in two steps:
 - `Ingestor.commit`: I/O only. The records, the dead letters and the XACK of every id of the
   batch go out in that one MULTI/EXEC, so an entry is either stored (or dead-lettered) and
   acked, or neither and still pending. It sends the packed bytes and reads the replies itself
-  (not through redis-py's pipeline): little Python runs there, so a commit on another thread
-  (the daemon's) hardly competes with the next batch's prepare for the GIL.
+  (resp.py, not through redis-py's pipeline): little Python runs there, so a commit on another
+  thread (the daemon's) hardly competes with the next batch's prepare for the GIL.
 
 Ownership: a daemon frozen longer than claim_idle_ms (a VM pause, `docker pause`, a GC stall)
 loses its pending entries to another daemon's XAUTOCLAIM, which stores them; consolidation may
@@ -45,7 +45,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,14 +52,8 @@ import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
-from redis.utils import HIREDIS_AVAILABLE
-
-if HIREDIS_AVAILABLE:
-    import hiredis
-    from redis.connection import HiredisRespSerializer
 
 from .attributes import KIND, attribute_values, state_attributes
 from .constants import TIERS, Keys
@@ -69,9 +62,10 @@ from .engine import EmbeddingEngine, action_to_state
 from .errors import EntryError, PartialCommitError, StoreError
 from .ignored import IgnoredFields
 from .protocol import StreamEntry, decode_entry, tag_problem
-from .replies import text
+from .resp import first_error, pack, pool_connection, queued_commands, read_replies, send, text
 from .settings import Settings
 from .store import MemoryRecord, TierStore
+from .stream import DELETED_BY_CLAIM, Fields, GroupReader, Message, ensure_group, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +81,8 @@ UNKNOWN_AGENT_TYPE = "unknown"
 DELETED_ERROR = "entry was deleted from the stream (XDEL or trimming) before it was processed"
 """Dead-letter reason of a pending entry that no longer exists in the stream."""
 
-DELETED_BY_CLAIM: Fields = MappingProxyType({})
-"""The fields of an entry XAUTOCLAIM reported deleted from the stream: it left every pending
-list, so its dead letter is written without the ownership check."""
-
 MAX_COMMIT_TRIES = 5
 """Commits in a row a claim may abort (WATCH) before the batch is left pending for now."""
-
-TRIM_BATCH = 10_000
-"""Entries one XTRIM call may remove (its LIMIT): a few milliseconds of Redis's time."""
-
-MAX_TRIM_CALLS = 100
-"""XTRIM calls per trim at most: a million entries, for a stream that grew long before."""
 
 DEAD_LETTER_FIELDS = ("error", "entry_id", "consumer")
 """Fields a dead letter adds to the entry's own (and replaces there, if it had them)."""
@@ -106,13 +90,7 @@ DEAD_LETTER_FIELDS = ("error", "entry_id", "consumer")
 STM = TIERS[0]
 """The tier new memories go to."""
 
-Fields = Mapping[Any, Any]
-"""An entry's fields as redis-py returns them: bytes (or str) names and values."""
-Message = tuple[Any, Fields | None]
-"""(entry id, fields) as XREADGROUP/XAUTOCLAIM return it; empty or None: entry deleted."""
-
 _consumer_numbers = itertools.count(1)
-_BUFFER_CUTOFF = 6000  # redis-py's: larger arguments stay separate chunks
 
 
 def default_consumer_name() -> str:
@@ -135,137 +113,6 @@ def consumer_client(url: str, settings: Settings, name: str | None = None) -> re
         socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT_S,
         client_name=name,
     )
-
-
-def ensure_group(client: redis.Redis, keys: Keys) -> bool:
-    """Create the daemons' consumer group (and the stream) when missing; True if it was created.
-
-    The group starts at id 0, so states XADDed before the first daemon ran are consumed.
-    """
-    stream, group = keys.stream, keys.group
-    try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as e:
-        if "BUSYGROUP" in str(e):
-            return False
-        raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
-    except redis.RedisError as e:
-        raise StoreError(f"XGROUP CREATE {stream} {group} failed: {e}") from e
-    log.info("created consumer group %s on %s", group, stream)
-    return True
-
-
-def trim_acked(client: redis.Redis, keys: Keys, max_age_s: float, now_ms: int) -> int:
-    """Trim the state stream's entries older than `max_age_s` that every consumer group has
-    been delivered and has acked (in whole stream nodes: a few may stay); how many went.
-
-    An entry goes only if it is older than the cutoff, than every group's first undelivered
-    entry (after its last-delivered-id) and than every group's oldest pending entry: what a
-    lagging daemon, a dead consumer's pending list or another team's group still needs stays.
-    A stream nobody consumes yet keeps everything.
-    """
-    try:
-        groups = client.xinfo_groups(keys.stream)
-    except redis.ResponseError as e:
-        if "no such key" in str(e).lower():
-            return 0
-        raise
-    if not groups:
-        return 0
-    bound = (now_ms - round(max_age_s * 1000), 0)
-    pipe = client.pipeline(transaction=False)
-    for group in groups:
-        pipe.xpending(keys.stream, group["name"])
-        delivered_ms, delivered_seq = _stream_id(group["last-delivered-id"])
-        bound = min(bound, (delivered_ms, delivered_seq + 1))
-    for summary in pipe.execute():
-        if summary["pending"]:
-            bound = min(bound, _stream_id(summary["min"]))
-    if bound[0] < 0:
-        return 0
-    # Approximate: whole stream nodes (~100 entries) only, about TRIM_BATCH entries per call,
-    # so no call blocks Redis for long; entries at or after the bound are never removed.
-    minid, trimmed = f"{bound[0]}-{bound[1]}", 0
-    for _ in range(MAX_TRIM_CALLS):
-        removed = int(client.xtrim(keys.stream, minid=minid, approximate=True, limit=TRIM_BATCH))
-        trimmed += removed
-        if removed == 0:
-            break
-    return trimmed
-
-
-_DELETE_IF_IDLE = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
-    return 0
-end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
-def remove_idle_consumers(
-    client: redis.Redis, keys: Keys, max_idle_ms: int, keep: str = ""
-) -> list[str]:
-    """Remove the group's consumers idle over `max_idle_ms` with nothing pending; their names.
-
-    Every restart of a daemon adds a consumer (host-pid), which would stay in the group for
-    good. Nothing pending is checked again where the consumer is deleted, in one script: a
-    DELCONSUMER drops the consumer's pending entries, which nobody could claim then.
-    """
-    try:
-        consumers = client.xinfo_consumers(keys.stream, keys.group)
-    except redis.ResponseError as e:
-        if "no such key" in str(e).lower() or "nogroup" in str(e).lower():
-            return []
-        raise
-    delete = client.register_script(_DELETE_IF_IDLE)
-    removed = []
-    for consumer in consumers:
-        name = text(consumer["name"])
-        # idle: since its last read attempt, which a live daemon makes every block_ms at most.
-        idle = int(consumer["idle"])
-        if name == keep or int(consumer["pending"]) > 0 or idle < max_idle_ms:
-            continue
-        if delete(keys=[keys.stream], args=[keys.group, name]):
-            removed.append(name)
-    return removed
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    """A stream entry id as (milliseconds, sequence)."""
-    ms, _, seq = text(raw).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _command_packer(client: redis.Redis) -> Any:
-    """What packs commands into RESP: hiredis (as below) if installed, else redis-py's own."""
-    if HIREDIS_AVAILABLE:
-        return _HiredisPacker()
-    return PythonRespSerializer(_BUFFER_CUTOFF, client.get_encoder().encode)
-
-
-class _HiredisPacker:
-    """redis-py's hiredis packer minus its pass over every argument of every command.
-
-    That pass turns bytearrays and memoryviews into bytes (hiredis takes memoryviews as they
-    are) and splits command names like 'CLIENT SETNAME'; a commit packs ~20 arguments per
-    record, so it cost more than the packing itself. Any command hiredis refuses, or whose name
-    needs splitting, goes through redis-py's packer, which packs it or raises as before.
-    """
-
-    def __init__(self) -> None:
-        self._redis_py = HiredisRespSerializer()
-
-    def pack(self, *args: Any) -> list[bytes]:
-        """The RESP bytes of one command."""
-        name = args[0]
-        if type(name) is str and " " not in name:
-            try:
-                return [hiredis.pack_command(args)]
-            except TypeError:  # a bytearray, bool, None...
-                pass
-        packed: list[bytes] = self._redis_py.pack(*args)
-        return packed
 
 
 @dataclass(frozen=True)
@@ -305,8 +152,8 @@ class Batch:
 class Transaction:
     """A batch's MULTI/EXEC, packed: what `commit` sends and what it will have done."""
 
-    payload: bytes
-    """MULTI, the queued commands and EXEC, in RESP."""
+    payload: bytes | None
+    """MULTI, the queued commands and EXEC, in RESP; None: packed when sent (resp.pack)."""
     commands: list[tuple[Any, ...]]
     """The queued commands, in order (for error messages)."""
     stored: int
@@ -412,70 +259,22 @@ class Ingestor:
         self.drift = drift
         self.ignored = IgnoredFields()
         """State fields this schema does not use, counted per key (each logged once)."""
-        self._packer = _command_packer(client)
+        self.reader = GroupReader(client, settings, self.consumer)
+        """This consumer's reads of the group (stream.py)."""
 
-    # -- setup ---------------------------------------------------------------------------------
+    # -- setup and reads -----------------------------------------------------------------------
 
     def ensure_group(self) -> bool:
         """Create the consumer group (and the stream) when missing; True if it was created."""
         return ensure_group(self.client, self.keys)
 
-    # -- reading -------------------------------------------------------------------------------
-
     def read_new(self) -> list[Message]:
         """Up to batch_size entries never delivered to the group, waiting up to block_ms."""
-        return self._read(">", self.settings.block_ms)
-
-    def read_ready(self) -> list[Message]:
-        """Up to batch_size entries never delivered to the group, of those there now: no wait."""
-        return self._read(">", None)
-
-    def read_pending(self, after: str = "0") -> list[Message]:
-        """Up to batch_size of this consumer's own delivered but unacked entries after `after`.
-
-        Deleted entries come back with empty fields; `prepare` dead-letters and acks them.
-        """
-        return self._read(after, None)
-
-    def _read(self, start: str, block_ms: int | None) -> list[Message]:
-        stream, group = self.keys.stream, self.keys.group
-        try:
-            reply = self.client.xreadgroup(
-                group,
-                self.consumer,
-                {stream: start},
-                count=self.settings.batch_size,
-                block=block_ms,
-            )
-        except redis.RedisError as e:
-            raise StoreError(
-                f"XREADGROUP {group} {self.consumer} {stream} {start} failed: {e}"
-            ) from e
-        return _stream_messages(reply)
+        return self.reader.read_new()
 
     def claim_idle(self, cursor: str = "0-0") -> tuple[str, list[Message]]:
-        """One XAUTOCLAIM page: entries pending longer than claim_idle_ms, now this consumer's.
-
-        Returns:
-            (the cursor of the next page, '0-0' after the last; the claimed messages). Entries
-            that were deleted from the stream (Redis 7+ drops them from the pending list and
-            lists their ids) come back with empty fields, to be dead-lettered like the others.
-        """
-        stream, group = self.keys.stream, self.keys.group
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(self.keys.claims)  # aborts the commits that WATCH it: see the module doc
-        pipe.xautoclaim(
-            stream, group, self.consumer, self.settings.claim_idle_ms, cursor,
-            count=self.settings.batch_size,
-        )  # fmt: skip
-        try:
-            _, reply = pipe.execute()
-        except redis.RedisError as e:
-            raise StoreError(f"XAUTOCLAIM {stream} {group} {self.consumer} failed: {e}") from e
-        next_cursor = text(reply[0])
-        messages: list[Message] = list(reply[1])
-        deleted = reply[2] if len(reply) > 2 else []
-        messages += [(entry_id, DELETED_BY_CLAIM) for entry_id in deleted]
+        """One XAUTOCLAIM page (`GroupReader.claim_idle`), counted in `stats`."""
+        next_cursor, messages = self.reader.claim_idle(cursor)
         self.stats.claimed += len(messages)
         return next_cursor, messages
 
@@ -558,11 +357,8 @@ class Ingestor:
             )
         if batch.ids:
             pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
-        commands = [args for args, _ in pipe.command_stack]
-        pack = self._packer.pack
-        payload = b"".join(
-            [chunk for args in (("MULTI",), *commands, ("EXEC",)) for chunk in pack(*args)]
-        )
+        commands = queued_commands(pipe)
+        payload = pack(_multi_exec(commands))
         return Transaction(payload, commands, len(stored), dead)
 
     def _execute_owned(
@@ -578,9 +374,7 @@ class Ingestor:
             redis.RedisError: the link failed, Redis refused the transaction (EXECABORT:
                 nothing was applied), or claims aborted it MAX_COMMIT_TRIES times in a row.
         """
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        try:
+        with pool_connection(self.client) as connection:
             for _ in range(MAX_COMMIT_TRIES):
                 owned = self._owned(connection, batch.ids)
                 if len(owned) < len(batch.ids):
@@ -589,25 +383,20 @@ class Ingestor:
                 if replies is not None:
                     return transaction, replies
             raise redis.WatchError(f"claims aborted the commit {MAX_COMMIT_TRIES} times")
-        except BaseException:
-            connection.disconnect()  # replies may be left unread, a WATCH set: never reuse
-            raise
-        finally:
-            pool.release(connection)
 
     def _owned(self, connection: Any, ids: Sequence[str]) -> set[str]:
         """WATCH claims; of `ids`, those pending for this consumer (XPENDING over their range,
         a page of len(ids) + 1: one page unless older own entries in the range are pending)."""
-        start, high = min(ids, key=_stream_id), max(ids, key=_stream_id)
+        start, high = min(ids, key=stream_id), max(ids, key=stream_id)
         commands: list[tuple[Any, ...]] = [("WATCH", self.keys.claims)]
         pending: set[str] = set()
         while True:
             commands.append(("XPENDING", self.keys.stream, self.keys.group, start, high,
                              len(ids) + 1, self.consumer))  # fmt: skip
-            connection.send_packed_command(
-                [chunk for args in commands for chunk in self._packer.pack(*args)]
-            )
-            rows = [connection.read_response() for _ in commands][-1]
+            send(connection, commands, pack(commands))
+            replies = read_replies(connection, len(commands))
+            first_error(replies)
+            rows = replies[-1]
             pending.update(text(row[0]) for row in rows)
             if len(rows) <= len(ids):  # the last page: fewer than asked for
                 return pending & set(ids)
@@ -618,10 +407,10 @@ class Ingestor:
         """Send a packed MULTI/EXEC and read its replies: EXEC's, one per queued command (an
         error among them is returned as an exception, not raised: the others were applied);
         None if a WATCHed key changed (nothing was applied)."""
-        connection.send_packed_command([transaction.payload])
-        for _ in range(len(transaction.commands) + 1):  # MULTI's OK, then QUEUED each
-            connection.read_response()
-        replies = connection.read_response()  # EXEC
+        sent = _multi_exec(transaction.commands)
+        send(connection, sent, transaction.payload)
+        *queued, replies = read_replies(connection, len(sent))  # MULTI's OK, QUEUED each, EXEC
+        first_error([*queued, replies])
         if replies is None:
             return None
         if not isinstance(replies, list) or len(replies) != len(transaction.commands):
@@ -753,6 +542,11 @@ def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list
     )
 
 
+def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`commands` as one transaction: MULTI, the commands, EXEC."""
+    return [("MULTI",), *commands, ("EXEC",)]
+
+
 def _owned_part(batch: Batch, owned: set[str]) -> Batch:
     """The part of `batch` this consumer still owns, with the dead letters of the entries
     XAUTOCLAIM reported deleted (in no pending list: nobody else will write them)."""
@@ -822,17 +616,3 @@ def _tag_problem(value: str) -> str | None:
 def _field_text(fields: Fields, name: str) -> str:
     value = fields.get(name.encode(), fields.get(name))
     return text(value)
-
-
-def _stream_messages(reply: Any) -> list[Message]:
-    """The messages of a one-stream XREADGROUP reply, RESP2 list or RESP3 map; [] if none."""
-    if not reply:
-        return []
-    streams = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
-    messages: list[Message] = []
-    for stream_messages in streams:
-        # RESP3 maps hold [[messages]], RESP2 lists [stream, messages].
-        if isinstance(reply, dict) and stream_messages and isinstance(stream_messages[0], list):
-            stream_messages = stream_messages[0]
-        messages.extend((entry_id, fields) for entry_id, fields in stream_messages)
-    return messages

@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from .constants import TIERS, Keys
-from .replies import text
+from .resp import text
 from .store import IndexState, index_states, missing_index
 
 SCAN_COUNT = 500

@@ -48,7 +48,7 @@ from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
 from .protocol import integer_problem, tag_problem
-from .replies import text
+from .resp import text
 from .settings import Settings, TierSettings, env_var
 
 log = logging.getLogger(__name__)

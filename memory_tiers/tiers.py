@@ -52,7 +52,7 @@ from redis.client import Pipeline
 from .constants import TIERS
 from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
-from .replies import text
+from .resp import text
 from .settings import Settings
 from .store import (
     FEATURES_FIELD,

@@ -29,10 +29,10 @@ from memory_tiers.ingest import (
     Ingestor,
     consumer_client,
     default_consumer_name,
-    trim_acked,
 )
 from memory_tiers.protocol import encode_entry
 from memory_tiers.store import TierStore
+from memory_tiers.stream import GroupReader
 
 KEYS = Keys()
 
@@ -323,13 +323,13 @@ def test_own_pending_entries_are_resumed_first_and_deleted_ones_dead_lettered(
     delivered = ingestor.read_new()  # read, then "crash" before the commit
     assert len(delivered) == 6
     redis_client.xdel(KEYS.stream, ids[1])
-    resumed = ingestor.read_pending("0")
+    resumed = ingestor.reader.read_pending("0")
     assert [_text(i) for i, _ in resumed] == ids
     assert not resumed[1][1]  # a deleted entry comes back without fields
     _, outcome = ingestor.process(resumed)
     assert (outcome.stored, outcome.dead_letters, outcome.acked) == (5, 1, 6)
     assert dead_letters(redis_client)[ids[1]]["error"] == DELETED_ERROR
-    assert ingestor.read_pending("0") == []
+    assert ingestor.reader.read_pending("0") == []
     assert pending(redis_client) == 0
 
 
@@ -481,16 +481,16 @@ def test_entries_whose_read_reply_was_lost_are_read_again(
     engine: EmbeddingEngine,
 ) -> None:
     lost: list[Any] = []
-    read_new = Ingestor.read_new
+    read_new = GroupReader.read_new
 
-    def read_then_lose_the_reply(self: Ingestor) -> list[Any]:
+    def read_then_lose_the_reply(self: GroupReader) -> list[Any]:
         messages = read_new(self)  # delivered: in this consumer's pending list now
         if messages and not lost:
             lost.extend(messages)
             raise StoreError("XREADGROUP failed") from redis.ConnectionError("reply lost")
         return messages
 
-    monkeypatch.setattr(Ingestor, "read_new", read_then_lose_the_reply)
+    monkeypatch.setattr(GroupReader, "read_new", read_then_lose_the_reply)
     ids = xadd_states(redis_client, simulate_states(50, seed=14))
     with running(daemon(ingest_settings, engine, "forgetful")) as d:
         wait_for(lambda: d.stats.stored == 50, 10, "50 records")
@@ -534,47 +534,6 @@ def test_a_commit_whose_reply_was_lost_is_not_written_twice(
 
 
 # -- stream retention --------------------------------------------------------------------------
-
-
-def test_trim_keeps_what_any_group_still_needs(redis_client: redis.Redis) -> None:
-    """Entry n has id n*1000-0; trimming removes whole stream nodes of ~100 entries."""
-    pipe = redis_client.pipeline(transaction=False)
-    for n in range(1, 1001):
-        pipe.xadd(KEYS.stream, {"n": n}, id=f"{n * 1000}-0")
-    pipe.execute()
-    redis_client.xgroup_create(KEYS.stream, KEYS.group, id="0")
-    delivered = redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"}, count=600)
-    redis_client.xack(KEYS.stream, KEYS.group, *(i for i, _ in delivered[0][1] if i != "300000-0"))
-
-    def kept() -> list[int]:
-        entries = redis_client.xrange(KEYS.stream)
-        return [int(entry_id.split("-")[0]) // 1000 for entry_id, _ in entries]
-
-    def trimmed_up_to(bound: int) -> None:
-        """Everything from `bound` on is kept; of what is before it, less than a node."""
-        left = kept()
-        assert left[-(1001 - bound) :] == list(range(bound, 1001))
-        assert bound - 100 < left[0] <= bound
-
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) > 0
-    trimmed_up_to(300)  # the oldest pending entry
-    redis_client.xack(KEYS.stream, KEYS.group, "300000-0")
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) > 0
-    trimmed_up_to(601)  # the first entry never delivered
-    assert trim_acked(redis_client, KEYS, 999.5, now_ms=10**6) == 0  # cutoff: entry 0.5
-    redis_client.xgroup_create(KEYS.stream, "another-team", id="0")  # has read nothing
-    redis_client.xreadgroup(KEYS.group, "c", {KEYS.stream: ">"})
-    redis_client.xack(KEYS.stream, KEYS.group, *(f"{n * 1000}-0" for n in range(601, 1001)))
-    before = kept()
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**7) == 0
-    assert kept() == before
-
-
-def test_a_stream_nobody_consumes_is_not_trimmed(redis_client: redis.Redis) -> None:
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**13) == 0  # no stream at all
-    redis_client.xadd(KEYS.stream, {"n": 1}, id="1000-0")
-    assert trim_acked(redis_client, KEYS, 1.0, now_ms=10**13) == 0
-    assert redis_client.xlen(KEYS.stream) == 1
 
 
 def test_the_daemon_trims_what_it_stored_once_old_enough(

@@ -1,0 +1,103 @@
+"""The wire fast path (resp.py) against its fallback, redis-py's own pipeline: same replies.
+
+This is the contract that keeps the fast path honest on a redis-py upgrade: it runs on the
+embedded Redis of conftest.py, with the installed redis-py and hiredis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from memory_tiers import EmbeddedRedis, Keys
+from memory_tiers.resp import (
+    FAST_PATH_PROBLEM,
+    Command,
+    pack,
+    pipeline_round_trip,
+    pool_connection,
+    queued_commands,
+    read_replies,
+    round_trip,
+    send,
+)
+from memory_tiers.store import TierStore
+
+KEYS = Keys()
+VECTOR = bytes(range(256)) * 2  # not UTF-8: must come back as it went in
+
+
+def _same(fast: list[Any], slow: list[Any]) -> None:
+    """Equal replies; errors equal by type and text (exceptions do not compare by value)."""
+    assert [_comparable(r) for r in fast] == [_comparable(r) for r in slow]
+
+
+def _comparable(reply: Any) -> Any:
+    return (type(reply), str(reply)) if isinstance(reply, Exception) else reply
+
+
+def test_the_fast_path_is_on_with_the_installed_redis_py() -> None:
+    assert FAST_PATH_PROBLEM is None
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_round_trips_give_the_pipelines_raw_replies(
+    store: TierStore, redis_server: EmbeddedRedis, redis_client: redis.Redis, protocol: int
+) -> None:
+    key = KEYS.record_prefix("stm") + "1-0"
+    redis_client.hset(key, mapping={"agent_id": "a", "step": 3})
+    redis_client.hset(key, "vector", VECTOR)
+    commands: list[Command] = [
+        ("HGETALL", key),
+        ("FT.SEARCH", KEYS.index("stm"), "*", "RETURN", 1, "agent_id", "DIALECT", 2),
+        ("HGETALL", "no-such-key"),
+        ("INCR", key),  # fails: the key holds a hash
+        ("PING",),
+    ]
+    client = redis.Redis.from_url(redis_server.url, protocol=protocol)
+    try:
+        fast, slow = round_trip(client, commands), pipeline_round_trip(client, commands)
+    finally:
+        client.close()
+    _same(fast, slow)
+    fields = fast[0] if protocol == 3 else dict(zip(fast[0][::2], fast[0][1::2], strict=True))
+    assert fields[b"vector"] == VECTOR  # bytes, never decoded
+    assert isinstance(fast[3], redis.ResponseError)
+    assert fast[4] in (b"PONG", "PONG")
+
+
+def test_round_trips_never_decode_even_on_a_decoding_client(redis_client: redis.Redis) -> None:
+    redis_client.set("k", "v")
+    assert round_trip(redis_client, [("GET", "k")]) == [b"v"]
+    assert pipeline_round_trip(redis_client, [("GET", "k")]) == [b"v"]
+
+
+def test_an_argument_redis_cannot_take_is_refused_by_both_paths(
+    redis_client: redis.Redis,
+) -> None:
+    for path in (round_trip, pipeline_round_trip):
+        with pytest.raises(redis.DataError):
+            path(redis_client, [("SET", "k", None)])
+        assert path(redis_client, [("PING",)]) == [b"PONG"]  # the pool still serves
+
+
+def test_a_packed_transaction_reads_as_redis_py_runs_it(redis_client: redis.Redis) -> None:
+    pipe = redis_client.pipeline(transaction=True)  # collects the commands; never executed
+    pipe.xadd("s", {"f": VECTOR}, maxlen=10, approximate=True)
+    pipe.hset("h", mapping={"a": 1})
+    pipe.incr("h")  # fails inside EXEC; the others apply
+    commands = queued_commands(pipe)
+    assert commands[1] == ("HSET", "h", "a", 1)
+    sent = [("MULTI",), *commands, ("EXEC",)]
+    with pool_connection(redis_client) as connection:
+        send(connection, sent, pack(sent))
+        *queued, replies = read_replies(connection, len(sent))
+    assert queued == [b"OK", b"QUEUED", b"QUEUED", b"QUEUED"]
+    assert replies[1] == 1
+    assert isinstance(replies[2], redis.ResponseError)
+    assert round_trip(redis_client, [("XRANGE", "s", "-", "+")])[0][0][1] == [b"f", VECTOR]
+    with pool_connection(redis_client) as connection:
+        send(connection, sent, None)  # packed by the connection: the fallback
+        assert read_replies(connection, len(sent))[:-1] == queued
