@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.client import Pipeline
@@ -163,11 +163,91 @@ def round_trip(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     Raises:
         redis.RedisError: the connection failed (nothing can be said of what ran).
     """
+    with conversation(client) as talk:
+        return [talk.reply(ticket) for ticket in talk.send(commands)]
+
+
+class Conversation(Protocol):
+    """Commands sent as soon as they are known, their replies read in order when wanted: the
+    caller works on one reply while Redis still answers the next command (a recall re-sorts
+    one tier's candidates while Redis searches the next tier). Replies are raw, as in
+    `round_trip`. Made by `conversation`."""
+
+    def send(self, commands: Sequence[Command]) -> range:
+        """Send `commands`; their tickets, for `reply`."""
+
+    def reply(self, ticket: int) -> Any:
+        """The raw reply of command `ticket`, an error reply as its exception."""
+
+    def finish(self) -> None:
+        """Done: every reply not read yet is read (or never sent)."""
+
+
+class _WireConversation:
+    """The fast path's Conversation: on one connection, each send written at once."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._sent = 0
+        self._replies: list[Any] = []
+
+    def send(self, commands: Sequence[Command]) -> range:
+        """Send `commands` now; their tickets, for `reply`."""
+        send(self._connection, commands, pack(commands))
+        first, self._sent = self._sent, self._sent + len(commands)
+        return range(first, self._sent)
+
+    def reply(self, ticket: int) -> Any:
+        """The raw reply of command `ticket` (an error reply as its exception); the replies
+        before it are read and kept."""
+        if ticket >= len(self._replies):
+            self._replies += read_replies(self._connection, ticket + 1 - len(self._replies))
+        return self._replies[ticket]
+
+    def finish(self) -> None:
+        """Read every reply not read yet, so the connection can go back to the pool."""
+        if self._sent:
+            self.reply(self._sent - 1)
+
+
+class _PipelinedConversation:
+    """The conversation without the fast path: commands wait until a reply is wanted, then
+    all go as one plain pipeline (`pipeline_round_trip`)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._waiting: list[Command] = []
+        self._replies: list[Any] = []
+
+    def send(self, commands: Sequence[Command]) -> range:
+        first = len(self._replies) + len(self._waiting)
+        self._waiting += commands
+        return range(first, first + len(commands))
+
+    def reply(self, ticket: int) -> Any:
+        if ticket >= len(self._replies):
+            self._replies += pipeline_round_trip(self._client, self._waiting)
+            self._waiting = []
+        return self._replies[ticket]
+
+    def finish(self) -> None:
+        if self._waiting:  # sent means run, as on the fast path
+            self.reply(len(self._replies) + len(self._waiting) - 1)
+
+
+@contextmanager
+def conversation(client: redis.Redis) -> Iterator[Conversation]:
+    """A Conversation on one of the client's pool connections, every reply read at the end;
+    on any exception the connection is disconnected (`pool_connection`)."""
     if FAST_PATH_PROBLEM is not None:
-        return pipeline_round_trip(client, commands)
+        talk: Conversation = _PipelinedConversation(client)
+        yield talk
+        talk.finish()
+        return
     with pool_connection(client) as connection:
-        send(connection, commands, pack(commands))
-        return read_replies(connection, len(commands))
+        talk = _WireConversation(connection)
+        yield talk
+        talk.finish()
 
 
 def pipeline_round_trip(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:

@@ -43,12 +43,13 @@ from redisvl.index import SearchIndex
 from redisvl.query.filter import FilterExpression, Num, Tag
 from redisvl.schema import IndexSchema
 
+from . import resp
 from .attributes import KIND_ATTRIBUTE, StateAttribute, state_attributes
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
 from .protocol import integer_problem, tag_problem
-from .resp import text
+from .resp import Conversation, text
 from .settings import Settings, TierSettings, env_var
 
 log = logging.getLogger(__name__)
@@ -559,7 +560,7 @@ class TierStore:
                 self._tier(tier), vector, n, where, ["agent_id", *lean]
             )
 
-        def talk(conversation: _Conversation) -> dict[str, list[Hit]]:
+        def talk(conversation: Conversation) -> dict[str, list[Hit]]:
             knn = dict(zip(commands, conversation.send(list(commands.values())), strict=True))
             chosen: dict[str, list[Candidate]] = {}
             reads: dict[str, int] = {}
@@ -586,7 +587,7 @@ class TierStore:
         return self._converse(talk, label)
 
     def _measurable(
-        self, tier: TierSettings, found: list[Candidate], conversation: _Conversation
+        self, tier: TierSettings, found: list[Candidate], conversation: Conversation
     ) -> list[Candidate]:
         """`found`, each candidate with something to measure: those with neither features
         nor a vector get their record's parsed state, or else its vector (one more read; a
@@ -674,7 +675,7 @@ class TierStore:
     def _search(self, commands: Mapping[str, tuple[Any, ...]], label: str) -> dict[str, list[_Row]]:
         """Tier -> the rows of its FT.SEARCH command, all sent in one round trip."""
 
-        def talk(conversation: _Conversation) -> dict[str, list[_Row]]:
+        def talk(conversation: Conversation) -> dict[str, list[_Row]]:
             tickets = conversation.send(list(commands.values()))
             return {
                 tier: _search_rows(self._ok(conversation.reply(ticket), label))
@@ -683,7 +684,7 @@ class TierStore:
 
         return self._converse(talk, label)
 
-    def _converse(self, talk: Callable[[_Conversation], _T], label: str) -> _T:
+    def _converse(self, talk: Callable[[Conversation], _T], label: str) -> _T:
         """`talk` over one pooled connection (discarded if anything fails midway, as replies
         may be left unread). Connection errors are retried as the client's retry policy says;
         if an index is missing (dropped, or Redis restored without it), the indexes are
@@ -694,18 +695,8 @@ class TierStore:
         """
 
         def attempt() -> _T:
-            pool = self.client.connection_pool
-            connection = pool.get_connection()
-            try:
-                conversation = _Conversation(connection)
-                result = talk(conversation)
-                conversation.finish()
-                return result
-            except BaseException:
-                connection.disconnect()
-                raise
-            finally:
-                pool.release(connection)
+            with resp.conversation(self.client) as conversation:
+                return talk(conversation)
 
         def retried() -> _T:
             retry = self.client.get_retry()
@@ -764,42 +755,6 @@ class TierStore:
 
 def _no_op(_: Exception) -> None:
     """A retry's failure hook with nothing to do: `attempt` already discarded the connection."""
-
-
-class _Conversation:
-    """Commands sent on one connection as soon as they are known, their replies read in order
-    when wanted: Python works on one reply while Redis still answers the next command.
-
-    Only redis-py's public Connection methods (those its own pipelines use): pack_commands,
-    send_packed_command, read_response.
-    """
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._sent = 0
-        self._replies: list[Any] = []
-
-    def send(self, commands: Sequence[tuple[Any, ...]]) -> list[int]:
-        """Send `commands`; their tickets, for `reply`."""
-        self._connection.send_packed_command(self._connection.pack_commands(commands))
-        first, self._sent = self._sent, self._sent + len(commands)
-        return list(range(first, self._sent))
-
-    def reply(self, ticket: int) -> Any:
-        """The raw reply (bytes, never decoded) of command `ticket`, an error reply as its
-        exception; the replies before it are read and kept."""
-        while len(self._replies) <= ticket:
-            try:
-                reply = self._connection.read_response(disable_decoding=True)
-            except redis.ResponseError as error:
-                reply = error
-            self._replies.append(reply)
-        return self._replies[ticket]
-
-    def finish(self) -> None:
-        """Read every reply not read yet, so the connection can be reused."""
-        if self._sent:
-            self.reply(self._sent - 1)
 
 
 # -- helpers: client, errors, FT.INFO ----------------------------------------------------------

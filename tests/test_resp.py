@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, Keys
+from memory_tiers import EmbeddedRedis, Keys, resp
 from memory_tiers.resp import (
     FAST_PATH_PROBLEM,
     Command,
@@ -66,6 +66,24 @@ def test_round_trips_give_the_pipelines_raw_replies(
     assert fields[b"vector"] == VECTOR  # bytes, never decoded
     assert isinstance(fast[3], redis.ResponseError)
     assert fast[4] in (b"PONG", "PONG")
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_conversation_answers_each_ticket_whatever_order_replies_are_asked_in(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    if not fast_path:
+        monkeypatch.setattr(resp, "FAST_PATH_PROBLEM", "forced off by the test")
+    with resp.conversation(redis_client) as talk:
+        first = talk.send([("SET", "a", "1"), ("INCR", "a"), ("HGET", "a", "f")])
+        assert talk.reply(first[1]) == 2  # the SET's reply is read on the way and kept
+        later = talk.send([("GET", "a"), ("PING",)])
+        assert talk.reply(later[0]) == b"2"
+        assert talk.reply(first[0]) in (b"OK", True)
+        assert isinstance(talk.reply(first[2]), redis.ResponseError)  # a string, not a hash
+        talk.send([("INCR", "a")])  # never asked for: finish() reads it
+    assert redis_client.get("a") == "3"
+    assert round_trip(redis_client, [("PING",)]) in ([b"PONG"], [True])  # the connection is clean
 
 
 def test_round_trips_never_decode_even_on_a_decoding_client(redis_client: redis.Redis) -> None:
