@@ -22,6 +22,7 @@ from .errors import (
 from .settings import Settings, TierSettings
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .client import AgentMemory, MemoryClient, MergedHit, Recall
     from .daemon import Daemon
     from .engine import EmbeddingEngine, Reconstruction, action_to_state
@@ -39,14 +40,7 @@ if TYPE_CHECKING:
     from .server import EmbeddedRedis
     from .sim import Simulation, collect_training_data, simulate_states
     from .store import Hit, MemoryRecord, TierStore
-    from .train import (
-        AutoencoderTrainer,
-        Checkpoint,
-        TrainConfig,
-        load_checkpoint,
-        save_checkpoint,
-        train_autoencoder_pipeline,
-    )
+    from .train import AutoencoderTrainer, TrainConfig, train_autoencoder_pipeline
 
 _LAZY = {
     "AgentMemory": "client",
@@ -77,10 +71,10 @@ _LAZY = {
     "MemoryRecord": "store",
     "TierStore": "store",
     "AutoencoderTrainer": "train",
-    "Checkpoint": "train",
+    "Checkpoint": "checkpoint",
     "TrainConfig": "train",
-    "load_checkpoint": "train",
-    "save_checkpoint": "train",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
     "train_autoencoder_pipeline": "train",
 }
 """Each lazy export and the module that defines it."""

@@ -21,8 +21,8 @@ from .server import EmbeddedRedis
 from .settings import Settings, env_var, redact_url, setting_metavar
 
 if TYPE_CHECKING:  # torch loads only for the commands that use it
+    from .checkpoint import Checkpoint
     from .tiers import PassResult
-    from .train import Checkpoint
 
 
 class EnvOption(click.Option):
@@ -335,8 +335,9 @@ def train(
     import torch
 
     from . import plots
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .features import FeatureSchema
-    from .train import load_checkpoint, save_checkpoint, train_autoencoder_pipeline
+    from .train import train_autoencoder_pipeline
 
     if sum((simulate is not None, jsonl is not None, from_stream)) != 1:
         raise click.UsageError("give exactly one of --simulate N, --jsonl FILE, --from-stream")
@@ -762,10 +763,10 @@ def init_command(settings: Settings) -> None:
     Daemons and clients do this themselves; run it once as an admin user when the service's
     ACL user may not FT.CREATE (README, Security). Safe to repeat.
     """
+    from .checkpoint import load_checkpoint
     from .constants import TIERS
     from .ingest import ensure_group
     from .store import TierStore
-    from .train import load_checkpoint
 
     keys = Keys(settings.prefix)
     client = redis.Redis.from_url(_require_redis(settings, "init"))

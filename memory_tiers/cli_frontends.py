@@ -162,8 +162,8 @@ def schema_command(settings: Settings, part: str) -> None:
     """Print a JSON Schema (draft 2020-12): PART entry (the default), a stream entry's fields
     with the state schema under $defs/state; PART state, a state under the feature schema of
     the model MT_MODEL_PATH names (the packaged one when unset). Needs no Redis."""
+    from .checkpoint import load_checkpoint
     from .json_schemas import entry_schema, state_schema
-    from .train import load_checkpoint
 
     try:
         checkpoint = load_checkpoint(settings.model_file, expect_dims=settings.dims)

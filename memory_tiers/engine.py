@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import Checkpoint, load_checkpoint, pick_device
 from .constants import TIERS
 from .errors import ModelError
 from .features import FeatureSchema, default_schema
 from .model import ModelConfig, SmallBatchModel, StateAutoencoder
-from .train import Checkpoint, load_checkpoint, pick_device
 
 log = logging.getLogger(__name__)
 
