@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .client import AgentMemory, MemoryClient, MergedHit, Recall
     from .daemon import Daemon
-    from .engine import EmbeddingEngine, Reconstruction, action_to_state
+    from .engine import EmbeddingEngine, Reconstruction
     from .features import (
         DEFAULT_SCHEMA,
         CategoricalField,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         default_schema,
     )
     from .model import ModelConfig, StateAutoencoder
-    from .protocol import StreamEntry, decode_entry, encode_entry
+    from .protocol import StreamEntry, action_to_state, decode_entry, encode_entry
     from .scheduler import ConsolidationScheduler
     from .server import EmbeddedRedis
     from .sim import Simulation, collect_training_data, simulate_states
@@ -50,7 +50,7 @@ _LAZY = {
     "Daemon": "daemon",
     "EmbeddingEngine": "engine",
     "Reconstruction": "engine",
-    "action_to_state": "engine",
+    "action_to_state": "protocol",
     "DEFAULT_SCHEMA": "features",
     "CategoricalField": "features",
     "FeatureSchema": "features",

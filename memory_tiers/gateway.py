@@ -26,10 +26,11 @@ import redis
 from redisvl.query.filter import FilterExpression, Num, Tag
 
 from .auth import ApiKey
-from .client import MemoryClient, MergedHit, Recall, check_agent_id
+from .client import MemoryClient, MergedHit, Recall
 from .constants import TIERS, Keys
 from .entries import entry_status
 from .errors import MemoryTiersError
+from .protocol import check_agent_id
 from .settings import Settings
 from .status import agent_counts, health, snapshot, top_agents
 from .store import Hit

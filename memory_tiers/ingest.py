@@ -65,10 +65,10 @@ if HIREDIS_AVAILABLE:
 from .attributes import KIND, attribute_values, state_attributes
 from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
-from .engine import EmbeddingEngine, action_to_state
+from .engine import EmbeddingEngine
 from .errors import EntryError, PartialCommitError, StoreError
 from .ignored import IgnoredFields
-from .protocol import StreamEntry, decode_entry, tag_problem
+from .protocol import StreamEntry, action_to_state, decode_entry, tag_problem
 from .replies import text
 from .settings import Settings
 from .store import MemoryRecord, TierStore

@@ -21,7 +21,6 @@ import redis
 
 from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
 from memory_tiers.daemon import Daemon
-from memory_tiers.engine import action_to_state
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import (
     DELETED_ERROR,
@@ -31,7 +30,7 @@ from memory_tiers.ingest import (
     default_consumer_name,
     trim_acked,
 )
-from memory_tiers.protocol import encode_entry
+from memory_tiers.protocol import action_to_state, encode_entry
 from memory_tiers.store import TierStore
 
 KEYS = Keys()
