@@ -1,5 +1,9 @@
 """memory_tiers: a Redis-native memory tier server for agents.
 
+The public API is what an agent's code needs: the clients and what recall returns, the
+settings and key names, the errors, the feature schema and the engine. Everything else is
+imported from its module (`memory_tiers.sim`, `memory_tiers.train`, `memory_tiers.server`, ...).
+
 The exports load on first use (PEP 562), so a command such as `memory-tiers check` does not
 import torch; `from memory_tiers import MemoryClient` works as usual.
 """
@@ -9,79 +13,46 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .constants import TIERS, Keys
-from .errors import (
-    ConfigError,
-    EntryError,
-    FeatureError,
-    MemoryTiersError,
-    ModelError,
-    ServerError,
-    StoreError,
-)
-from .settings import Settings, TierSettings
-
-if TYPE_CHECKING:
-    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+if TYPE_CHECKING:  # what type checkers see; _EXPORTS says the same for the interpreter
+    from .async_client import AsyncMemoryClient
     from .client import AgentMemory, MemoryClient, MergedHit, Recall
-    from .daemon import Daemon
+    from .constants import TIERS, Keys
     from .engine import EmbeddingEngine, Reconstruction
-    from .features import (
-        DEFAULT_SCHEMA,
-        CategoricalField,
-        FeatureSchema,
-        GridField,
-        NumericField,
-        default_schema,
+    from .errors import (
+        ConfigError,
+        EntryError,
+        FeatureError,
+        MemoryTiersError,
+        ModelError,
+        ServerError,
+        StoreError,
     )
-    from .model import ModelConfig, StateAutoencoder
-    from .protocol import StreamEntry, action_to_state, decode_entry, encode_entry
-    from .scheduler import ConsolidationScheduler
-    from .server import EmbeddedRedis
-    from .sim import Simulation, collect_training_data, simulate_states
-    from .store import Hit, MemoryRecord, TierStore
-    from .train import AutoencoderTrainer, TrainConfig, train_autoencoder_pipeline
+    from .features import FeatureSchema, default_schema
+    from .settings import Settings
+    from .store import Hit
 
-_LAZY = {
-    "AgentMemory": "client",
-    "MemoryClient": "client",
-    "MergedHit": "client",
-    "Recall": "client",
-    "Daemon": "daemon",
-    "EmbeddingEngine": "engine",
-    "Reconstruction": "engine",
-    "action_to_state": "protocol",
-    "DEFAULT_SCHEMA": "features",
-    "CategoricalField": "features",
-    "FeatureSchema": "features",
-    "GridField": "features",
-    "NumericField": "features",
-    "default_schema": "features",
-    "ModelConfig": "model",
-    "StateAutoencoder": "model",
-    "StreamEntry": "protocol",
-    "decode_entry": "protocol",
-    "encode_entry": "protocol",
-    "ConsolidationScheduler": "scheduler",
-    "EmbeddedRedis": "server",
-    "Simulation": "sim",
-    "collect_training_data": "sim",
-    "simulate_states": "sim",
-    "Hit": "store",
-    "MemoryRecord": "store",
-    "TierStore": "store",
-    "AutoencoderTrainer": "train",
-    "Checkpoint": "checkpoint",
-    "TrainConfig": "train",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "train_autoencoder_pipeline": "train",
-}
-"""Each lazy export and the module that defines it."""
+_EXPORTS = {
+    "async_client": ("AsyncMemoryClient",),
+    "client": ("AgentMemory", "MemoryClient", "MergedHit", "Recall"),
+    "constants": ("TIERS", "Keys"),
+    "engine": ("EmbeddingEngine", "Reconstruction"),
+    "errors": (
+        "ConfigError", "EntryError", "FeatureError", "MemoryTiersError", "ModelError",
+        "ServerError", "StoreError",
+    ),
+    "features": ("FeatureSchema", "default_schema"),
+    "settings": ("Settings",),
+    "store": ("Hit",),
+}  # fmt: skip
+"""Each module of the public API and the names it exports."""
+
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -90,52 +61,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
-__all__ = [
-    "DEFAULT_SCHEMA",
-    "TIERS",
-    "AgentMemory",
-    "AutoencoderTrainer",
-    "CategoricalField",
-    "Checkpoint",
-    "ConfigError",
-    "ConsolidationScheduler",
-    "Daemon",
-    "EmbeddedRedis",
-    "EmbeddingEngine",
-    "EntryError",
-    "FeatureError",
-    "FeatureSchema",
-    "GridField",
-    "Hit",
-    "Keys",
-    "MemoryClient",
-    "MemoryRecord",
-    "MemoryTiersError",
-    "MergedHit",
-    "ModelConfig",
-    "ModelError",
-    "NumericField",
-    "Recall",
-    "Reconstruction",
-    "ServerError",
-    "Settings",
-    "Simulation",
-    "StateAutoencoder",
-    "StoreError",
-    "StreamEntry",
-    "TierSettings",
-    "TierStore",
-    "TrainConfig",
-    "action_to_state",
-    "collect_training_data",
-    "decode_entry",
-    "default_schema",
-    "encode_entry",
-    "load_checkpoint",
-    "save_checkpoint",
-    "simulate_states",
-    "train_autoencoder_pipeline",
-]
+    return __all__

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
+from memory_tiers import EmbeddingEngine, Keys, Settings
 from memory_tiers.daemon import Daemon
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import (
@@ -31,6 +31,8 @@ from memory_tiers.ingest import (
     trim_acked,
 )
 from memory_tiers.protocol import action_to_state, encode_entry
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 
 KEYS = Keys()
