@@ -46,7 +46,7 @@ import redis
 from redisvl.query.filter import Tag
 
 from .attributes import KIND, StateAttribute, state_attributes, where_filter
-from .constants import TIERS, Keys
+from .constants import TIERS
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
 from .protocol import KINDS, check_agent_id, encode_entry
@@ -167,7 +167,7 @@ class MemoryClient:
     ) -> None:
         self.redis = redis_client
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.dims = {tier: settings.tier(tier).dim for tier in TIERS}
         if engine is not None:
             _check_engine_dims(engine, self.dims)

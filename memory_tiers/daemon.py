@@ -41,7 +41,6 @@ import redis
 import torch
 from redis.backoff import EqualJitterBackoff
 
-from .constants import Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine
 from .errors import (
@@ -327,7 +326,7 @@ class Daemon:
         if port is None:
             return None
         assert self.settings.redis_url is not None  # checked in __init__
-        metrics = DaemonMetrics(self.settings.redis_url, Keys(self.settings.prefix))
+        metrics = DaemonMetrics(self.settings.redis_url, self.settings.keys)
         try:
             self.metrics_port = metrics.serve(self.settings.metrics_host, port)
         except OSError as e:

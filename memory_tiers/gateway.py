@@ -27,7 +27,7 @@ from redisvl.query.filter import FilterExpression, Num, Tag
 
 from .auth import ApiKey
 from .client import MemoryClient, MergedHit, Recall
-from .constants import TIERS, Keys
+from .constants import TIERS
 from .entries import entry_status
 from .errors import MemoryTiersError
 from .protocol import check_agent_id
@@ -92,7 +92,7 @@ class MemoryGateway:
     def __init__(self, client: MemoryClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
 
     @property
     def redis(self) -> redis.Redis:

@@ -405,7 +405,7 @@ class Ingestor:
         self.store = store or TierStore(client, settings, engine.schema)
         self.attributes = state_attributes(engine.schema)
         """The state fields every record carries as attributes (attributes.py)."""
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
         self.on_commit = on_commit

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
-from ..constants import Keys
 from ..errors import MemoryTiersError
 from ..settings import Settings, env_var
 from .options import require_redis, tiers_option
@@ -130,7 +129,7 @@ def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
 
     client = status_client(url)
     try:
-        return heartbeats(client, Keys(settings.prefix))
+        return heartbeats(client, settings.keys)
     finally:
         client.close()
 

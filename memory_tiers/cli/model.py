@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
-from ..constants import Keys
 from ..errors import MemoryTiersError
 from ..settings import Settings
 from .options import EnvOption, require_redis
@@ -189,10 +188,10 @@ def _training_states(
         url = require_redis(settings, "train --from-stream", "the Redis the agents write to")
         client = redis.Redis.from_url(url)
         try:
-            states = read_stream_states(client, Keys(settings.prefix), limit)
+            states = read_stream_states(client, settings.keys, limit)
         finally:
             client.close()
-        source = {"kind": "stream", "stream": Keys(settings.prefix).stream}
+        source = {"kind": "stream", "stream": settings.keys.stream}
     source["states"] = len(states)
     source["broad"] = broad
     source["description"] = f"{len(states)} states: " + ", ".join(
@@ -291,7 +290,7 @@ def _evaluation_states(
     client = redis.Redis.from_url(url)
     try:
         if from_stream:
-            keys = Keys(settings.prefix)
+            keys = settings.keys
             return read_stream_memories(client, keys, limit), keys.stream
         assert tier is not None
         memories = read_tier_memories(TierStore(client, settings), tier, limit)

@@ -12,7 +12,6 @@ from typing import NoReturn
 import click
 import redis
 
-from ..constants import Keys
 from ..errors import MemoryTiersError
 from ..server import EmbeddedRedis
 from ..settings import Settings
@@ -169,7 +168,7 @@ def init_command(settings: Settings) -> None:
     from ..ingest import ensure_group
     from ..store import TierStore
 
-    keys = Keys(settings.prefix)
+    keys = settings.keys
     client = redis.Redis.from_url(require_redis(settings, "init"))
     try:
         schema = load_checkpoint(settings.model_file, expect_dims=settings.dims).schema

@@ -46,7 +46,7 @@ def check_command(settings: Settings, local: bool) -> None:
     if not settings.redis_url:
         click.echo("unhealthy: no Redis to check: set MT_REDIS_URL (or --redis-url)")
         raise SystemExit(1)
-    keys = Keys(settings.prefix)
+    keys = settings.keys
     client = status_client(settings.redis_url)
     try:
         status = snapshot(client, keys, count_lag_up_to=settings.max_lag + 1)
@@ -90,7 +90,7 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
     url = require_redis(settings, "stats", "the Redis the daemons use")
     if plot_path:
         _require_plots("stats --plot")
-    keys = Keys(settings.prefix)
+    keys = settings.keys
     client = status_client(url)
     try:
         status = snapshot(client, keys)
