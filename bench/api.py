@@ -31,9 +31,10 @@ import numpy as np
 import redis
 from machine import clean, machine
 
-from memory_tiers import MemoryClient, Settings, simulate_states
+from memory_tiers import MemoryClient, Settings
 from memory_tiers.daemon import Daemon
 from memory_tiers.server import redis_url
+from memory_tiers.sim import simulate_states
 
 PREFIX = "mtbench"
 PORT = 18_080

@@ -54,7 +54,10 @@ from typing import Any
 import redis
 from machine import machine
 
-from memory_tiers import TIERS, EmbeddedRedis, Keys, encode_entry, simulate_states
+from memory_tiers import TIERS, Keys
+from memory_tiers.protocol import encode_entry
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.status import health, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,8 +34,9 @@ import torch
 from machine import clean, machine
 from redis.client import Pipeline
 
-from memory_tiers import EmbeddingEngine, Keys, MemoryRecord, Settings, TierStore
+from memory_tiers import EmbeddingEngine, Keys, Settings
 from memory_tiers.server import redis_url
+from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import WATCH_CHUNK, consolidate, epoch_ms
 
 PREFIX = "mtbench"

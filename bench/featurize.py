@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from machine import machine
 
-from memory_tiers import DEFAULT_SCHEMA, simulate_states
+from memory_tiers.features import DEFAULT_SCHEMA
 from memory_tiers.sampling import sample_states
+from memory_tiers.sim import simulate_states
 
 
 def per_state(states: Sequence[Any]) -> np.ndarray:

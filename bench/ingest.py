@@ -57,19 +57,14 @@ import numpy as np
 import redis
 from machine import clean, fill_tiers, machine
 
-from memory_tiers import (
-    TIERS,
-    Keys,
-    Settings,
-    TierStore,
-    encode_entry,
-    simulate_states,
-)
+from memory_tiers import TIERS, Keys, Settings
 from memory_tiers.attributes import attribute_values
 from memory_tiers.daemon import frozen_heap
 from memory_tiers.features import default_schema
+from memory_tiers.protocol import encode_entry
 from memory_tiers.server import redis_url
-from memory_tiers.store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD
+from memory_tiers.sim import simulate_states
+from memory_tiers.store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD, TierStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("raw", "ingest", "recall")

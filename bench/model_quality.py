@@ -26,15 +26,8 @@ import numpy as np
 import redis
 from machine import machine
 
-from memory_tiers import (
-    TIERS,
-    EmbeddedRedis,
-    EmbeddingEngine,
-    Keys,
-    MemoryClient,
-    Settings,
-    load_checkpoint,
-)
+from memory_tiers import TIERS, EmbeddingEngine, Keys, MemoryClient, Settings
+from memory_tiers.checkpoint import load_checkpoint
 from memory_tiers.evaluation import (
     AgentStates,
     AgentTrial,
@@ -44,6 +37,7 @@ from memory_tiers.evaluation import (
 )
 from memory_tiers.features import FeatureSchema
 from memory_tiers.sampling import sample_states
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.train import broad_agents, split_data
 

@@ -20,8 +20,9 @@ import redis
 from machine import fill_tiers, machine
 from model_quality import heldout_trials
 
-from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, MemoryClient, Settings
+from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.evaluation import partial_recall
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 
 

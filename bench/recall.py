@@ -19,7 +19,7 @@ import argparse
 import multiprocessing
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch
 from machine import fill_tiers, machine
 from redisvl.query.filter import Tag
 
-from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, MemoryClient, Settings
+from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 
@@ -45,7 +46,7 @@ def _engine(settings: Settings) -> EmbeddingEngine:
 def _raw_knn(settings: Settings, agent_id: str, vector: np.ndarray) -> tuple[Any, ...]:
     """The agent-filtered STM KNN a recall starts from, with nothing returned but ids."""
     return (
-        "FT.SEARCH", Keys(settings.prefix).index("stm"),
+        "FT.SEARCH", settings.keys.index("stm"),
         f"({Tag('agent_id') == agent_id})=>[KNN 10 @vec $vector AS distance]", "NOCONTENT",
         "LIMIT", 0, 10, "PARAMS", 2, "vector", vector.astype(np.float32).tobytes(),
         "DIALECT", 2,
@@ -53,7 +54,7 @@ def _raw_knn(settings: Settings, agent_id: str, vector: np.ndarray) -> tuple[Any
 
 
 def worker(
-    kind: str, settings: Settings, probes: Sequence[dict[str, Any]], seconds: float, start: float
+    kind: str, settings: Settings, probes: Sequence[Mapping[str, Any]], seconds: float, start: float
 ) -> list[float]:
     """One client process: `kind` recalls in a loop from `start` for `seconds`; latencies."""
     torch.set_num_threads(1)
@@ -84,7 +85,7 @@ def worker(
 
 
 def rate(
-    kind: str, settings: Settings, probes: list[dict[str, Any]], args: argparse.Namespace
+    kind: str, settings: Settings, probes: Sequence[Mapping[str, Any]], args: argparse.Namespace
 ) -> tuple[float, str]:
     """recalls/s of `kind` from --processes processes, and a p50/p99 line."""
     share = [probes[i :: args.processes] for i in range(args.processes)]
@@ -100,7 +101,7 @@ def rate(
     return per_s, f"{per_s:>8,.0f} recalls/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
 
 
-def search_floor(settings: Settings, probes: list[dict[str, Any]]) -> str:
+def search_floor(settings: Settings, probes: Sequence[Mapping[str, Any]]) -> str:
     """Per-tier KNN through TierStore.search against the raw KNN, one process, p99 ratio."""
     client = redis.Redis.from_url(settings.redis_url or "")
     engine = _engine(settings)

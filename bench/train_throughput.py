@@ -16,8 +16,10 @@ import warnings
 import torch
 from machine import machine
 
-from memory_tiers import AutoencoderTrainer, TrainConfig, default_schema, simulate_states
+from memory_tiers import default_schema
 from memory_tiers.engine import EmbeddingEngine
+from memory_tiers.sim import simulate_states
+from memory_tiers.train import AutoencoderTrainer, TrainConfig
 
 
 def train_rate(features: torch.Tensor, device: str, batch_size: int, epochs: int) -> float:

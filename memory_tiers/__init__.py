@@ -1,5 +1,9 @@
 """memory_tiers: a Redis-native memory tier server for agents.
 
+The public API is what an agent's code needs: the clients and what recall returns, the
+settings and key names, the errors, the feature schema and the engine. Everything else is
+imported from its module (`memory_tiers.sim`, `memory_tiers.train`, `memory_tiers.server`, ...).
+
 The exports load on first use (PEP 562), so a command such as `memory-tiers check` does not
 import torch; `from memory_tiers import MemoryClient` works as usual.
 """
@@ -9,85 +13,90 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .constants import TIERS, Keys
-from .errors import (
-    ConfigError,
-    EntryError,
-    FeatureError,
-    MemoryTiersError,
-    ModelError,
-    ServerError,
-    StoreError,
-)
-from .settings import Settings, TierSettings
-
-if TYPE_CHECKING:
-    from .client import AgentMemory, MemoryClient, MergedHit, Recall
-    from .daemon import Daemon
-    from .engine import EmbeddingEngine, Reconstruction, action_to_state
+if TYPE_CHECKING:  # what type checkers see (`X as X`: an explicit re-export for mypy)
+    from .async_client import (
+        AsyncMemoryClient as AsyncMemoryClient,
+    )
+    from .client import (
+        AgentMemory as AgentMemory,
+    )
+    from .client import (
+        MemoryClient as MemoryClient,
+    )
+    from .client import (
+        MergedHit as MergedHit,
+    )
+    from .client import (
+        Recall as Recall,
+    )
+    from .constants import (
+        TIERS as TIERS,
+    )
+    from .constants import (
+        Keys as Keys,
+    )
+    from .engine import (
+        EmbeddingEngine as EmbeddingEngine,
+    )
+    from .engine import (
+        Reconstruction as Reconstruction,
+    )
+    from .errors import (
+        ConfigError as ConfigError,
+    )
+    from .errors import (
+        EntryError as EntryError,
+    )
+    from .errors import (
+        FeatureError as FeatureError,
+    )
+    from .errors import (
+        MemoryTiersError as MemoryTiersError,
+    )
+    from .errors import (
+        ModelError as ModelError,
+    )
+    from .errors import (
+        ServerError as ServerError,
+    )
+    from .errors import (
+        StoreError as StoreError,
+    )
     from .features import (
-        DEFAULT_SCHEMA,
-        CategoricalField,
-        FeatureSchema,
-        GridField,
-        NumericField,
-        default_schema,
+        FeatureSchema as FeatureSchema,
     )
-    from .model import ModelConfig, StateAutoencoder
-    from .protocol import StreamEntry, decode_entry, encode_entry
-    from .scheduler import ConsolidationScheduler
-    from .server import EmbeddedRedis
-    from .sim import Simulation, collect_training_data, simulate_states
-    from .store import Hit, MemoryRecord, TierStore
-    from .train import (
-        AutoencoderTrainer,
-        Checkpoint,
-        TrainConfig,
-        load_checkpoint,
-        save_checkpoint,
-        train_autoencoder_pipeline,
+    from .features import (
+        default_schema as default_schema,
+    )
+    from .settings import (
+        Settings as Settings,
+    )
+    from .store import (
+        Hit as Hit,
     )
 
-_LAZY = {
-    "AgentMemory": "client",
-    "MemoryClient": "client",
-    "MergedHit": "client",
-    "Recall": "client",
-    "Daemon": "daemon",
-    "EmbeddingEngine": "engine",
-    "Reconstruction": "engine",
-    "action_to_state": "engine",
-    "DEFAULT_SCHEMA": "features",
-    "CategoricalField": "features",
-    "FeatureSchema": "features",
-    "GridField": "features",
-    "NumericField": "features",
-    "default_schema": "features",
-    "ModelConfig": "model",
-    "StateAutoencoder": "model",
-    "StreamEntry": "protocol",
-    "decode_entry": "protocol",
-    "encode_entry": "protocol",
-    "ConsolidationScheduler": "scheduler",
-    "EmbeddedRedis": "server",
-    "Simulation": "sim",
-    "collect_training_data": "sim",
-    "simulate_states": "sim",
-    "Hit": "store",
-    "MemoryRecord": "store",
-    "TierStore": "store",
-    "AutoencoderTrainer": "train",
-    "Checkpoint": "train",
-    "TrainConfig": "train",
-    "load_checkpoint": "train",
-    "save_checkpoint": "train",
-    "train_autoencoder_pipeline": "train",
-}
-"""Each lazy export and the module that defines it."""
+_EXPORTS = {
+    "async_client": ("AsyncMemoryClient",),
+    "client": ("AgentMemory", "MemoryClient", "MergedHit", "Recall"),
+    "constants": ("TIERS", "Keys"),
+    "engine": ("EmbeddingEngine", "Reconstruction"),
+    "errors": (
+        "ConfigError", "EntryError", "FeatureError", "MemoryTiersError", "ModelError",
+        "ServerError", "StoreError",
+    ),
+    "features": ("FeatureSchema", "default_schema"),
+    "settings": ("Settings",),
+    "store": ("Hit",),
+}  # fmt: skip
+"""Each module of the public API and the names it exports."""
+
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -96,52 +105,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
-__all__ = [
-    "DEFAULT_SCHEMA",
-    "TIERS",
-    "AgentMemory",
-    "AutoencoderTrainer",
-    "CategoricalField",
-    "Checkpoint",
-    "ConfigError",
-    "ConsolidationScheduler",
-    "Daemon",
-    "EmbeddedRedis",
-    "EmbeddingEngine",
-    "EntryError",
-    "FeatureError",
-    "FeatureSchema",
-    "GridField",
-    "Hit",
-    "Keys",
-    "MemoryClient",
-    "MemoryRecord",
-    "MemoryTiersError",
-    "MergedHit",
-    "ModelConfig",
-    "ModelError",
-    "NumericField",
-    "Recall",
-    "Reconstruction",
-    "ServerError",
-    "Settings",
-    "Simulation",
-    "StateAutoencoder",
-    "StoreError",
-    "StreamEntry",
-    "TierSettings",
-    "TierStore",
-    "TrainConfig",
-    "action_to_state",
-    "collect_training_data",
-    "decode_entry",
-    "default_schema",
-    "encode_entry",
-    "load_checkpoint",
-    "save_checkpoint",
-    "simulate_states",
-    "train_autoencoder_pipeline",
-]
+    return __all__

@@ -31,7 +31,7 @@ from .client import (
     Recall,
     _item_fields,
 )
-from .constants import TIERS, Keys
+from .constants import TIERS
 from .errors import ConfigError, StoreError
 from .protocol import encode_entry
 from .resp import text
@@ -58,7 +58,7 @@ class AsyncMemoryClient:
         self.redis = redis_client
         self.recall_client = recall_client
         self.settings = recall_client.settings
-        self.keys = Keys(self.settings.prefix)
+        self.keys = self.settings.keys
 
     @classmethod
     def from_settings(

@@ -51,10 +51,10 @@ import redis
 from redisvl.query.filter import Tag
 
 from .attributes import KIND, StateAttribute, state_attributes, where_filter
-from .constants import TIERS, Keys
+from .constants import TIERS
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
-from .protocol import KINDS, MAX_AGENT_ID_LENGTH, encode_entry, tag_problem
+from .protocol import KINDS, check_agent_id, encode_entry
 from .resp import text
 from .settings import Settings, redact_url
 from .store import Candidate, Hit, TierStore, failure_text
@@ -69,7 +69,6 @@ __all__ = [
     "MemoryItem",
     "MergedHit",
     "Recall",
-    "check_agent_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ class MemoryClient:
     ) -> None:
         self.redis = redis_client
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.dims = {tier: settings.tier(tier).dim for tier in TIERS}
         if engine is not None:
             _check_engine_dims(engine, self.dims)
@@ -596,7 +595,7 @@ class AgentMemory:
     ) -> str:
         """Remember one action (action_type, action_params, context, outcome); returns its id.
 
-        The daemon maps it to state form (engine.action_to_state) before encoding.
+        The daemon maps it to state form (protocol.action_to_state) before encoding.
         """
         return self.client.remember(self.agent_id, action, step, ts, "action", importance)
 
@@ -616,21 +615,6 @@ class AgentMemory:
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit; see MemoryClient.reconstruct."""
         return self.client.reconstruct(hit)
-
-
-def check_agent_id(agent_id: object) -> str:
-    """`agent_id` if the daemon would accept it.
-
-    Raises:
-        EntryError: empty, too long, not a string, or not storable as a TAG value.
-    """
-    problem = tag_problem(agent_id)
-    if problem:
-        raise EntryError(f"agent_id {agent_id!r} {problem}")
-    assert isinstance(agent_id, str)
-    if len(agent_id) > MAX_AGENT_ID_LENGTH:
-        raise EntryError(f"agent_id is {len(agent_id)} characters, over {MAX_AGENT_ID_LENGTH}")
-    return agent_id
 
 
 def _item_fields(index: int, item: Mapping[str, Any]) -> dict[str, str]:

@@ -40,7 +40,6 @@ import redis
 import torch
 from redis.backoff import EqualJitterBackoff
 
-from .constants import Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine
 from .errors import (
@@ -324,7 +323,7 @@ class Daemon:
         port = self.settings.metrics_port
         if port is None:
             return None
-        metrics = DaemonMetrics(self.redis_url, Keys(self.settings.prefix))
+        metrics = DaemonMetrics(self.redis_url, self.settings.keys)
         try:
             self.metrics_port = metrics.serve(self.settings.metrics_host, port)
         except OSError as e:

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import Checkpoint, load_checkpoint, pick_device
 from .constants import TIERS
 from .errors import ModelError
 from .features import FeatureSchema, default_schema
 from .model import ModelConfig, SmallBatchModel, StateAutoencoder
-from .train import Checkpoint, load_checkpoint, pick_device
+from .protocol import action_to_state
 
 log = logging.getLogger(__name__)
 
@@ -225,24 +226,3 @@ class EmbeddingEngine:
             )
         features = self.decode(np.asarray(embedding, dtype=np.float32), tier)[0]
         return Reconstruction(tier, features, self.schema.describe(features))
-
-
-def action_to_state(action: Mapping[str, Any]) -> dict[str, Any]:
-    """An action in the state-like form the feature schema reads (as designed).
-
-    action_type becomes current_action; action_params, context and outcome entries become
-    `param_*`, `context_*` and `outcome_*` keys, which land in the schema's hashed slots.
-    """
-    state: dict[str, Any] = {}
-    if "action_type" in action:
-        state["current_action"] = action["action_type"]
-    for source, prefix in (("action_params", "param_"), ("context", "context_")):
-        values = action.get(source)
-        if isinstance(values, Mapping):
-            state.update({f"{prefix}{key}": value for key, value in values.items()})
-    outcome = action.get("outcome")
-    if isinstance(outcome, Mapping):
-        state.update({f"outcome_{key}": value for key, value in outcome.items()})
-    elif outcome is not None:
-        state["outcome"] = outcome
-    return state

@@ -26,10 +26,11 @@ import redis
 from redisvl.query.filter import FilterExpression, Num, Tag
 
 from .auth import ApiKey
-from .client import MemoryClient, MergedHit, Recall, check_agent_id
-from .constants import TIERS, Keys
+from .client import MemoryClient, MergedHit, Recall
+from .constants import TIERS
 from .entries import entry_status
 from .errors import MemoryTiersError
+from .protocol import check_agent_id
 from .settings import Settings
 from .status import agent_counts, health, snapshot, top_agents
 from .store import Hit
@@ -91,7 +92,7 @@ class MemoryGateway:
     def __init__(self, client: MemoryClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
 
     @property
     def redis(self) -> redis.Redis:

@@ -56,12 +56,12 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from .attributes import KIND, attribute_values, state_attributes
-from .constants import TIERS, Keys
+from .constants import TIERS
 from .drift import ReconstructionDrift
-from .engine import EmbeddingEngine, action_to_state
+from .engine import EmbeddingEngine
 from .errors import EntryError, PartialCommitError, StoreError
 from .ignored import IgnoredFields
-from .protocol import StreamEntry, decode_entry, tag_problem
+from .protocol import StreamEntry, action_to_state, decode_entry, tag_problem
 from .resp import first_error, pack, pool_connection, queued_commands, read_replies, send, text
 from .settings import Settings
 from .store import MemoryRecord, TierStore
@@ -252,7 +252,7 @@ class Ingestor:
         self.store = store or TierStore(client, settings, engine.schema)
         self.attributes = state_attributes(engine.schema)
         """The state fields every record carries as attributes (attributes.py)."""
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
         self.on_commit = on_commit

@@ -146,6 +146,27 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
     )
 
 
+def action_to_state(action: Mapping[str, Any]) -> dict[str, Any]:
+    """An action in the state-like form the feature schema reads (as designed).
+
+    action_type becomes current_action; action_params, context and outcome entries become
+    `param_*`, `context_*` and `outcome_*` keys, which land in the schema's hashed slots.
+    """
+    state: dict[str, Any] = {}
+    if "action_type" in action:
+        state["current_action"] = action["action_type"]
+    for source, prefix in (("action_params", "param_"), ("context", "context_")):
+        values = action.get(source)
+        if isinstance(values, Mapping):
+            state.update({f"{prefix}{key}": value for key, value in values.items()})
+    outcome = action.get("outcome")
+    if isinstance(outcome, Mapping):
+        state.update({f"outcome_{key}": value for key, value in outcome.items()})
+    elif outcome is not None:
+        state["outcome"] = outcome
+    return state
+
+
 def integer_problem(name: str, value: int) -> str | None:
     """Why `value` cannot be stored as `name` ('step' or 'ts'), or None when it can.
 
@@ -156,6 +177,21 @@ def integer_problem(name: str, value: int) -> str | None:
     if low <= value <= high:
         return None
     return f"{name} {_shown(str(value))} is out of range [{low}, {high}]"
+
+
+def check_agent_id(agent_id: object) -> str:
+    """`agent_id` if the daemon would accept it.
+
+    Raises:
+        EntryError: empty, too long, not a string, or not storable as a TAG value.
+    """
+    problem = tag_problem(agent_id)
+    if problem:
+        raise EntryError(f"agent_id {agent_id!r} {problem}")
+    assert isinstance(agent_id, str)
+    if len(agent_id) > MAX_AGENT_ID_LENGTH:
+        raise EntryError(f"agent_id is {len(agent_id)} characters, over {MAX_AGENT_ID_LENGTH}")
+    return agent_id
 
 
 def tag_problem(value: object) -> str | None:

@@ -37,7 +37,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from redis.exceptions import LockError, LockNotOwnedError
 from redis.lock import Lock
 
-from .constants import Keys
 from .engine import EmbeddingEngine
 from .errors import MemoryTiersError, is_connection_error
 from .settings import Settings
@@ -137,7 +136,7 @@ class ConsolidationScheduler:
         self.settings = settings
         self.engine = engine
         self.store = TierStore(client, settings, engine.schema)
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.lock_ttl_s = lock_ttl_s
         self.on_run = on_run
         self.tiers = scheduled_tiers(settings)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from .constants import DEFAULT_PREFIX, TIERS
+from .constants import DEFAULT_PREFIX, TIERS, Keys
 from .errors import ConfigError
 
 ENV_PREFIX = "MT_"
@@ -254,6 +254,11 @@ class Settings:
         """KNN candidates per tier a recall of `k` re-sorts: recall_candidates, at least k."""
         wanted = max(5 * k, 50) if self.recall_candidates is None else self.recall_candidates
         return max(wanted, k)
+
+    @property
+    def keys(self) -> Keys:
+        """The names of this deployment's keys, streams and indexes, under `prefix`."""
+        return Keys(self.prefix)
 
     @property
     def dims(self) -> tuple[int, int, int]:

@@ -253,7 +253,7 @@ class TierStore:
         record attributes (attributes.py), added to existing indexes by `ensure_indexes`."""
         _check_client(client)
         self.client = client
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.tiers = {name: settings.tier(name) for name in TIERS}
         self.state_attributes = state_attributes(schema) if schema is not None else ()
         self.record_attributes = (KIND_ATTRIBUTE, *self.state_attributes)

@@ -70,7 +70,7 @@ class GroupReader:
         self.client = client
         self.settings = settings
         self.consumer = consumer
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
 
     def read_new(self) -> list[Message]:
         """Up to batch_size entries never delivered to the group, waiting up to block_ms."""

@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from memory_tiers import (
-    EmbeddedRedis,
-    EmbeddingEngine,
-    Settings,
-    TierStore,
-    save_checkpoint,
-    simulate_states,
-    train_autoencoder_pipeline,
-)
+from memory_tiers import EmbeddingEngine, Settings
+from memory_tiers.checkpoint import save_checkpoint
 from memory_tiers.features import default_schema
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
+from memory_tiers.store import TierStore
+from memory_tiers.train import train_autoencoder_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,12 @@ from click.testing import CliRunner
 from http_helpers import ADMIN_KEY, BOT_AGENTS, BOT_KEY, serving, write_keys_file
 from test_ingest import daemon, make_settings, running, wait_for, xadd_raw
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import EmbeddingEngine, Settings
 from memory_tiers.api import build, openapi_document
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_PATH = ROOT / "docs" / "openapi.json"

@@ -11,10 +11,10 @@ import pytest
 import redis
 from test_ingest import daemon, make_settings, running, wait_for
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, EntryError, Keys, StoreError
+from memory_tiers import EmbeddingEngine, EntryError, Keys, StoreError
 from memory_tiers.async_client import AsyncMemoryClient
 from memory_tiers.client import MemoryClient
-from memory_tiers.server import free_port
+from memory_tiers.server import EmbeddedRedis, free_port
 
 KEYS = Keys()
 

@@ -17,12 +17,14 @@ from click.testing import CliRunner
 from test_ingest import wait_for, xadd_states
 from test_tiers import NO_RULES
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
+from memory_tiers import EmbeddingEngine, Keys, Settings
 from memory_tiers.attributes import attribute_name, attribute_values, state_attributes
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient
 from memory_tiers.features import default_schema
 from memory_tiers.ingest import Ingestor
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import consolidate
 

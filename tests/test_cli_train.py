@@ -11,8 +11,12 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from memory_tiers import EmbeddedRedis, Keys, encode_entry, load_checkpoint, simulate_states
+from memory_tiers import Keys
+from memory_tiers.checkpoint import load_checkpoint
 from memory_tiers.cli import main
+from memory_tiers.protocol import encode_entry
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

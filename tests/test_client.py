@@ -20,20 +20,12 @@ import redis
 from click.testing import CliRunner
 from redisvl.query.filter import Num
 
-from memory_tiers import (
-    TIERS,
-    EmbeddedRedis,
-    EmbeddingEngine,
-    EntryError,
-    Keys,
-    ModelError,
-    Settings,
-    StoreError,
-    simulate_states,
-)
+from memory_tiers import TIERS, EmbeddingEngine, EntryError, Keys, ModelError, Settings, StoreError
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient, MemoryItem, MergedHit, Recall
 from memory_tiers.protocol import encode_entry
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import Hit, MemoryRecord, TierStore
 
 T0 = 1_732_600_000_000

@@ -31,21 +31,14 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import (
-    Checkpoint,
-    EmbeddedRedis,
-    EmbeddingEngine,
-    ModelConfig,
-    ModelError,
-    Settings,
-    StateAutoencoder,
-    default_schema,
-    save_checkpoint,
-    simulate_states,
-)
+from memory_tiers import EmbeddingEngine, ModelError, Settings, default_schema
+from memory_tiers.checkpoint import Checkpoint, save_checkpoint
 from memory_tiers.cli import main
 from memory_tiers.daemon import BACKOFF_MAX_S, Backoff, Daemon, load_engine
 from memory_tiers.engine import UNTRAINED_VERSION
+from memory_tiers.model import ModelConfig, StateAutoencoder
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 
 STREAMED = 20_000

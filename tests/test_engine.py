@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from memory_tiers import (
-    EmbeddingEngine,
-    FeatureError,
-    ModelError,
-    action_to_state,
-    default_schema,
-    load_checkpoint,
-    simulate_states,
-)
+from memory_tiers import EmbeddingEngine, FeatureError, ModelError, default_schema
+from memory_tiers.checkpoint import load_checkpoint
 from memory_tiers.engine import SMALL_BATCH
+from memory_tiers.protocol import action_to_state
+from memory_tiers.sim import simulate_states
 
 DEFAULT_MODEL = Path(__file__).parent.parent / "models" / "state_autoencoder.pt"
 

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, simulate_states
+from memory_tiers import EmbeddingEngine, Keys, Settings
 from memory_tiers.daemon import Daemon
-from memory_tiers.engine import action_to_state
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import (
     DELETED_ERROR,
@@ -30,7 +29,9 @@ from memory_tiers.ingest import (
     consumer_client,
     default_consumer_name,
 )
-from memory_tiers.protocol import encode_entry
+from memory_tiers.protocol import action_to_state, encode_entry
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 from memory_tiers.stream import GroupReader
 

@@ -27,13 +27,15 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import TIERS, EmbeddingEngine, Settings
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient
 from memory_tiers.daemon import INDEX_CHECK_INTERVAL_S
 from memory_tiers.ingest import Ingestor, consumer_client
 from memory_tiers.protocol import encode_entry
 from memory_tiers.scheduler import ConsolidationScheduler
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.status import Heartbeat, beat
 from memory_tiers.store import Candidate, MemoryRecord, TierStore, index_states
 

@@ -18,14 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from memory_tiers import EntryError, FeatureError, FeatureSchema, simulate_states
+from memory_tiers import EntryError, FeatureError, FeatureSchema
+from memory_tiers.checkpoint import load_checkpoint
 from memory_tiers.cli import main
 from memory_tiers.features import DEFAULT_SCHEMA
 from memory_tiers.json_schemas import FINITE_NUMBER, entry_schema, integer_pattern, state_schema
 from memory_tiers.protocol import INTEGER_BOUNDS, decode_entry, encode_entry
 from memory_tiers.sampling import sample_states
 from memory_tiers.settings import packaged_model
-from memory_tiers.train import load_checkpoint
+from memory_tiers.sim import simulate_states
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = {part: ROOT / "docs" / "schema" / f"{part}.schema.json" for part in ("entry", "state")}

@@ -19,10 +19,12 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from test_ingest import daemon, make_settings, running
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import EmbeddingEngine, Settings
 from memory_tiers.api import build_gateway
 from memory_tiers.auth import ApiKeys
 from memory_tiers.mcp_server import MCP_PATH, http_app
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 
 TOOLS = {"remember", "recall", "reconstruct", "entry_status"}
 

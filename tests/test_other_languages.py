@@ -24,9 +24,10 @@ import redis
 from http_helpers import ADMIN_KEY, serving, write_keys_file
 from test_ingest import daemon, make_settings, running, wait_for
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings
+from memory_tiers import EmbeddingEngine, Keys, Settings
 from memory_tiers.api import build
 from memory_tiers.client import MemoryClient
+from memory_tiers.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

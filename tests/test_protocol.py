@@ -6,9 +6,11 @@ import pytest
 
 from memory_tiers.errors import EntryError
 from memory_tiers.protocol import (
+    MAX_AGENT_ID_LENGTH,
     MAX_EXACT_INTEGER,
     TS_RANGE,
     UNKNOWN_STEP,
+    check_agent_id,
     decode_entry,
     encode_entry,
     entry_time_ms,
@@ -88,3 +90,22 @@ def test_encode_refuses_what_the_daemon_would_dead_letter() -> None:
         encode_entry("", {})
     with pytest.raises(EntryError, match="step='9007199254740992': out of range"):
         encode_entry("a", {}, step=2**53)
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "reason"),
+    [
+        ("", "agent_id '' is empty"),
+        (7, "agent_id 7 must be a string, got int"),
+        ("a\tb", "contains a control character"),
+        ("x" * (MAX_AGENT_ID_LENGTH + 1), f"characters, over {MAX_AGENT_ID_LENGTH}"),
+    ],
+)
+def test_check_agent_id_refuses_what_the_daemon_would(agent_id: object, reason: str) -> None:
+    with pytest.raises(EntryError, match=reason):
+        check_agent_id(agent_id)
+
+
+def test_check_agent_id_returns_an_id_the_daemon_accepts() -> None:
+    assert check_agent_id("bot-7") == "bot-7"
+    assert decode_entry("1-0", {"agent_id": "bot-7", "state": "{}"}).agent_id == "bot-7"

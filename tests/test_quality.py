@@ -13,17 +13,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from memory_tiers import (
-    TIERS,
-    EmbeddingEngine,
-    Keys,
-    MemoryClient,
-    MemoryRecord,
-    Settings,
-    TierStore,
-    encode_entry,
-    simulate_states,
-)
+from memory_tiers import TIERS, EmbeddingEngine, Keys, MemoryClient, Settings
 from memory_tiers.cli import main
 from memory_tiers.drift import ReconstructionDrift
 from memory_tiers.evaluation import (
@@ -37,8 +27,11 @@ from memory_tiers.evaluation import (
     verdict,
 )
 from memory_tiers.features import DEFAULT_SCHEMA, OTHER, feature_distances
+from memory_tiers.protocol import encode_entry
 from memory_tiers.sampling import sample_states
+from memory_tiers.sim import simulate_states
 from memory_tiers.status import Heartbeat, beat
+from memory_tiers.store import MemoryRecord, TierStore
 
 DEFAULT_MODEL = Path(__file__).parent.parent / "models" / "state_autoencoder.pt"
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, Keys, resp
+from memory_tiers import Keys, resp
 from memory_tiers.resp import (
     FAST_PATH_PROBLEM,
     Command,
@@ -23,6 +23,7 @@ from memory_tiers.resp import (
     round_trip,
     send,
 )
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.store import TierStore
 
 KEYS = Keys()

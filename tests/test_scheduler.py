@@ -19,13 +19,14 @@ from redis.exceptions import LockNotOwnedError
 from test_ingest import daemon as make_daemon
 from test_ingest import running
 
-from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Keys, Settings
+from memory_tiers import TIERS, EmbeddingEngine, Keys, Settings
 from memory_tiers.cli import main
 from memory_tiers.scheduler import (
     JOB_NAMES,
     ConsolidationScheduler,
     JobRun,
 )
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.status import heartbeats
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import epoch_ms

@@ -34,11 +34,13 @@ from click.testing import CliRunner
 from redis.exceptions import NoPermissionError
 from test_ingest import daemon, in_thread, make_settings, running, wait_for
 
-from memory_tiers import EmbeddedRedis, EmbeddingEngine, Keys, Settings, StoreError, simulate_states
+from memory_tiers import EmbeddingEngine, Keys, Settings, StoreError
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient
 from memory_tiers.scheduler import ConsolidationScheduler
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.settings import redact_url
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
 
 PASSWORD = "S3cret-pw"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from memory_tiers import EmbeddedRedis, ServerError
+from memory_tiers import ServerError
+from memory_tiers.server import EmbeddedRedis
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,7 +86,7 @@ def test_data_dir_keeps_data_across_restarts(tmp_path: Path) -> None:
 def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
-        "from memory_tiers import EmbeddedRedis\n"
+        "from memory_tiers.server import EmbeddedRedis\n"
         "s = EmbeddedRedis().start()\n"
         "print(s.pid, flush=True)\n"
         "time.sleep(60)\n"

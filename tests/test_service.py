@@ -32,10 +32,12 @@ from test_ingest import (
     xadd_states,
 )
 
-from memory_tiers import TIERS, EmbeddedRedis, EmbeddingEngine, Settings, simulate_states
+from memory_tiers import TIERS, EmbeddingEngine, Settings
 from memory_tiers.cli import main
 from memory_tiers.errors import ConfigError
 from memory_tiers.logs import JsonFormatter
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.status import (
     Heartbeat,
     Sample,

@@ -32,6 +32,11 @@ def test_defaults_match_the_design() -> None:
     assert settings.batch_size == 256
 
 
+def test_settings_name_their_keys_under_their_prefix() -> None:
+    assert Settings(prefix="sim7").keys == Keys("sim7")
+    assert Settings().keys.stream == "mt:states"
+
+
 def test_from_env_parses_types_and_off() -> None:
     env = {
         "MT_REDIS_URL": "redis://h:1/0",

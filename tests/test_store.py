@@ -12,7 +12,8 @@ import redis
 from redisvl.index import SearchIndex
 from redisvl.query.filter import Tag
 
-from memory_tiers import TIERS, ConfigError, EmbeddedRedis, Keys, Settings, StoreError
+from memory_tiers import TIERS, ConfigError, Keys, Settings, StoreError
+from memory_tiers.server import EmbeddedRedis
 from memory_tiers.store import MemoryRecord, TierStore
 
 T0 = 1_732_600_000_000

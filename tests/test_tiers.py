@@ -20,17 +20,10 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from memory_tiers import (
-    TIERS,
-    ConfigError,
-    EmbeddedRedis,
-    EmbeddingEngine,
-    Keys,
-    Settings,
-    simulate_states,
-    tiers,
-)
+from memory_tiers import TIERS, ConfigError, EmbeddingEngine, Keys, Settings, tiers
 from memory_tiers.cli import main
+from memory_tiers.server import EmbeddedRedis
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import PassResult, TierPolicy, consolidate, scheduled_tiers
 
@@ -571,7 +564,8 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time
     import redis
-    from memory_tiers import EmbeddingEngine, Settings, TierStore
+    from memory_tiers import EmbeddingEngine, Settings
+    from memory_tiers.store import TierStore
     from memory_tiers.tiers import consolidate
 
     url, model = sys.argv[1], sys.argv[2]

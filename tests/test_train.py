@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from memory_tiers.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from memory_tiers.errors import ModelError
 from memory_tiers.features import default_schema
 from memory_tiers.sampling import sample_states
 from memory_tiers.sim import simulate_states
 from memory_tiers.train import (
     LOSS_WEIGHTS,
-    Checkpoint,
     distance_stress,
-    load_checkpoint,
     pairwise_distances,
-    save_checkpoint,
     split_data,
     train_autoencoder_pipeline,
 )

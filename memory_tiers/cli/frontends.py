@@ -1,8 +1,7 @@
 """`memory-tiers api`, `mcp` and `schema`: the commands for agents outside Python.
 
-Kept apart from cli.py, which registers them, so the web stack (FastAPI, uvicorn, mcp) loads
-only for api and mcp; they need the `api` extra (`pip install "memory_tiers[api]"`). `schema`
-needs only the package.
+The web stack (FastAPI, uvicorn, mcp) loads only when api or mcp runs; they need the `api`
+extra (`pip install "memory_tiers[api]"`). `schema` needs only the package.
 """
 
 from __future__ import annotations
@@ -13,9 +12,12 @@ from typing import Any
 
 import click
 
-from .cli import EnvOption  # defined before cli.py imports this module
-from .errors import ConfigError, MemoryTiersError, ModelError
-from .settings import Settings
+from ..errors import ConfigError, MemoryTiersError, ModelError
+from ..settings import Settings
+from .options import EnvOption
+
+log = logging.getLogger(__package__)
+"""The CLI's one logger, memory_tiers.cli, whichever module of it logs."""
 
 EXIT_REFUSED = 2
 """Exit code for settings or a model that a restart cannot fix (as `serve`)."""
@@ -37,7 +39,7 @@ def _set_torch_threads(threads: int) -> None:
 
 
 def _refuse(error: MemoryTiersError) -> None:
-    logging.getLogger(__name__).critical("%s", error)
+    log.critical("%s", error)
     raise SystemExit(EXIT_REFUSED) from error
 
 
@@ -80,7 +82,7 @@ def api_command(
     do not. Exit 2: no keys, unreadable keys, or a model it cannot serve.
     """
     if openapi_path is not None:
-        from .api import openapi_document
+        from ..api import openapi_document
 
         text = json.dumps(openapi_document(settings), indent=2, sort_keys=True) + "\n"
         with click.open_file(openapi_path, "w") as out:
@@ -88,7 +90,7 @@ def api_command(
         return
     import uvicorn
 
-    from .api import build
+    from ..api import build
 
     _needs_redis(settings, "api")
     _set_torch_threads(torch_threads)
@@ -97,7 +99,7 @@ def api_command(
     except (ConfigError, ModelError) as e:
         _refuse(e)
     if no_auth:
-        logging.getLogger(__name__).warning("serving the API WITHOUT API keys (--no-auth)")
+        log.warning("serving the API WITHOUT API keys (--no-auth)")
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
                 timeout_graceful_shutdown=int(settings.api_timeout_s))  # fmt: skip
 
@@ -127,8 +129,8 @@ def mcp_command(
 ) -> None:
     """Run the MCP server: tools remember, recall, reconstruct and entry_status for LLM
     agents, over stdio or streamable HTTP."""
-    from .api import build_gateway
-    from .auth import ApiKeys
+    from ..api import build_gateway
+    from ..auth import ApiKeys
 
     _needs_redis(settings, "mcp")
     _set_torch_threads(torch_threads)
@@ -143,13 +145,13 @@ def mcp_command(
     except (ConfigError, ModelError) as e:
         _refuse(e)
     if transport == "stdio":
-        from .mcp_server import create_server
+        from ..mcp_server import create_server
 
         create_server(gateway).run("stdio")
         return
     import uvicorn
 
-    from .mcp_server import http_app
+    from ..mcp_server import http_app
 
     app: Any = http_app(gateway, keys, require_keys=not no_auth)
     uvicorn.run(app, host=settings.api_host, port=port, log_config=None)
@@ -162,8 +164,8 @@ def schema_command(settings: Settings, part: str) -> None:
     """Print a JSON Schema (draft 2020-12): PART entry (the default), a stream entry's fields
     with the state schema under $defs/state; PART state, a state under the feature schema of
     the model MT_MODEL_PATH names (the packaged one when unset). Needs no Redis."""
-    from .json_schemas import entry_schema, state_schema
-    from .train import load_checkpoint
+    from ..checkpoint import load_checkpoint
+    from ..json_schemas import entry_schema, state_schema
 
     try:
         checkpoint = load_checkpoint(settings.model_file, expect_dims=settings.dims)
