@@ -105,7 +105,7 @@ def through_redis(
                 )
                 client = MemoryClient(connection, settings, engine)
                 recall[name, keep] = client_recall(client, trials, k=k)
-                sizes[name, keep] = record_sizes(connection, Keys(settings.prefix))
+                sizes[name, keep] = record_sizes(connection, settings.keys)
     return recall, sizes
 
 

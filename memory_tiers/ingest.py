@@ -474,24 +474,16 @@ class Ingestor:
         self, pipe: Pipeline, batch: Batch
     ) -> tuple[list[MemoryRecord], list[DeadLetter]]:
         """Queue the records; one the store refuses becomes a dead letter instead."""
-        try:
-            self.store.add_records(pipe, STM, batch.records)
-        except ValueError:
-            pass  # add_records queued nothing; find the refused ones below
-        else:
+        commands, refused = self.store.encode_records(STM, batch.records)
+        for command in commands:
+            pipe.execute_command(*command)
+        if not refused:
             return batch.records, batch.dead_letters
-        stored: list[MemoryRecord] = []
+        stored = [record for record in batch.records if record.entry_id not in refused]
         dead = list(batch.dead_letters)
-        for record in batch.records:
-            try:
-                self.store.add_records(pipe, STM, [record])
-            except ValueError as e:
-                fields = batch.sources.get(record.entry_id, {})
-                dead.append(
-                    DeadLetter(record.entry_id, f"record refused by the store: {e}", fields)
-                )
-            else:
-                stored.append(record)
+        for entry_id, why in refused.items():
+            fields = batch.sources.get(entry_id, {})
+            dead.append(DeadLetter(entry_id, f"record refused by the store: {why}", fields))
         return stored, dead
 
     def _log(self, batch: Batch, outcome: Outcome, dead: Sequence[DeadLetter]) -> None:

@@ -29,7 +29,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, reduce
 from typing import Any, NamedTuple, TypeVar
 
@@ -90,8 +90,22 @@ _T = TypeVar("_T")
 _Row = tuple[bytes, Mapping[bytes, Any]]
 """One FT.SEARCH document: its key and its returned fields, names and values as bytes."""
 
+RECORD_FIELDS: tuple[str, ...] = (
+    *TAG_FIELDS,
+    *NUMERIC_FIELDS,
+    VECTOR_FIELD,
+    STATE_FIELD,
+    FEATURES_FIELD,
+)
+"""A record hash's own fields, in the order the codec writes and reads them (its attributes
+follow). Every record has those before the state; the state and its features are optional."""
+_VECTOR, _STATE, _FEATURES = (
+    RECORD_FIELDS.index(f) for f in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD)
+)
+
 Vector = npt.NDArray[np.float32]
-_Queue = Callable[[Pipeline, str, Sequence["MemoryRecord"]], None]
+Command = tuple[Any, ...]
+"""One Redis command and its arguments, ready for `Pipeline.execute_command`."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -116,6 +130,13 @@ class MemoryRecord:
     model; written only with the state."""
     attributes: Mapping[str, float | str] = field(default_factory=dict)
     """State attributes (attributes.py): attribute name -> the state's value."""
+
+    def with_vector(self, vector: Vector, *, keep_state: bool = True) -> MemoryRecord:
+        """This memory with another vector (the next tier's, or a new model's), for the move
+        that writes it; its raw state and features only if `keep_state`."""
+        if keep_state:
+            return replace(self, vector=vector)
+        return replace(self, vector=vector, state_json=None, features=None)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -353,37 +374,45 @@ class TierStore:
 
     # -- writes and deletes --------------------------------------------------------------------
 
-    def add_records(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
-        """Queue the HSETs of `records` and their time index ZADDs on the caller's pipeline.
+    def encode_records(
+        self, tier: str, records: Sequence[MemoryRecord]
+    ) -> tuple[list[Command], dict[str, str]]:
+        """The commands that write the records that fit `tier`, and why the others do not.
 
-        Raises:
-            ValueError: a record does not fit the tier (vector shape, TAG value, number).
+        Refusals are data, not an exception: ingest dead-letters those records, consolidation
+        leaves their sources in place, and both write the rest in the same transaction.
+
+        Returns:
+            One `HSET key field value ...` per record that fits, then the ZADDs of their keys
+            to the tier's and each agent's time index (scored by ts) and the SADD of their
+            agents to the tier's agent set; and entry id -> why, for each record that does not
+            fit (vector shape, TAG value, number), naming the record and the field.
         """
         settings = self._tier(tier)
-        # Encode all first: a bad record leaves nothing queued on the caller's pipeline.
-        commands = self.hset_commands(settings.name, records)
+        name, prefix = settings.name, self.keys.record_prefix(settings.name)
+        vectors = _batch_vector_bytes(settings, records)
+        good_tags: set[str] = set()
+        hsets: list[Command] = []
+        refused: dict[str, str] = {}
         scores: dict[str, int] = {}
         by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
-        for record, command in zip(records, commands, strict=True):
-            pipe.execute_command(*command)
-            key = command[1]
-            scores[key] = by_agent[record.agent_id][key] = int(record.ts)
+        for i, record in enumerate(records):
+            vector = None if vectors is None else vectors[i]
+            try:
+                command = _hset_command(prefix, settings, record, vector, good_tags)
+            except ValueError as e:
+                refused[record.entry_id] = str(e)
+                continue
+            hsets.append(command)
+            scores[command[1]] = by_agent[record.agent_id][command[1]] = int(record.ts)
         if not scores:
-            return
-        pipe.zadd(self.keys.time_index(settings.name), scores)
-        for agent_id, agent_scores in by_agent.items():
-            pipe.zadd(self.keys.agent_time_index(settings.name, agent_id), agent_scores)
+            return hsets, refused
+        indexes = [
+            _zadd(self.keys.time_index(name), scores),
+            *(_zadd(self.keys.agent_time_index(name, a), s) for a, s in by_agent.items()),
+        ]
         # The count rule of consolidation finds agents here; it prunes the emptied ones.
-        pipe.sadd(self.keys.agents(settings.name), *by_agent)
-
-    def hset_commands(self, tier: str, records: Sequence[MemoryRecord]) -> list[tuple[Any, ...]]:
-        """Each record's `HSET key field value ...`, once every record was checked.
-
-        Raises:
-            ValueError: the first record that does not fit the tier, naming it and the field.
-        """
-        settings = self._tier(tier)
-        return _hset_commands(self.keys.record_prefix(settings.name), settings, records)
+        return [*hsets, *indexes, ("SADD", self.keys.agents(name), *by_agent)], refused
 
     def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
         """Queue removing `records`' hashes and their members of both time indexes."""
@@ -400,24 +429,25 @@ class TierStore:
             pipe.zrem(self.keys.agent_time_index(settings.name, agent_id), *agent_keys)
 
     def write(self, tier: str, records: Sequence[MemoryRecord]) -> None:
-        """Write `records` and their time index entries in one MULTI/EXEC."""
-        self._transaction(tier, records, self.add_records, "write")
+        """Write `records` and their time index entries in one MULTI/EXEC.
 
-    def delete(self, tier: str, records: Sequence[MemoryRecord]) -> None:
-        """Delete `records` and their time index entries in one MULTI/EXEC."""
-        self._transaction(tier, records, self.queue_delete, "delete")
-
-    def _transaction(
-        self, tier: str, records: Sequence[MemoryRecord], queue: _Queue, what: str
-    ) -> None:
+        Raises:
+            ValueError: a record does not fit the tier (the first one's reason); nothing is
+                written.
+            StoreError: Redis failed.
+        """
+        commands, refused = self.encode_records(tier, records)
+        if refused:
+            raise ValueError(next(iter(refused.values())))
         with self.client.pipeline(transaction=True) as pipe:
-            queue(pipe, tier, records)
+            for command in commands:
+                pipe.execute_command(*command)
             try:
                 pipe.execute()
             except redis.RedisError as e:
                 first = self.key(tier, records[0].entry_id) if records else "-"
                 raise StoreError(
-                    f"{what} of {len(records)} {tier} records ({first}, ...) failed: "
+                    f"write of {len(records)} {tier} records ({first}, ...) failed: "
                     f"{failure_text(e, self.keys)}"
                 ) from e
 
@@ -430,26 +460,73 @@ class TierStore:
             ValueError: a key is not a record key of `tier`.
             StoreError: Redis failed, or a record hash is incomplete or corrupt.
         """
-        settings = self._tier(tier)
-        prefix = self.keys.record_prefix(settings.name)
+        prefix = self.keys.record_prefix(self._tier(tier).name)
         for key in keys:
             if not key.startswith(prefix):
-                raise ValueError(f"{key!r} is not a {settings.name} record key ({prefix}...)")
+                raise ValueError(f"{key!r} is not a {tier} record key ({prefix}...)")
+        records, _, problems = self.read_batch(tier, keys)
+        for key, problem in problems.items():
+            raise StoreError(f"record {key} is {problem}")
+        return records
+
+    def read_batch(
+        self, tier: str, keys: Sequence[str]
+    ) -> tuple[list[MemoryRecord], Vector, dict[str, str]]:
+        """The records under `keys` of `tier`, and what is wrong with those that are not.
+
+        One pipelined HMGET per key and one np.frombuffer over the joined vector bytes instead
+        of a dict and an array per record (27 ms instead of 32 ms per 1,000 STM records here):
+        consolidation reads its batches here.
+
+        Returns:
+            The records that exist, in the order of `keys`, attributes included; the (N, dim)
+            float32 matrix of their vectors (each record's vector is its row); and key -> why
+            ("incomplete: no ...", "corrupt: ...") for each hash that is not a whole record.
+            A key whose hash is gone is in neither.
+
+        Raises:
+            StoreError: Redis failed.
+        """
+        settings = self._tier(tier)
+        names = [attribute.name for attribute in self.record_attributes]
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             # NEVER_DECODE: the vector is binary even when the client decodes replies.
-            pipe.execute_command("HGETALL", key, NEVER_DECODE=True)
+            pipe.execute_command("HMGET", key, *RECORD_FIELDS, *names, NEVER_DECODE=True)
         try:
-            replies = pipe.execute()
+            rows = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(
                 f"reading {len(keys)} {tier} records failed: {failure_text(e, self.keys)}"
             ) from e
-        return [
-            _decode_record(settings, key, key[len(prefix) :], fields)
-            for key, fields in zip(keys, replies, strict=True)
-            if fields
-        ]
+        width = settings.dim * np.dtype(settings.datatype).itemsize
+        problems: dict[str, str] = {}
+        whole: list[tuple[str, list[Any]]] = []
+        for key, row in zip(keys, rows, strict=True):
+            if None in row[:_STATE] or len(row[_VECTOR]) != width:
+                problem = _row_problem(row, width)
+                if problem:
+                    problems[key] = problem
+                continue  # else vanished: the hash is gone
+            whole.append((key, row))
+        # (N * dim,) of the tier's datatype -> (N, dim) float32, one copy
+        blob = b"".join(row[_VECTOR] for _, row in whole)
+        matrix = (
+            np.frombuffer(blob, dtype=settings.datatype)
+            .reshape(-1, settings.dim)
+            .astype(np.float32)
+        )
+        start = len(self.keys.record_prefix(settings.name))
+        records: list[MemoryRecord] = []
+        decoded: list[int] = []
+        for i, (key, row) in enumerate(whole):
+            try:
+                records.append(_decode_row(key[start:], row, matrix[i], names))
+            except ValueError as e:
+                problems[key] = f"corrupt: {e}"
+            else:
+                decoded.append(i)
+        return records, matrix if len(decoded) == len(whole) else matrix[decoded], problems
 
     def count(self, tier: str, agent_id: str | None = None) -> int:
         """Records in one tier (or of one agent there): ZCARD of the time index.
@@ -854,58 +931,63 @@ def _vector_bytes(tier: TierSettings, vector: npt.ArrayLike, what: str) -> bytes
     return stored.tobytes()
 
 
-def _hset_commands(
-    prefix: str, tier: TierSettings, records: Sequence[MemoryRecord]
-) -> list[tuple[Any, ...]]:
-    """One flat `HSET key field value ...` per record, after checking every record.
+def _zadd(key: str, scores: Mapping[str, int]) -> Command:
+    """`ZADD key score member ...`, as `Pipeline.zadd(key, scores)` sends it."""
+    return ("ZADD", key, *(value for member, score in scores.items() for value in (score, member)))
 
-    Checks once per batch where they can be: the vectors are converted together, and each
-    distinct TAG value is checked once. A record that does not fit raises for the first of
-    its fields that does not, in field order.
+
+def _hset_command(
+    prefix: str,
+    tier: TierSettings,
+    record: MemoryRecord,
+    vector: bytes | None,
+    good_tags: set[str],
+) -> Command:
+    """The record's flat `HSET key field value ...` (RECORD_FIELDS, then its attributes).
+
+    Args:
+        vector: the record's vector as stored, when the batch's were converted together
+            (`_batch_vector_bytes`); None: convert and check it here.
+        good_tags: TAG values already checked in this batch; the record's good ones join them,
+            so each distinct value is checked once per batch.
 
     Raises:
-        ValueError: the first record that does not fit the tier, naming it and the field.
+        ValueError: the record does not fit the tier: the first field that does not, in field
+            order, naming the record and the field.
     """
-    vectors = _batch_vector_bytes(tier, records)
-    good_tags: set[str] = set()
-    commands: list[tuple[Any, ...]] = []
-    for i, record in enumerate(records):
-        entry_id = record.entry_id
-        if not isinstance(entry_id, str) or not entry_id:
-            raise ValueError(f"record {entry_id!r}: entry_id must be a non-empty string")
-        tags = (record.agent_id, record.agent_type, record.model_version)
-        for name, tag in zip(TAG_FIELDS, tags, strict=True):
-            if not (isinstance(tag, str) and tag in good_tags):
-                problem = tag_problem(tag)
-                if problem:
-                    raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
-                good_tags.add(tag)
-        importance, step, ts = record.importance, int(record.step), int(record.ts)
-        if not math.isfinite(importance):
-            raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
-        problem = integer_problem("step", step) or integer_problem("ts", ts)
-        if problem:
-            # Redis would round it, fail to index it, or fail the time index's ZADD.
-            raise ValueError(f"record {entry_id!r}: {problem}")
-        vector = (
-            vectors[i]
-            if vectors is not None
-            else _vector_bytes(tier, record.vector, f"record {entry_id!r} vector")
-        )
-        command: tuple[Any, ...] = (
-            "HSET", prefix + entry_id,
-            "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
-            "step", step, "ts", ts, "importance", float(importance),
-            VECTOR_FIELD, vector,
-        )  # fmt: skip
-        if record.state_json is not None:
-            command += (STATE_FIELD, record.state_json)
-            if record.features is not None:
-                command += (FEATURES_FIELD, _features_bytes(record))
-        for name, value in record.attributes.items():
-            command += (name, value)
-        commands.append(command)
-    return commands
+    entry_id = record.entry_id
+    if not isinstance(entry_id, str) or not entry_id:
+        raise ValueError(f"record {entry_id!r}: entry_id must be a non-empty string")
+    tags = (record.agent_id, record.agent_type, record.model_version)
+    for name, tag in zip(TAG_FIELDS, tags, strict=True):
+        if not (isinstance(tag, str) and tag in good_tags):
+            problem = tag_problem(tag)
+            if problem:
+                raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
+            good_tags.add(tag)
+    importance, step, ts = record.importance, int(record.step), int(record.ts)
+    if not math.isfinite(importance):
+        raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
+    problem = integer_problem("step", step) or integer_problem("ts", ts)
+    if problem:
+        # Redis would round it, fail to index it, or fail the time index's ZADD.
+        raise ValueError(f"record {entry_id!r}: {problem}")
+    if vector is None:
+        vector = _vector_bytes(tier, record.vector, f"record {entry_id!r} vector")
+    # RECORD_FIELDS up to the state, spelled out: 10x faster than zipping names and values.
+    command: Command = (
+        "HSET", prefix + entry_id,
+        "agent_id", tags[0], "agent_type", tags[1], "model_version", tags[2],
+        "step", step, "ts", ts, "importance", float(importance),
+        VECTOR_FIELD, vector,
+    )  # fmt: skip
+    if record.state_json is not None:
+        command += (STATE_FIELD, record.state_json)
+        if record.features is not None:
+            command += (FEATURES_FIELD, _features_bytes(record))
+    for name, value in record.attributes.items():
+        command += (name, value)
+    return command
 
 
 def _features_bytes(record: MemoryRecord) -> bytes:
@@ -948,26 +1030,62 @@ def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
     return np.frombuffer(raw, dtype=dtype).astype(np.float32)
 
 
-def _decode_record(
-    tier: TierSettings, key: str, entry_id: str, fields: Mapping[Any, Any]
+def _decode_row(
+    entry_id: str, row: Sequence[Any], vector: Vector, attributes: Sequence[str] = ()
 ) -> MemoryRecord:
-    values = {text(k): v for k, v in fields.items()}
-    try:
-        state, features = values.get(STATE_FIELD), values.get(FEATURES_FIELD, b"")
-        return MemoryRecord(
-            entry_id=entry_id,
-            agent_id=text(values["agent_id"]),
-            agent_type=text(values["agent_type"]),
-            step=int(values["step"]),
-            ts=int(values["ts"]),
-            importance=float(values["importance"]),
-            model_version=text(values["model_version"]),
-            vector=_decode_vector(tier, values[VECTOR_FIELD], key),
-            state_json=None if state is None else text(state),
-            features=np.frombuffer(features, dtype=np.float32) if features else None,
-        )
-    except (KeyError, ValueError) as e:
-        raise StoreError(f"record {key} is incomplete or corrupt: {e!r}") from e
+    """A record from its hash's values (RECORD_FIELDS, then the `attributes`; bytes, None where
+    absent) and its vector, which the caller decodes (a batch's together).
+
+    Raises:
+        ValueError: a field every record has is missing, or a number is not one.
+    """
+    state, features = row[_STATE], row[_FEATURES]
+    return MemoryRecord(
+        entry_id=entry_id,
+        **_decode_fields(row),
+        vector=vector,
+        state_json=None if state is None else text(state),
+        features=np.frombuffer(features, dtype=np.float32) if features else None,
+        attributes={
+            name: text(value)
+            for name, value in zip(attributes, row[len(RECORD_FIELDS) :], strict=True)
+            if value is not None
+        },
+    )
+
+
+def _decode_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """The TAG and NUMERIC fields of a record's values (RECORD_FIELDS order), by name: what a
+    record and a search hit both carry.
+
+    Raises:
+        ValueError: one is missing, or a number is not one.
+    """
+    problem = _incomplete(row, RECORD_FIELDS[:_VECTOR])
+    if problem:
+        raise ValueError(problem)
+    agent_id, agent_type, version, step, ts, importance = row[:_VECTOR]
+    return {
+        "agent_id": text(agent_id), "agent_type": text(agent_type), "model_version": text(version),
+        "step": int(step), "ts": int(ts), "importance": float(importance),
+    }  # fmt: skip
+
+
+def _row_problem(row: Sequence[Any], width: int) -> str | None:
+    """Why an HMGET row (RECORD_FIELDS order) is not a record; None when its hash is just gone."""
+    if all(value is None for value in row):
+        return None
+    incomplete = _incomplete(row, RECORD_FIELDS[:_STATE])
+    if incomplete:
+        return incomplete
+    return f"corrupt: {VECTOR_FIELD} has {len(row[_VECTOR])} bytes, {width} expected"
+
+
+def _incomplete(row: Sequence[Any], required: Sequence[str]) -> str | None:
+    """'incomplete: no ...' naming the `required` fields (the first of RECORD_FIELDS) missing
+    from `row`, or None."""
+    missing = [name for name, value in zip(required, row, strict=False) if value is None]
+    return f"incomplete: no {', '.join(missing)}" if missing else None
 
 
 def _search_rows(reply: Any) -> list[_Row]:
@@ -1064,23 +1182,6 @@ def parsed_state(raw: bytes | str | None) -> Any:
         return None
 
 
-def _hit_of(tier: str, key: str, record: MemoryRecord, distance: float) -> Hit:
-    return Hit(
-        tier=tier,
-        key=key,
-        entry_id=record.entry_id,
-        agent_id=record.agent_id,
-        agent_type=record.agent_type,
-        step=record.step,
-        ts=record.ts,
-        importance=record.importance,
-        model_version=record.model_version,
-        distance=distance,
-        vector=record.vector,
-        state=None if record.state_json is None else json.loads(record.state_json),
-    )
-
-
 def _hits_of(
     tier: TierSettings, keys: Keys, chosen: Sequence[Candidate], rows: Sequence[_Row]
 ) -> list[Hit]:
@@ -1095,20 +1196,15 @@ def _hits_of(
 
 
 def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:
+    """A KNN document as a Hit, read through the record codec (`_decode_fields`)."""
     key = text(doc["id"])
     try:
-        raw_vector = doc.get(VECTOR_FIELD)
-        state = doc.get(STATE_FIELD)
+        raw_vector, state = doc.get(VECTOR_FIELD), doc.get(STATE_FIELD)
         return Hit(
             tier=tier.name,
             key=key,
             entry_id=key[len(keys.record_prefix(tier.name)) :],
-            agent_id=text(doc["agent_id"]),
-            agent_type=text(doc["agent_type"]),
-            step=int(doc["step"]),
-            ts=int(doc["ts"]),
-            importance=float(doc["importance"]),
-            model_version=text(doc["model_version"]),
+            **_decode_fields([doc.get(name) for name in RECORD_FIELDS[:_VECTOR]]),
             distance=float(doc[_DISTANCE]),
             vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
             state=None if state is None else json.loads(text(state)),

@@ -1,5 +1,9 @@
 """Tier consolidation: each tier's policy and one pass that applies it (no scheduler here).
 
+A pass is a selector (which records: aged, over the per-agent limit, of another model
+version), one mover (what replaces them, under the race guard below) and a tally of what it
+did; `consolidate` and `reencode` differ only in the selector and the mover's target.
+
 A pass over STM or IM moves memories one tier down through the model's bottleneck layers: it
 reads a batch of stored vectors, compresses them with one batched matrix product
 (`EmbeddingEngine.compress`), writes the destination records and deletes the sources in one
@@ -7,16 +11,16 @@ MULTI/EXEC. A pass over LTM applies retention: it deletes, when LTM has a policy
 
 Which memories go (no SCAN anywhere):
 - age rule: `ZRANGEBYSCORE` of the tier's time index, `-inf .. (now - max_age)`, LIMIT batch;
-- count rule, after the age rule: the tier's agent set (`Keys.agents`, SADDed by
-  `TierStore.add_records` in the write's own transaction) is walked with SSCAN, one pipelined
-  ZCARD per agent finds those above `max_per_agent`, and `ZRANGE 0 .. excess-1` of an agent's
-  time index gives its oldest. Agents whose index is empty leave the set (a Lua script that
-  re-checks ZCARD, so a concurrent write is never lost from it).
+- count rule, after the age rule: the tier's agent set (`Keys.agents`, SADDed by the
+  commands of `TierStore.encode_records` in the write's own transaction) is walked with SSCAN,
+  one pipelined ZCARD per agent finds those above `max_per_agent`, and `ZRANGE 0 .. excess-1`
+  of an agent's time index gives its oldest. Agents whose index is empty leave the set (a Lua
+  script that re-checks ZCARD, so a concurrent write is never lost from it).
 
 Race guard: the batch's source keys are WATCHed before they are read (in chunks of
 WATCH_CHUNK keys, one connection each: Redis's WATCH is quadratic in the keys per connection),
-and each chunk's destination writes plus source deletes (`TierStore.add_records` and
-`queue_delete` on the watching pipeline) run as one MULTI/EXEC. If any source of a chunk
+and each chunk's destination writes plus source deletes (`TierStore.encode_records` and
+`queue_delete`, queued on the watching pipeline) run as one MULTI/EXEC. If any source of a chunk
 changed between the read and EXEC (moved by a concurrent pass, re-written by a replay,
 deleted), that EXEC aborts, nothing of the chunk is written, and its keys are read again: a
 vanished source is then absent from the read and cannot be resurrected, a re-written one moves
@@ -42,27 +46,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import redis
 from redis.client import Pipeline
 
-from .constants import TIERS
+from .constants import TIERS, Keys
 from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
 from .resp import text
 from .settings import Settings
-from .store import (
-    FEATURES_FIELD,
-    STATE_FIELD,
-    VECTOR_FIELD,
-    MemoryRecord,
-    TierStore,
-    Vector,
-    parsed_state,
-)
+from .store import MemoryRecord, TierStore, Vector, parsed_state
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +84,6 @@ end
 return 0
 """
 """KEYS: agent time index, tier agent set; ARGV: agent id. SREM only if the index is empty."""
-
-_FIELDS: tuple[str, ...] = (
-    *("agent_id", "agent_type", "step", "ts", "importance", "model_version"),
-    *(VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD),
-)
-"""What a pass reads of a record hash, in this order (see `_source`)."""
-_VEC, _STATE, _FEATURES = 6, 7, 8
 
 KeepGoing = Callable[[], bool]
 
@@ -194,28 +183,22 @@ def consolidate(
     if policy.destination is not None:
         _check_dims(engine, settings, policy)
     started = time.perf_counter()
-    run = _Pass(client, store, engine, settings, policy, max_batches, keep_going)
+    route = (source_tier, policy.destination, policy.describe())
+    select, mover = _pass(client, store, engine, settings, route, max_batches, keep_going)
     if policy.enabled:
-        try:
-            run.run(_clock(now_ms))
-        except redis.RedisError as e:
-            raise StoreError(
-                f"consolidate {policy.describe()} failed after {run.batches} batches "
-                f"({run.done} moved or deleted, all committed): {e}"
-            ) from e
-    moved, deleted = (run.done, 0) if policy.destination else (0, run.done)
-    result = PassResult(
-        moved, deleted, run.batches, time.perf_counter() - started,
-        len(run.skipped), run.conflicts, run.reencoded_moved, len(run.without_state),
-    )  # fmt: skip
-    busy = result.moved or result.deleted or result.skipped or result.conflicts or run.stale
+        batches = _policy_batches(select, policy, _clock(now_ms))
+        _run(mover, batches, f"consolidate {policy.describe()}", "moved or deleted")
+    tally = mover.tally
+    moved, deleted = (tally.changed, 0) if policy.destination else (0, tally.changed)
+    result = tally.result(time.perf_counter() - started, moved=moved, deleted=deleted)
+    busy = result.moved or result.deleted or result.skipped or result.conflicts or tally.stale
     log.log(
-        logging.INFO if busy or run.stopped else logging.DEBUG,  # an idle pass every interval
+        logging.INFO if busy or tally.stopped else logging.DEBUG,  # an idle pass every interval
         "consolidate %s: moved %d (%d re-encoded from their state), deleted %d, skipped %d, "
         "conflicts %d, stale index entries %d, %d batches in %.3f s%s",
         policy.describe(), result.moved, result.reencoded, result.deleted, result.skipped,
-        result.conflicts, run.stale, result.batches, result.seconds,
-        " (stopped early)" if run.stopped else "",
+        result.conflicts, tally.stale, result.batches, result.seconds,
+        " (stopped early)" if tally.stopped else "",
     )  # fmt: skip
     return result
 
@@ -247,21 +230,10 @@ def reencode(
             f"{settings.tier(tier).dim}: re-encoding {tier} would not fit"
         )
     started = time.perf_counter()
-    run = _Reencode(
-        client, store, engine, settings, TierPolicy.from_settings(settings, tier),
-        max_batches, keep_going,
-    )  # fmt: skip
-    try:
-        run.run(0)
-    except redis.RedisError as e:
-        raise StoreError(
-            f"re-encoding {tier} failed after {run.batches} batches ({run.done} re-encoded, all "
-            f"committed): {e}"
-        ) from e
-    result = PassResult(
-        0, 0, run.batches, time.perf_counter() - started, len(run.skipped), run.conflicts,
-        run.reencoded_moved, len(run.without_state),
-    )  # fmt: skip
+    route = (tier, tier, f"{tier} re-encode")
+    select, mover = _pass(client, store, engine, settings, route, max_batches, keep_going)
+    _run(mover, select.other_version(engine.version), f"re-encoding {tier}", "re-encoded")
+    result = mover.tally.result(time.perf_counter() - started)
     log.info(
         "re-encode %s with model %s: %d re-encoded, %d without a usable raw state left as they "
         "are, skipped %d, conflicts %d, %d batches in %.3f s",
@@ -285,330 +257,123 @@ def _check_dims(engine: EmbeddingEngine, settings: Settings, policy: TierPolicy)
             )
 
 
-class _Pass:
-    """One pass's state: counters, and the keys it leaves in place (offsets past them)."""
+_Batch = tuple[list[str], dict[str, str]]
+"""What a selector picks: record keys, and (count rule) the agent owning each key, so that a
+key whose hash is gone also leaves its agent's time index."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        store: TierStore,
-        engine: EmbeddingEngine,
-        settings: Settings,
-        policy: TierPolicy,
-        max_batches: int | None,
-        keep_going: KeepGoing | None,
-    ) -> None:
-        self.client = client
-        self.store = store
-        self.engine = engine
-        self.policy = policy
-        self.batch = settings.consolidate_batch
-        self.keep_state = settings.keep_state_after_stm
-        self.max_batches = max_batches
-        self.keep_going = keep_going
-        self.keys = store.keys
-        self.source = policy.tier
-        self.target = policy.destination
-        """Where the records a batch reads are written: the next tier, or None (retention)."""
-        self.what = policy.describe()
-        self.done = self.batches = self.conflicts = self.stale = 0
-        """done: records moved, deleted or re-encoded."""
-        self.reencoded_moved = 0
-        self.without_state: set[str] = set()
-        self.skipped: set[str] = set()
-        self.stopped = False
-        self.reencoded: set[str] = set()
-        """Entry ids whose destination vector came from their raw state (another model's)."""
 
-    def run(self, now: int) -> None:
-        if self.policy.max_age_s is not None:
-            self._by_age(now - round(self.policy.max_age_s * 1000))
-        if self.policy.max_per_agent is not None and not self.stopped:
-            self._by_count(self.policy.max_per_agent)
+@dataclass
+class _Tally:
+    """What a pass has done so far; its selectors and its mover count here."""
 
-    def _may_continue(self) -> bool:
-        full = self.max_batches is not None and self.batches >= self.max_batches
-        self.stopped = full or (self.keep_going is not None and not self.keep_going())
-        return not self.stopped
+    changed: int = 0
+    """Records moved, deleted or re-encoded."""
+    batches: int = 0
+    """Batches that moved, deleted or re-encoded something."""
+    conflicts: int = 0
+    stale: int = 0
+    """Time index members dropped because their hash was gone."""
+    reencoded: int = 0
+    """Records written with a vector encoded from their raw state (another model's)."""
+    without_state: set[str] = field(default_factory=set)
+    """Entry ids of other model versions with no usable raw state."""
+    skipped: set[str] = field(default_factory=set)
+    """Keys left in place; they stay at the head of the time indexes."""
+    stopped: bool = False
+    """Whether the pass stopped before its work ran out (max_batches, keep_going)."""
 
-    # -- selection -----------------------------------------------------------------------------
+    def result(self, seconds: float, moved: int = 0, deleted: int = 0) -> PassResult:
+        return PassResult(
+            moved, deleted, self.batches, seconds, len(self.skipped), self.conflicts,
+            self.reencoded, len(self.without_state),
+        )  # fmt: skip
 
-    def _by_age(self, cutoff_ms: int) -> None:
+
+@dataclass(frozen=True)
+class _Budget:
+    """When a pass stops early: after `max_batches` batches, or when `keep_going` (which renews
+    a job's lock) says so. Either marks the tally stopped."""
+
+    tally: _Tally
+    max_batches: int | None
+    keep_going: KeepGoing | None
+
+    def another_batch(self) -> bool:
+        """Whether the pass may select another batch."""
+        full = self.max_batches is not None and self.tally.batches >= self.max_batches
+        self.tally.stopped = full or not self.still_wanted()
+        return not self.tally.stopped
+
+    def still_wanted(self) -> bool:
+        """`keep_going`'s answer, asked during a long selection as well as between batches."""
+        wanted = self.keep_going is None or self.keep_going()
+        self.tally.stopped = self.tally.stopped or not wanted
+        return wanted
+
+
+@dataclass(frozen=True)
+class _Selector:
+    """Which of a tier's records a pass takes next, one batch at a time (no SCAN), until its
+    budget runs out. Keys left in place stay at the head of the time indexes: each selector
+    starts past them."""
+
+    client: redis.Redis
+    keys: Keys
+    tier: str
+    batch_size: int
+    budget: _Budget
+
+    def aged(self, cutoff_ms: int) -> Iterator[_Batch]:
         """Batches of the tier's records with ts < cutoff_ms, oldest first."""
-        index = self.keys.time_index(self.source)
-        while self._may_continue():
-            # Skipped keys stay at the head of the range: start past them.
+        index = self.keys.time_index(self.tier)
+        skipped = self.budget.tally.skipped
+        while self.budget.another_batch():
             members = self.client.zrangebyscore(
-                index, "-inf", f"({cutoff_ms}", start=len(self.skipped), num=self.batch
+                index, "-inf", f"({cutoff_ms}", start=len(skipped), num=self.batch_size
             )
-            keys = [k for k in (text(m) for m in members) if k not in self.skipped]
+            keys = [k for k in (text(m) for m in members) if k not in skipped]
             if not keys:  # only records left in place are older than the cutoff
                 return
-            self._apply(keys, {})
+            yield keys, {}
 
-    def _by_count(self, limit: int) -> None:
+    def over_limit(self, limit: int) -> Iterator[_Batch]:
         """Batches of the oldest records of each agent holding more than `limit`."""
         excess = dict(self._agents_over(limit))
-        if self.stopped:
+        if self.budget.tally.stopped:
             return
+        skipped = self.budget.tally.skipped
         offsets: dict[str, int] = {}  # per agent: its skipped records at the head of its index
-        while excess and self._may_continue():
-            plan = list(_fill(excess, self.batch))
+        while excess and self.budget.another_batch():
+            plan = list(_fill(excess, self.batch_size))
             pipe = self.client.pipeline(transaction=False)
             for agent, take in plan:
                 start = offsets.get(agent, 0)
-                pipe.zrange(self.keys.agent_time_index(self.source, agent), start, start + take - 1)
+                pipe.zrange(self.keys.agent_time_index(self.tier, agent), start, start + take - 1)
             owners: dict[str, str] = {}
             for (agent, take), members in zip(plan, pipe.execute(), strict=True):
                 owners.update((text(m), agent) for m in members)
                 excess[agent] -= take
                 if excess[agent] <= 0 or len(members) < take:
                     del excess[agent]
-            self._apply(list(owners), owners)
+            yield list(owners), owners
             # What stays (skipped now or by the age rule) is the head of its agent's index.
-            for key in self.skipped.intersection(owners):
+            for key in skipped.intersection(owners):
                 offsets[owners[key]] = offsets.get(owners[key], 0) + 1
 
-    def _agents_over(self, limit: int) -> Iterator[tuple[str, int]]:
-        """(agent, records above `limit`) for each agent of the tier's agent set; prunes empties."""
-        agents_key = self.keys.agents(self.source)
-        prune = self.client.register_script(_PRUNE_AGENT)
-        for chunk in _chunks(self.client.sscan_iter(agents_key, count=AGENT_SCAN_COUNT)):
-            if self.keep_going is not None and not self.keep_going():  # renews a job's lock
-                self.stopped = True
-                return
-            agents = [text(a) for a in chunk]
-            pipe = self.client.pipeline(transaction=False)
-            for agent in agents:
-                pipe.zcard(self.keys.agent_time_index(self.source, agent))
-            counts = pipe.execute()
-            empty = [a for a, n in zip(agents, counts, strict=True) if n == 0]
-            if empty:
-                pipe = self.client.pipeline(transaction=False)
-                for agent in empty:
-                    index = self.keys.agent_time_index(self.source, agent)
-                    prune(keys=[index, agents_key], args=[agent], client=pipe)
-                pipe.execute()
-            yield from ((a, n - limit) for a, n in zip(agents, counts, strict=True) if n > limit)
-
-    # -- one batch -----------------------------------------------------------------------------
-
-    def _apply(self, keys: list[str], owners: dict[str, str]) -> None:
-        """Move (or delete) the records under `keys`: watched MULTI/EXECs, retried on conflict."""
-        pending = [k for k in keys if k not in self.skipped]
-        done = stale = 0
-        for _ in range(MAX_CONFLICT_RETRIES + 1):
-            if not pending:
-                break
-            pending, counts = self._attempt(pending, owners)
-            done, stale = done + counts[0], stale + counts[1]
-        self.batches += 1 if done or stale else 0
-        self.stale += stale
-        self.done += done
-        if pending:
-            log.warning(
-                "%s: %d records kept changing during %d tries; left for the next pass (%s, ...)",
-                self.what, len(pending), MAX_CONFLICT_RETRIES + 1, pending[0],
-            )  # fmt: skip
-            self.skipped.update(pending)
-
-    def _attempt(
-        self, keys: list[str], owners: dict[str, str]
-    ) -> tuple[list[str], tuple[int, int]]:
-        """One try: WATCH the keys, read and compress them once, commit chunk by chunk.
-
-        Returns:
-            The keys of the chunks whose EXEC aborted (a watched source changed), and
-            (records moved or deleted, stale index members dropped) by the others.
-        """
-        chunks = [keys[i : i + WATCH_CHUNK] for i in range(0, len(keys), WATCH_CHUNK)]
-        with ExitStack() as stack:
-            pipes = [stack.enter_context(self.client.pipeline()) for _ in chunks]
-            for pipe, chunk in zip(pipes, chunks, strict=True):
-                pipe.watch(*chunk)  # before the read: a change after it aborts the EXEC
-            sources, vectors = self._read(keys)
-            present = {self.keys.record(self.source, s.entry_id) for s in sources}
-            leaving = {
-                self.keys.record(self.source, r.entry_id): r
-                for r in self._leaving(sources, vectors)
-            }
-            failed: list[str] = []
-            done = stale = 0
-            for pipe, chunk in zip(pipes, chunks, strict=True):
-                records = [leaving[k] for k in chunk if k in leaving]
-                gone = [k for k in chunk if k not in present and k not in self.skipped]
-                try:
-                    done += self._commit(pipe, records, gone, owners)
-                except redis.WatchError:
-                    self.conflicts += 1
-                    failed.extend(chunk)
-                else:
-                    stale += len(gone)
-        return failed, (done, stale)
-
-    def _leaving(self, sources: list[_Source], vectors: Vector) -> list[MemoryRecord]:
-        """What replaces the sources: destination records (compressed), or, for retention,
-        the sources themselves (to delete)."""
-        if self.policy.destination is None:
-            return _records(sources, vectors, keep_state=True)
-        if not sources:
-            return []
-        destination = self.policy.destination
-        compressed = self.engine.compress(vectors, self.source)  # (N, destination dim)
-        sources, without_state = self._encode_again(sources, compressed, destination)
-        if without_state:
-            log.warning(
-                "%s: %d memories of another model have no usable raw state: moved through model "
-                "%s's bottleneck, approximate (keep_state_after_stm=true keeps states to "
-                "re-encode after a retrain)",
-                self.what, without_state, self.engine.version,
-            )  # fmt: skip
-        finite = np.isfinite(compressed).all(axis=1)
-        if not finite.all():
-            bad = [s for s, ok in zip(sources, finite, strict=True) if not ok]
-            self._skip([self.keys.record(self.source, s.entry_id) for s in bad], "non-finite")
-            sources = [s for s, ok in zip(sources, finite, strict=True) if ok]
-            compressed = compressed[finite]
-        return _records(sources, compressed, keep_state=self.keep_state)
-
-    def _encode_again(
-        self, sources: list[_Source], vectors: Vector, tier: str
-    ) -> tuple[list[_Source], int]:
-        """Sources another model encoded: their rows of `vectors` (`tier`'s) replaced by their
-        raw state encoded by this engine (in place), their version by its version; and how
-        many of them have no usable raw state (left as they were)."""
-        version = self.engine.version
-        other = [i for i, s in enumerate(sources) if s.model_version != version]
-        if not other:
-            return sources, 0
-        with_state = [i for i in other if sources[i].state_json is not None]
-        sources = list(sources)
-        good: list[int] = []
-        if with_state:
-            states = [parsed_state(sources[i].state_json) for i in with_state]
-            features, good, _ = self.engine.schema.extract_valid(states)
-        if good:
-            encoded = self.engine.encode_features(features, (tier,))[tier]
-            for row, j in enumerate(good):
-                i = with_state[j]
-                vectors[i] = encoded[row]
-                sources[i] = sources[i]._replace(model_version=version, features=features[row])
-                self.reencoded.add(sources[i].entry_id)
-        encoded_ids = {sources[with_state[j]].entry_id for j in good}
-        self.without_state.update(
-            sources[i].entry_id for i in other if sources[i].entry_id not in encoded_ids
-        )
-        return sources, len(other) - len(good)
-
-    def _commit(
-        self, pipe: Pipeline, records: list[MemoryRecord], gone: list[str], owners: dict[str, str]
-    ) -> int:
-        """Write `records` to the target tier (unless retention) and delete their sources
-        (unless the target is the source tier), and drop the index members of vanished
-        sources, in one MULTI/EXEC; how many records were written or deleted."""
-        if not records and not gone:
-            return 0  # leaving the `with` unwatches
-        pipe.multi()
-        if self.target is not None:
-            try:
-                self.store.add_records(pipe, self.target, records)
-            except ValueError:  # add_records queued nothing; keep what it accepts
-                records = self._accepted(records)
-                self.store.add_records(pipe, self.target, records)
-        if self.target != self.source:
-            # queue_delete reads only entry_id and agent_id: the new records name the sources.
-            self.store.queue_delete(pipe, self.source, records)
-        # Index members whose hash is gone (evicted, deleted by hand): drop them, or they would
-        # be selected forever. WATCH guarantees the hash is still absent at EXEC.
-        if gone:
-            pipe.zrem(self.keys.time_index(self.source), *gone)
-            for key in gone:
-                if key in owners:
-                    pipe.zrem(self.keys.agent_time_index(self.source, owners[key]), key)
-        pipe.execute()
-        self.reencoded_moved += sum(1 for r in records if r.entry_id in self.reencoded)
-        return len(records)
-
-    def _read(self, keys: list[str]) -> tuple[list[_Source], Vector]:
-        """The sources under `keys` (vanished ones left out) and their (N, dim) float32 vectors.
-
-        One pipelined HMGET per key and one np.frombuffer over the joined vector bytes instead
-        of `TierStore.read`'s dict and array per record (27 ms instead of 32 ms per 1,000 STM
-        records here). Unreadable records are skipped (logged, left in place).
-        """
-        tier = self.store.tiers[self.source]
-        names = [attribute.name for attribute in self.store.record_attributes]
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            # NEVER_DECODE: the vector is binary even when the client decodes replies.
-            pipe.execute_command("HMGET", key, *_FIELDS, *names, NEVER_DECODE=True)
-        try:
-            rows = pipe.execute()
-        except redis.RedisError as e:
-            raise StoreError(f"reading {len(keys)} {self.source} records failed: {e}") from e
-        width = tier.dim * np.dtype(tier.datatype).itemsize
-        good: list[tuple[str, list[Any]]] = []
-        for key, row in zip(keys, rows, strict=True):
-            if None in row[:_STATE] or len(row[_VEC]) != width:
-                problem = _row_problem(row, width)
-                if problem:
-                    self._skip([key], problem)
-                continue  # else vanished: the hash is gone
-            good.append((key, row))
-        # (N * dim,) of the tier's datatype -> (N, dim) float32, one copy
-        blob = b"".join(row[_VEC] for _, row in good)
-        vectors = np.frombuffer(blob, dtype=tier.datatype).reshape(-1, tier.dim).astype(np.float32)
-        start = len(self.keys.record_prefix(self.source))
-        sources: list[_Source] = []
-        kept = np.ones(len(good), dtype=bool)
-        for i, (key, row) in enumerate(good):
-            try:
-                sources.append(_source(key[start:], row, names))
-            except ValueError as e:
-                self._skip([key], f"corrupt: {e}")
-                kept[i] = False
-        return sources, vectors if kept.all() else vectors[kept]
-
-    def _accepted(self, moved: list[MemoryRecord]) -> list[MemoryRecord]:
-        """The new records the store accepts; the sources of the others are skipped."""
-        assert self.target is not None
-        scratch = self.client.pipeline(transaction=False)  # never executed
-        accepted = []
-        for record in moved:
-            try:
-                self.store.add_records(scratch, self.target, [record])
-            except ValueError as e:
-                self._skip([self.keys.record(self.source, record.entry_id)], f"refused: {e}")
-            else:
-                accepted.append(record)
-        scratch.reset()
-        return accepted
-
-    def _skip(self, keys: Sequence[str], why: str) -> None:
-        for key in keys:
-            log.error("%s: %s left in place, %s", self.what, key, why)
-        self.skipped.update(keys)
-
-
-class _Reencode(_Pass):
-    """A pass that rewrites a tier's records of other model versions in place (`reencode`)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.target = self.source
-        self.what = f"{self.source} re-encode"
-
-    def run(self, now: int) -> None:
-        """Walk the tier's time index by rank; re-encode the pages' records of other versions.
+    def other_version(self, version: str) -> Iterator[_Batch]:
+        """Batches of the tier's records another model version encoded, by rank in the time
+        index.
 
         Rewrites keep each record's score, so ranks hold still; a record a concurrent pass
         moves away meanwhile shifts the ranks after it, and a later record may be missed:
         consolidation re-encodes it when it moves, or a second run does.
         """
-        index = self.keys.time_index(self.source)
+        index = self.keys.time_index(self.tier)
         start = 0
-        while self._may_continue():
-            members = [text(m) for m in self.client.zrange(index, start, start + self.batch - 1)]
+        while self.budget.another_batch():
+            members = [
+                text(m) for m in self.client.zrange(index, start, start + self.batch_size - 1)
+            ]
             if not members:
                 return
             start += len(members)
@@ -618,86 +383,272 @@ class _Reencode(_Pass):
             versions = pipe.execute()
             other = [
                 key
-                for key, version in zip(members, versions, strict=True)
-                if version is not None and text(version) != self.engine.version
+                for key, found in zip(members, versions, strict=True)
+                if found is not None and text(found) != version
             ]
             if other:
-                self._apply(other, {})
+                yield other, {}
 
-    def _leaving(self, sources: list[_Source], vectors: Vector) -> list[MemoryRecord]:
-        """The sources that were encoded again, with their new vectors and version."""
-        sources, _ = self._encode_again(sources, vectors, self.source)
-        again = [i for i, s in enumerate(sources) if s.entry_id in self.reencoded]
-        return _records([sources[i] for i in again], vectors[again], keep_state=True)
-
-
-def _row_problem(row: list[Any], width: int) -> str | None:
-    """Why an HMGET row (`_FIELDS` order) is not a record; None when its hash is just gone."""
-    if all(value is None for value in row):
-        return None
-    missing = [name for name, value in zip(_FIELDS[:_STATE], row, strict=False) if value is None]
-    if missing:
-        return f"incomplete: no {', '.join(missing)}"
-    return f"corrupt: {VECTOR_FIELD} has {len(row[_VEC])} bytes, {width} expected"
-
-
-class _Source(NamedTuple):
-    """What a pass keeps of a source record besides its vector."""
-
-    entry_id: str
-    agent_id: str
-    agent_type: str
-    step: int
-    ts: int
-    importance: float
-    model_version: str
-    state_json: str | None
-    features: Vector | None
-    """The state's features under `model_version`'s schema, where stored with the state."""
-    attributes: dict[str, str]
-    """The record's state attributes (attributes.py), copied to the tier below as they are."""
+    def _agents_over(self, limit: int) -> Iterator[tuple[str, int]]:
+        """(agent, records above `limit`) for each agent of the tier's agent set; prunes empties."""
+        agents_key = self.keys.agents(self.tier)
+        prune = self.client.register_script(_PRUNE_AGENT)
+        for chunk in _chunks(self.client.sscan_iter(agents_key, count=AGENT_SCAN_COUNT)):
+            if not self.budget.still_wanted():
+                return
+            agents = [text(a) for a in chunk]
+            pipe = self.client.pipeline(transaction=False)
+            for agent in agents:
+                pipe.zcard(self.keys.agent_time_index(self.tier, agent))
+            counts = pipe.execute()
+            empty = [a for a, n in zip(agents, counts, strict=True) if n == 0]
+            if empty:
+                pipe = self.client.pipeline(transaction=False)
+                for agent in empty:
+                    index = self.keys.agent_time_index(self.tier, agent)
+                    prune(keys=[index, agents_key], args=[agent], client=pipe)
+                pipe.execute()
+            yield from ((a, n - limit) for a, n in zip(agents, counts, strict=True) if n > limit)
 
 
-def _source(entry_id: str, row: list[Any], names: Sequence[str]) -> _Source:
-    """A source from its HMGET row (`_FIELDS`, then the attributes `names`, bytes); ValueError
-    if a number is not one."""
-    state, features = row[_STATE], row[_FEATURES]
-    return _Source(
-        entry_id,
-        row[0].decode("utf-8", "replace"),
-        row[1].decode("utf-8", "replace"),
-        int(row[2]),
-        int(row[3]),
-        float(row[4]),
-        row[5].decode("utf-8", "replace"),
-        None if state is None else state.decode("utf-8", "replace"),
-        None if features is None else np.frombuffer(features, dtype=np.float32),
-        {
-            name: value.decode("utf-8", "replace")
-            for name, value in zip(names, row[len(_FIELDS) :], strict=True)
-            if value is not None
-        },
-    )
+def _policy_batches(select: _Selector, policy: TierPolicy, now_ms: int) -> Iterator[_Batch]:
+    """The batches `policy` picks: by the age rule, then by the count rule."""
+    if policy.max_age_s is not None:
+        yield from select.aged(now_ms - round(policy.max_age_s * 1000))
+    if policy.max_per_agent is not None and not select.budget.tally.stopped:
+        yield from select.over_limit(policy.max_per_agent)
 
 
-def _records(sources: list[_Source], vectors: Vector, keep_state: bool) -> list[MemoryRecord]:
-    """One record per source with its row of `vectors`; the raw state only if `keep_state`."""
-    return [
-        MemoryRecord(
-            entry_id=s.entry_id,
-            agent_id=s.agent_id,
-            agent_type=s.agent_type,
-            step=s.step,
-            ts=s.ts,
-            importance=s.importance,
-            model_version=s.model_version,
-            vector=vector,
-            state_json=s.state_json if keep_state else None,
-            features=s.features if keep_state else None,
-            attributes=s.attributes,
+class _Encoded(NamedTuple):
+    """Records whose other model's vectors were replaced by this engine's (`_encode_again`)."""
+
+    records: list[MemoryRecord]
+    vectors: np.ndarray
+    """(N, dim) float32, one row per record."""
+    reencoded: set[str]
+    """Entry ids whose vector now comes from their raw state, with this engine's version."""
+    without_state: int
+    """How many of another model have no usable raw state (left as they were)."""
+
+
+@dataclass(frozen=True)
+class _Mover:
+    """Replaces batches of one tier's records: by the next tier's (through the bottleneck),
+    by this model's encoding of their state in place (re-encode), or by nothing (retention),
+    in watched MULTI/EXECs retried on conflict."""
+
+    client: redis.Redis
+    store: TierStore
+    engine: EmbeddingEngine
+    source: str
+    target: str | None
+    """Where the replacements are written: the next tier, the source itself (re-encode), or
+    None (retention: the sources are only deleted)."""
+    keep_state: bool
+    """Whether a record moved down keeps its raw state and features."""
+    label: str
+    tally: _Tally
+
+    def apply(self, keys: list[str], owners: dict[str, str]) -> None:
+        """Replace the records under `keys`: watched MULTI/EXECs, retried on conflict."""
+        pending = [k for k in keys if k not in self.tally.skipped]
+        done = stale = 0
+        for _ in range(MAX_CONFLICT_RETRIES + 1):
+            if not pending:
+                break
+            pending, attempt_done, attempt_stale = self._attempt(pending, owners)
+            done, stale = done + attempt_done, stale + attempt_stale
+        self.tally.batches += 1 if done or stale else 0
+        self.tally.stale += stale
+        self.tally.changed += done
+        if pending:
+            log.warning(
+                "%s: %d records kept changing during %d tries; left for the next pass (%s, ...)",
+                self.label, len(pending), MAX_CONFLICT_RETRIES + 1, pending[0],
+            )  # fmt: skip
+            self.tally.skipped.update(pending)
+
+    def _attempt(self, keys: list[str], owners: dict[str, str]) -> tuple[list[str], int, int]:
+        """One try: WATCH the keys, read and compress them once, commit chunk by chunk.
+
+        Returns:
+            The keys of the chunks whose EXEC aborted (a watched source changed), then the
+            records replaced and the stale index members dropped by the others.
+        """
+        chunks = [keys[i : i + WATCH_CHUNK] for i in range(0, len(keys), WATCH_CHUNK)]
+        with ExitStack() as stack:
+            pipes = [stack.enter_context(self.client.pipeline()) for _ in chunks]
+            for pipe, chunk in zip(pipes, chunks, strict=True):
+                pipe.watch(*chunk)  # before the read: a change after it aborts the EXEC
+            records, vectors, problems = self.store.read_batch(self.source, keys)
+            for key, problem in problems.items():
+                self._skip([key], problem)
+            present = {self.store.key(self.source, r.entry_id) for r in records}
+            replacements, reencoded = self._replacements(records, vectors)
+            leaving = {self.store.key(self.source, r.entry_id): r for r in replacements}
+            failed: list[str] = []
+            done = stale = 0
+            for pipe, chunk in zip(pipes, chunks, strict=True):
+                replacing = [leaving[k] for k in chunk if k in leaving]
+                gone = [k for k in chunk if k not in present and k not in self.tally.skipped]
+                try:
+                    written = self._commit(pipe, replacing, gone, owners)
+                except redis.WatchError:
+                    self.tally.conflicts += 1
+                    failed.extend(chunk)
+                else:
+                    done, stale = done + len(written), stale + len(gone)
+                    self.tally.reencoded += sum(1 for r in written if r.entry_id in reencoded)
+        return failed, done, stale
+
+    def _replacements(
+        self, records: list[MemoryRecord], vectors: Vector
+    ) -> tuple[list[MemoryRecord], set[str]]:
+        """What replaces the records read (for retention: they themselves, to delete), and the
+        entry ids among them encoded again from their raw state."""
+        if self.target is None:
+            return records, set()
+        if self.target == self.source:
+            return self._encoded_in_place(records, vectors)
+        return self._moved_down(records, vectors, self.target)
+
+    def _moved_down(
+        self, records: list[MemoryRecord], vectors: Vector, destination: str
+    ) -> tuple[list[MemoryRecord], set[str]]:
+        """The records as `destination` records: compressed, those of another model encoded
+        again from their raw state; those whose vector is not finite left in place."""
+        if not records:
+            return [], set()
+        compressed = self.engine.compress(vectors, self.source)  # (N, destination dim)
+        encoded = self._encode_again(records, compressed, destination)
+        records, compressed = encoded.records, encoded.vectors
+        if encoded.without_state:
+            log.warning(
+                "%s: %d memories of another model have no usable raw state: moved through model "
+                "%s's bottleneck, approximate (keep_state_after_stm=true keeps states to "
+                "re-encode after a retrain)",
+                self.label, encoded.without_state, self.engine.version,
+            )  # fmt: skip
+        finite = np.isfinite(compressed).all(axis=1)
+        if not finite.all():
+            bad = [r for r, ok in zip(records, finite, strict=True) if not ok]
+            self._skip([self.store.key(self.source, r.entry_id) for r in bad], "non-finite")
+            records = [r for r, ok in zip(records, finite, strict=True) if ok]
+            compressed = compressed[finite]
+        moved = [
+            r.with_vector(v, keep_state=self.keep_state)
+            for r, v in zip(records, compressed, strict=True)
+        ]
+        return moved, encoded.reencoded
+
+    def _encoded_in_place(
+        self, records: list[MemoryRecord], vectors: Vector
+    ) -> tuple[list[MemoryRecord], set[str]]:
+        """The records encoded again from their raw state, with their new vectors and version."""
+        encoded = self._encode_again(records, vectors, self.source)
+        again = [i for i, r in enumerate(encoded.records) if r.entry_id in encoded.reencoded]
+        rewritten = [encoded.records[i].with_vector(encoded.vectors[i]) for i in again]
+        return rewritten, encoded.reencoded
+
+    def _encode_again(
+        self, records: list[MemoryRecord], vectors: np.ndarray, tier: str
+    ) -> _Encoded:
+        """Records another model encoded: their rows of `vectors` (`tier`'s) replaced by their
+        raw state encoded by this engine, their version by its version (new lists and matrix);
+        their entry ids, and how many of them have no usable raw state (left as they were)."""
+        version = self.engine.version
+        other = [i for i, r in enumerate(records) if r.model_version != version]
+        if not other:
+            return _Encoded(records, vectors, set(), 0)
+        with_state = [i for i in other if records[i].state_json is not None]
+        good: list[int] = []
+        if with_state:
+            states = [parsed_state(records[i].state_json) for i in with_state]
+            features, good, _ = self.engine.schema.extract_valid(states)
+        records, vectors = list(records), vectors.copy()
+        if good:
+            encoded = self.engine.encode_features(features, (tier,))[tier]
+            for row, j in enumerate(good):
+                i = with_state[j]
+                vectors[i] = encoded[row]
+                records[i] = replace(records[i], model_version=version, features=features[row])
+        reencoded = {records[with_state[j]].entry_id for j in good}
+        self.tally.without_state.update(
+            records[i].entry_id for i in other if records[i].entry_id not in reencoded
         )
-        for s, vector in zip(sources, vectors, strict=True)
-    ]
+        return _Encoded(records, vectors, reencoded, len(other) - len(good))
+
+    def _commit(
+        self, pipe: Pipeline, records: list[MemoryRecord], gone: list[str], owners: dict[str, str]
+    ) -> list[MemoryRecord]:
+        """Write `records` to the target tier (unless retention) and delete their sources
+        (unless the target is the source tier), and drop the index members of vanished
+        sources, in one MULTI/EXEC; the records written or deleted. The sources of records
+        the store refuses are left in place."""
+        if not records and not gone:
+            return []  # leaving the `with` unwatches
+        pipe.multi()
+        if self.target is not None:
+            commands, refused = self.store.encode_records(self.target, records)
+            for command in commands:
+                pipe.execute_command(*command)
+            for entry_id, why in refused.items():
+                self._skip([self.store.key(self.source, entry_id)], f"refused: {why}")
+            records = [r for r in records if r.entry_id not in refused]
+        if self.target != self.source:
+            # queue_delete reads only entry_id and agent_id: the new records name the sources.
+            self.store.queue_delete(pipe, self.source, records)
+        # Index members whose hash is gone (evicted, deleted by hand): drop them, or they would
+        # be selected forever. WATCH guarantees the hash is still absent at EXEC.
+        if gone:
+            pipe.zrem(self.store.keys.time_index(self.source), *gone)
+            for key in gone:
+                if key in owners:
+                    pipe.zrem(self.store.keys.agent_time_index(self.source, owners[key]), key)
+        pipe.execute()
+        return records
+
+    def _skip(self, keys: Sequence[str], why: str) -> None:
+        for key in keys:
+            log.error("%s: %s left in place, %s", self.label, key, why)
+        self.tally.skipped.update(keys)
+
+
+def _pass(
+    client: redis.Redis,
+    store: TierStore,
+    engine: EmbeddingEngine,
+    settings: Settings,
+    route: tuple[str, str | None, str],
+    max_batches: int | None,
+    keep_going: KeepGoing | None,
+) -> tuple[_Selector, _Mover]:
+    """The selector and the mover of one pass, sharing one tally and budget; `route` is
+    (source tier, target tier or None, label for logs)."""
+    source, target, label = route
+    tally = _Tally()
+    budget = _Budget(tally, max_batches, keep_going)
+    select = _Selector(client, store.keys, source, settings.consolidate_batch, budget)
+    keep_state = settings.keep_state_after_stm
+    return select, _Mover(client, store, engine, source, target, keep_state, label, tally)
+
+
+def _run(mover: _Mover, batches: Iterator[_Batch], doing: str, done: str) -> None:
+    """Let `mover` replace each of `batches` (selected lazily, one after another's commit).
+
+    Raises:
+        StoreError: Redis failed, naming `doing` and how many records were `done` (all
+            committed).
+    """
+    try:
+        for keys, owners in batches:
+            mover.apply(keys, owners)
+    except redis.RedisError as e:
+        tally = mover.tally
+        raise StoreError(
+            f"{doing} failed after {tally.batches} batches ({tally.changed} {done}, all "
+            f"committed): {e}"
+        ) from e
 
 
 def _fill(excess: dict[str, int], room: int) -> Iterator[tuple[str, int]]:

@@ -54,7 +54,7 @@ def test_from_env_parses_types_and_off() -> None:
     assert settings.stm_max_age_s == 1.5
     assert settings.im_max_per_agent is None
     assert settings.tier("ltm").algorithm == "HNSW"
-    assert Keys(settings.prefix).stream == "sim7:states"
+    assert settings.keys.stream == "sim7:states"
     assert settings.keep_state_after_stm is True
     assert Settings.from_env({"MT_KEEP_STATE_AFTER_STM": "off"}).keep_state_after_stm is False
 

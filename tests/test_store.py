@@ -182,6 +182,33 @@ def test_read_round_trips_fields_and_vectors(store: TierStore) -> None:
         np.testing.assert_array_equal(got.vector, want.vector)
 
 
+def test_read_batch_reports_what_is_not_a_record_and_skips_what_is_gone(
+    redis_client: redis.Redis, store: TierStore
+) -> None:
+    records = make_records(128, ["a", "b"], 6)
+    store.write("im", records)
+    keys = [store.key("im", r.entry_id) for r in records]
+    redis_client.hdel(keys[0], "agent_type", "ts")
+    redis_client.hset(keys[2], "vec", b"short")
+    redis_client.hset(keys[4], "step", "many")
+
+    read, matrix, problems = store.read_batch("im", [*keys, store.key("im", "0-0")])
+
+    assert [r.entry_id for r in read] == [records[i].entry_id for i in (1, 3, 5)]
+    assert problems == {
+        keys[0]: "incomplete: no agent_type, ts",
+        keys[2]: "corrupt: vec has 5 bytes, 512 expected",
+        keys[4]: "corrupt: invalid literal for int() with base 10: b'many'",
+    }
+    assert matrix.shape == (3, 128) and matrix.dtype == np.float32
+    for row, got, want in zip(matrix, read, [records[i] for i in (1, 3, 5)], strict=True):
+        np.testing.assert_array_equal(row, want.vector)
+        np.testing.assert_array_equal(got.vector, want.vector)
+        assert (got.state_json, got.attributes) == (want.state_json, {})
+    with pytest.raises(StoreError, match=f"record {keys[0]} is incomplete: no agent_type, ts"):
+        store.read("im", keys)
+
+
 def test_stm_keeps_the_state_json(store: TierStore) -> None:
     (record,) = make_records(384, ["a"], 1)
     store.write("stm", [record])
@@ -193,13 +220,15 @@ def test_stm_keeps_the_state_json(store: TierStore) -> None:
     np.testing.assert_array_equal(hit.vector, record.vector)
 
 
-def test_delete_removes_the_hash_and_both_time_index_members(
+def test_queue_delete_removes_the_hash_and_both_time_index_members(
     redis_client: redis.Redis, store: TierStore
 ) -> None:
     records = make_records(32, ["a", "b"], 10)
     store.write("ltm", records)
     gone, kept = records[:4], records[4:]
-    store.delete("ltm", gone)
+    with redis_client.pipeline(transaction=True) as pipe:
+        store.queue_delete(pipe, "ltm", gone)
+        pipe.execute()
     kept_keys = sorted(store.key("ltm", r.entry_id) for r in kept)
     assert record_keys(redis_client, "ltm") == kept_keys
     assert sorted(redis_client.zrange("mt:ts:ltm", 0, -1)) == kept_keys
@@ -215,13 +244,16 @@ def test_delete_removes_the_hash_and_both_time_index_members(
     assert {h.entry_id for h in hits} == {r.entry_id for r in kept}
 
 
-def test_add_records_joins_the_callers_transaction(
+def test_encoded_records_join_the_callers_transaction(
     redis_client: redis.Redis, store: TierStore
 ) -> None:
     records = make_records(32, ["a"], 3)
     pipe = redis_client.pipeline(transaction=True)
     pipe.xadd(Keys().stream, {"agent_id": "a", "state": "{}"})
-    store.add_records(pipe, "ltm", records)
+    commands, refused = store.encode_records("ltm", records)
+    assert refused == {}
+    for command in commands:
+        pipe.execute_command(*command)
     store.queue_delete(pipe, "ltm", records[:1])
     pipe.execute()
     assert redis_client.xlen(Keys().stream) == 1
@@ -229,13 +261,28 @@ def test_add_records_joins_the_callers_transaction(
     assert store.oldest_keys("ltm", 10) == [store.key("ltm", r.entry_id) for r in records[1:]]
 
 
-def test_a_bad_record_queues_nothing(redis_client: redis.Redis, store: TierStore) -> None:
+def test_a_bad_record_is_refused_as_data_and_the_others_encoded(store: TierStore) -> None:
     good, bad = make_records(32, ["a", "b"], 2)
     bad = MemoryRecord(**{**vars(bad), "vector": np.zeros(31, np.float32)})
-    pipe = redis_client.pipeline(transaction=True)
+    commands, refused = store.encode_records("ltm", [good, bad])
+    assert list(refused) == [bad.entry_id]
+    assert refused[bad.entry_id].startswith("record '1732600000001-0' vector has shape (31,)")
+    assert [command[:2] for command in commands] == [
+        ("HSET", store.key("ltm", good.entry_id)),
+        ("ZADD", "mt:ts:ltm"),
+        ("ZADD", "mt:ts:ltm:agent:a"),
+        ("SADD", "mt:agents:ltm"),
+    ]
+
+
+def test_write_refuses_a_bad_record_and_writes_nothing(
+    redis_client: redis.Redis, store: TierStore
+) -> None:
+    good, bad = make_records(32, ["a", "b"], 2)
+    bad = MemoryRecord(**{**vars(bad), "vector": np.zeros(31, np.float32)})
     with pytest.raises(ValueError, match=r"record '1732600000001-0' vector has shape \(31,\)"):
-        store.add_records(pipe, "ltm", [good, bad])
-    assert len(pipe) == 0
+        store.write("ltm", [good, bad])
+    assert record_keys(redis_client, "ltm") == []
 
 
 @pytest.mark.parametrize(
