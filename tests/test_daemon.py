@@ -208,7 +208,10 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     orphaned = pending(redis_client, "victim")
     assert orphaned > 0, log_path.read_text()
     assert 1000 <= stm_count(redis_client) < STREAMED
-    settings = make_settings(redis_server.url, model_path, claim_idle_ms=200)
+    # Long enough that the heir's own read-ahead batch, waiting its turn on a loaded box,
+    # never goes idle that long (it would claim its own entries and count them); short
+    # enough that the orphans are claimed well within the wait below.
+    settings = make_settings(redis_server.url, model_path, claim_idle_ms=3000)
     with running(daemon(settings, engine, "heir")) as heir:
         wait_for(lambda: stm_count(redis_client) == STREAMED, 60, "all 20,000 records")
         wait_for(lambda: pending(redis_client) == 0, 5, "an empty pending list")
