@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, Protocol, TypeVar, get_args
 
 import anyio
 import orjson
@@ -339,6 +339,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+class _Run(Protocol):
+    """Runs a route's blocking gateway call off the event loop (`_in_worker_thread`)."""
+
+    def __call__(self, work: Callable[[], _T]) -> Awaitable[_T]: ...
+
+
 def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = True) -> FastAPI:
     """The HTTP API over `gateway`.
 
@@ -364,24 +370,46 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
     app.state.keys = keys
     app.state.require_keys = require_keys
 
+    run = _in_worker_thread(settings.api_timeout_s)
+    # In this order: it is the OpenAPI document's (docs/openapi.json).
+    _add_memory_routes(app, gateway, run)
+    _add_recall_routes(app, gateway, run)
+    _add_stats_routes(app, gateway, run)
+    _add_service_routes(app, gateway, run, metrics)
+    _add_error_handlers(app)
+    app.add_middleware(_BodyLimit, max_bytes=settings.api_max_body_bytes, metrics=metrics)
+    return app
+
+
+_V1 = f"/{API_VERSION}"
+
+
+def _in_worker_thread(timeout_s: float) -> _Run:
+    """Runs work in a worker thread, so the event loop keeps answering while the gateway
+    waits on Redis; 504 once `timeout_s` passed (the thread finishes)."""
+
     async def run(work: Callable[[], _T]) -> _T:
-        """`work` in a worker thread; 504 once api_timeout_s passed (the thread finishes)."""
         try:
-            with anyio.fail_after(settings.api_timeout_s):
+            with anyio.fail_after(timeout_s):
                 return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except TimeoutError as e:
-            raise ApiError(504, f"no answer within {settings.api_timeout_s:g} s") from e
+            raise ApiError(504, f"no answer within {timeout_s:g} s") from e
 
-    v1 = f"/{API_VERSION}"
+    return run
 
-    @app.post(f"{v1}/memories", response_model=Remembered, status_code=201, tags=["memories"])
+
+def _add_memory_routes(app: FastAPI, gateway: MemoryGateway, run: _Run) -> None:
+    """The routes tagged "memories": remember one or many states, and what became of one."""
+    settings = gateway.settings
+
+    @app.post(f"{_V1}/memories", response_model=Remembered, status_code=201, tags=["memories"])
     async def remember(memory: Memory, key: Caller) -> Any:
         """Remember one state: XADD to the stream the daemons read; returns its entry id."""
         item = memory.model_dump(exclude_none=True)
         return {"entry_id": await run(lambda: gateway.remember(key, item))}
 
     @app.post(
-        f"{v1}/memories/batch", response_model=RememberedBatch, status_code=201,
+        f"{_V1}/memories/batch", response_model=RememberedBatch, status_code=201,
         tags=["memories"],
     )  # fmt: skip
     async def remember_batch(batch: MemoryBatch, key: Caller) -> Any:
@@ -395,7 +423,7 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
         return {"entry_ids": await run(lambda: gateway.remember_many(key, items))}
 
     @app.get(
-        f"{v1}/entries/{{entry_id}}", response_model=EntryOut, response_model_exclude_none=True,
+        f"{_V1}/entries/{{entry_id}}", response_model=EntryOut, response_model_exclude_none=True,
         tags=["memories"],
     )  # fmt: skip
     async def entry(
@@ -405,7 +433,11 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
         pending (not yet stored) or unknown."""
         return await run(lambda: gateway.status(key, entry_id))
 
-    @app.post(f"{v1}/recall", response_model=RecallOut, tags=["recall"])
+
+def _add_recall_routes(app: FastAPI, gateway: MemoryGateway, run: _Run) -> None:
+    """The routes tagged "recall": nearest memories, and readable states."""
+
+    @app.post(f"{_V1}/recall", response_model=RecallOut, tags=["recall"])
     async def recall(query: RecallQuery, key: Caller) -> Response:
         """An agent's memories nearest to a state or vector: each tier's k hits, re-sorted by
         feature distance, and the k nearest of all tiers merged (MemoryClient.recall)."""
@@ -419,7 +451,7 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
         )  # fmt: skip
         return _json(found)
 
-    @app.post(f"{v1}/reconstruct", response_model=ReconstructOut, tags=["recall"])
+    @app.post(f"{_V1}/reconstruct", response_model=ReconstructOut, tags=["recall"])
     async def reconstruct(query: ReconstructQuery, key: Caller) -> Any:
         """A readable approximate state of a stored memory (any tier) or of a tier vector."""
         if query.vector is not None:
@@ -431,15 +463,25 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
         assert agent is not None and entry_id is not None
         return await run(lambda: gateway.reconstruct(key, agent, entry_id))
 
-    @app.get(f"{v1}/agents", response_model=list[AgentOut], tags=["stats"])
+
+def _add_stats_routes(app: FastAPI, gateway: MemoryGateway, run: _Run) -> None:
+    """The routes tagged "stats": who has memories, and how many per tier."""
+
+    @app.get(f"{_V1}/agents", response_model=list[AgentOut], tags=["stats"])
     async def agents(key: Caller, top: Annotated[int, Query(ge=0, le=MAX_TOP_AGENTS)] = 100) -> Any:
         """The agents with the most memories (a limited key: its own), most first."""
         return await run(lambda: gateway.agents(key, top))
 
-    @app.get(f"{v1}/agents/{{agent_id:path}}", response_model=AgentOut, tags=["stats"])
+    @app.get(f"{_V1}/agents/{{agent_id:path}}", response_model=AgentOut, tags=["stats"])
     async def agent(agent_id: str, key: Caller) -> Any:
         """One agent's memories per tier."""
         return await run(lambda: gateway.agent_stats(key, agent_id))
+
+
+def _add_service_routes(
+    app: FastAPI, gateway: MemoryGateway, run: _Run, metrics: _ApiMetrics
+) -> None:
+    """The routes tagged "service", outside /v1 and without keys: health and metrics."""
 
     @app.get("/healthz", response_model=HealthOut, tags=["service"])
     async def healthz() -> JSONResponse:
@@ -458,10 +500,6 @@ def create_app(gateway: MemoryGateway, keys: ApiKeys, *, require_keys: bool = Tr
     async def prometheus() -> Response:
         """This API's requests and latencies, Prometheus text (the daemons serve the rest)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    _add_error_handlers(app)
-    app.add_middleware(_BodyLimit, max_bytes=settings.api_max_body_bytes, metrics=metrics)
-    return app
 
 
 def _json(value: Any) -> Response:
@@ -488,24 +526,30 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MemoryTiersError)
     async def refused(_: Request, exc: MemoryTiersError) -> JSONResponse:
-        if isinstance(exc, ApiError):
-            return _error(exc.status, str(exc), exc.field)
-        if isinstance(exc, AccessDenied):
-            return _error(403, str(exc), "agent_id")
-        if isinstance(exc, NotFound):
-            return _error(404, str(exc))
-        if isinstance(exc, FeatureError):
-            return _error(422, f"state: {exc}", "state")
-        if isinstance(exc, EntryError):
-            return _error(422, str(exc), _blamed_field(str(exc)))
-        if isinstance(exc, (StoreError, ModelError)):
-            log.warning("API request failed: %s", exc)
-            return _error(503, str(exc))
-        return _error(500, str(exc))
+        return _refusal(exc)
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
         return _error(422, str(exc), _blamed_field(str(exc)))
+
+
+def _refusal(exc: MemoryTiersError) -> JSONResponse:
+    """The answer to one of the package's errors: its status by what went wrong, and the
+    request field at fault where one is known."""
+    if isinstance(exc, ApiError):
+        return _error(exc.status, str(exc), exc.field)
+    if isinstance(exc, AccessDenied):
+        return _error(403, str(exc), "agent_id")
+    if isinstance(exc, NotFound):
+        return _error(404, str(exc))
+    if isinstance(exc, FeatureError):
+        return _error(422, f"state: {exc}", "state")
+    if isinstance(exc, EntryError):
+        return _error(422, str(exc), _blamed_field(str(exc)))
+    if isinstance(exc, (StoreError, ModelError)):
+        log.warning("API request failed: %s", exc)
+        return _error(503, str(exc))
+    return _error(500, str(exc))
 
 
 def _blamed_field(message: str) -> str | None:

@@ -709,12 +709,26 @@ class _Columns:
     def _unknown(self, out: FloatArray, ignored: Counter[str] | None) -> None:
         """Keys the schema does not name, in each state's order (values sharing a hashed slot
         are summed in that order, as the per-state path sums them)."""
+        found = self._unknown_values()
+        x, odd = _floats(found.numbers)
+        self._decline([found.rows[j] for j in odd])
+        if self.hashed_slots:
+            with np.errstate(invalid="ignore"):  # inf/inf in declined rows, redone per state
+                _write_hashed(out, found.slots, x / (1.0 + np.abs(x)), self.layout)
+        if ignored is not None:
+            declined = self.declined.tolist()
+            ignored.update(key for i, key in found.unused if not declined[i])
+
+    def _unknown_values(self) -> _UnknownValues:
+        """The unknown keys' values sorted in one pass over the states that have some: the
+        numbers for the hashed slots, the keys no slot takes. Declines the states holding keys
+        or values only the per-state path can judge."""
         known, k = self.layout.known, self.hashed_slots
         slot_of: dict[str, int] = {}
-        rows: list[int] = []  # per number: its state
+        rows: list[int] = []
         slots: list[int] = []
         numbers: list[Any] = []
-        unused: list[tuple[int, str]] = []  # (state, key) of values no slot takes
+        unused: list[tuple[int, str]] = []
         for i in self._with_unknown_keys():
             for key, value in self.rows[i].items():
                 if key in known:
@@ -736,14 +750,7 @@ class _Columns:
                         unused.append((i, key))
                 else:  # numpy scalars and other types: the per-state path judges them
                     self.declined[i] = True
-        x, odd = _floats(numbers)
-        self._decline([rows[j] for j in odd])
-        if k:
-            with np.errstate(invalid="ignore"):  # inf/inf in declined rows, redone per state
-                _write_hashed(out, slots, x / (1.0 + np.abs(x)), self.layout)
-        if ignored is not None:
-            declined = self.declined.tolist()
-            ignored.update(key for i, key in unused if not declined[i])
+        return _UnknownValues(rows, slots, numbers, unused)
 
     def _with_unknown_keys(self) -> Sequence[int]:
         """The states with keys the schema does not name, leaving out only `NOT_FEATURES`
@@ -756,6 +763,20 @@ class _Columns:
 
 _PLAIN_UNUSED = frozenset({str, bool, list, dict, type(None)})
 """Types of unknown keys' values that no slot takes and the batch path counts itself."""
+
+
+@dataclass(frozen=True)
+class _UnknownValues:
+    """A batch's values of keys the schema does not name (`_Columns._unknown_values`)."""
+
+    rows: list[int]
+    """Per number: its state."""
+    slots: list[int]
+    """Per number: its hashed slot in the flattened (n, hashed slots) block."""
+    numbers: list[Any]
+    """The values a hashed slot takes, in each state's key order."""
+    unused: list[tuple[int, str]]
+    """(state, key) of the values no slot takes: the ignored keys, where the state is kept."""
 
 
 def _floats(values: list[Any]) -> tuple[npt.NDArray[np.float64], list[int]]:

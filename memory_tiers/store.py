@@ -959,12 +959,7 @@ def _hset_command(
     if not isinstance(entry_id, str) or not entry_id:
         raise ValueError(f"record {entry_id!r}: entry_id must be a non-empty string")
     tags = (record.agent_id, record.agent_type, record.model_version)
-    for name, tag in zip(TAG_FIELDS, tags, strict=True):
-        if not (isinstance(tag, str) and tag in good_tags):
-            problem = tag_problem(tag)
-            if problem:
-                raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
-            good_tags.add(tag)
+    _check_tags(entry_id, tags, good_tags)
     importance, step, ts = record.importance, int(record.step), int(record.ts)
     if not math.isfinite(importance):
         raise ValueError(f"record {entry_id!r}: importance {importance!r} must be finite")
@@ -988,6 +983,21 @@ def _hset_command(
     for name, value in record.attributes.items():
         command += (name, value)
     return command
+
+
+def _check_tags(entry_id: str, tags: tuple[str, str, str], good_tags: set[str]) -> None:
+    """Checks a record's TAG values (in TAG_FIELDS order) that this batch has not seen yet,
+    adding the good ones to `good_tags`: a batch's records mostly share their tags.
+
+    Raises:
+        ValueError: the first tag that Redis could not index as written, naming the record.
+    """
+    for name, tag in zip(TAG_FIELDS, tags, strict=True):
+        if not (isinstance(tag, str) and tag in good_tags):
+            problem = tag_problem(tag)
+            if problem:
+                raise ValueError(f"record {entry_id!r}: {name} {tag!r} {problem}")
+            good_tags.add(tag)
 
 
 def _features_bytes(record: MemoryRecord) -> bytes:
