@@ -74,7 +74,7 @@ def entry_schema(state: dict[str, Any] | None = None) -> dict[str, Any]:
             "state": _state_text(state is not None),
             "step": {
                 "type": "string",
-                "pattern": integer_pattern(low, high),
+                "pattern": _or_empty(integer_pattern(low, high)),
                 "description": (
                     f"the agent's step counter, a decimal integer in [{low}, {high}] (exact as "
                     f"a double); absent or empty: {UNKNOWN_STEP}"
@@ -82,7 +82,7 @@ def entry_schema(state: dict[str, Any] | None = None) -> dict[str, Any]:
             },
             "ts": {
                 "type": "string",
-                "pattern": integer_pattern(ts_low, ts_high),
+                "pattern": _or_empty(integer_pattern(ts_low, ts_high)),
                 "description": (
                     f"milliseconds since the epoch, a decimal integer in [{ts_low}, {ts_high}] "
                     "(1970-01-01 to 9999-12-31T23:59:59.999Z); absent or empty: the entry id's "
@@ -99,8 +99,8 @@ def entry_schema(state: dict[str, Any] | None = None) -> dict[str, Any]:
             },
             "importance": {
                 "type": "string",
-                "pattern": FINITE_NUMBER,
-                "description": "a finite decimal number, stored for filters; absent: 0",
+                "pattern": _or_empty(FINITE_NUMBER),
+                "description": "a finite decimal number, stored for filters; absent or empty: 0",
             },
         },
         "additionalProperties": {"type": "string"},
@@ -141,6 +141,11 @@ def state_schema(schema: FeatureSchema, version: str | None = None) -> dict[str,
             }
         },
     }
+
+
+def _or_empty(pattern: str) -> str:
+    """`pattern` (anchored) or the empty string, which the daemon reads as an absent field."""
+    return f"^$|{pattern}"
 
 
 def integer_pattern(low: int, high: int) -> str:

@@ -128,7 +128,9 @@ def test_integer_patterns_match_exactly_the_protocol_bounds(name: str) -> None:
     outside = [low - 1, high + 1, high * 10, 10 ** len(str(high)), -(10**20)]
     assert all(pattern.search(str(v)) for v in inside)
     assert not any(pattern.search(str(v)) for v in outside)
-    assert not any(pattern.search(text) for text in ("", "-", "+1", "01", " 1", "1 ", "1e3"))
+    assert not any(pattern.search(text) for text in ("-", "+1", "01", " 1", "1 ", "1e3"))
+    assert pattern.search("")  # an empty field is read as an absent one
+    assert not re.search(integer_pattern(low, high), "")
 
 
 @settings(max_examples=300, deadline=None)
