@@ -171,11 +171,11 @@ class SmallBatchModel:
         into_im = _chained(_affine(model.im_to_stm), into_stm)
         into_decoder = {"stm": into_stm, "im": into_im}
         into_decoder["ltm"] = _chained(_affine(model.ltm_to_im), into_im)
-        self._into_decoder = {tier: _float32(layer) for tier, layer in into_decoder.items()}
-        self._decoder = [_float32(_affine(model.decoder[i])) for i in (2, 4)]
-        self._encoder = [_float32(_affine(model.encoder[i])) for i in (0, 2)]
+        self._into_decoder = {tier: _tensors(layer) for tier, layer in into_decoder.items()}
+        self._decoder = [_tensors(_affine(model.decoder[i])) for i in (2, 4)]
+        self._encoder = [_tensors(_affine(model.encoder[i])) for i in (0, 2)]
         self._bottlenecks = {
-            tier: _float32(_affine(layer))
+            tier: _tensors(_affine(layer))
             for tier, layer in (
                 ("stm", model.stm_bottleneck),
                 ("im", model.im_bottleneck),
@@ -225,7 +225,8 @@ def _chained(first: _Affine, then: _Affine) -> _Affine:
     return w1 @ w2, b1 @ w2 + b2
 
 
-def _float32(layer: _Affine) -> tuple[Tensor, Tensor]:
+def _tensors(layer: _Affine) -> tuple[Tensor, Tensor]:
+    """A folded map as float32 tensors, for addmm."""
     weight, bias = layer
     return _tensor(weight), _tensor(bias)
 
