@@ -51,7 +51,6 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
-from redis.client import Pipeline
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
@@ -62,7 +61,17 @@ from .engine import EmbeddingEngine
 from .errors import EntryError, PartialCommitError, StoreError
 from .ignored import IgnoredFields
 from .protocol import StreamEntry, action_to_state, decode_entry, tag_problem
-from .resp import first_error, pack, pool_connection, queued_commands, read_replies, send, text
+from .resp import (
+    Command,
+    execute_transaction,
+    first_error,
+    multi_exec,
+    pack,
+    pool_connection,
+    read_replies,
+    send,
+    text,
+)
 from .settings import Settings
 from .store import MemoryRecord, TierStore
 from .stream import DELETED_BY_CLAIM, Fields, GroupReader, Message, ensure_group, stream_id
@@ -154,7 +163,7 @@ class Transaction:
 
     payload: bytes | None
     """MULTI, the queued commands and EXEC, in RESP; None: packed when sent (resp.pack)."""
-    commands: list[tuple[Any, ...]]
+    commands: list[Command]
     """The queued commands, in order (for error messages)."""
     stored: int
     """Records it writes: those the store accepted."""
@@ -346,20 +355,16 @@ class Ingestor:
     def _transaction(self, batch: Batch) -> Transaction:
         """The batch's MULTI/EXEC: its records (or dead letters for those the store refuses),
         its dead letters and the XACK of all its ids, packed. No Redis."""
-        pipe = self.client.pipeline(transaction=True)  # collects the commands; never executed
-        stored, dead = self._queue_records(pipe, batch)
+        commands, stored, dead = self._record_commands(batch)
         for letter in dead:
-            pipe.xadd(
-                self.keys.dead_letters,
-                letter.stream_fields(self.consumer),
-                maxlen=self.dead_letter_maxlen,
-                approximate=True,
-            )
+            fields = letter.stream_fields(self.consumer)
+            commands.append(
+                ("XADD", self.keys.dead_letters, "MAXLEN", "~", self.dead_letter_maxlen, "*",
+                 *(part for pair in fields.items() for part in pair))
+            )  # fmt: skip
         if batch.ids:
-            pipe.xack(self.keys.stream, self.keys.group, *batch.ids)
-        commands = queued_commands(pipe)
-        payload = pack(_multi_exec(commands))
-        return Transaction(payload, commands, len(stored), dead)
+            commands.append(("XACK", self.keys.stream, self.keys.group, *batch.ids))
+        return Transaction(pack(multi_exec(commands)), commands, len(stored), dead)
 
     def _execute_owned(
         self, batch: Batch, transaction: Transaction
@@ -379,7 +384,7 @@ class Ingestor:
                 owned = self._owned(connection, batch.ids)
                 if len(owned) < len(batch.ids):
                     transaction = self._transaction(_owned_part(batch, owned))
-                replies = self._exec(connection, transaction)
+                replies = execute_transaction(connection, transaction.commands, transaction.payload)
                 if replies is not None:
                     return transaction, replies
             raise redis.WatchError(f"claims aborted the commit {MAX_COMMIT_TRIES} times")
@@ -388,7 +393,7 @@ class Ingestor:
         """WATCH claims; of `ids`, those pending for this consumer (XPENDING over their range,
         a page of len(ids) + 1: one page unless older own entries in the range are pending)."""
         start, high = min(ids, key=stream_id), max(ids, key=stream_id)
-        commands: list[tuple[Any, ...]] = [("WATCH", self.keys.claims)]
+        commands: list[Command] = [("WATCH", self.keys.claims)]
         pending: set[str] = set()
         while True:
             commands.append(("XPENDING", self.keys.stream, self.keys.group, start, high,
@@ -401,21 +406,6 @@ class Ingestor:
             if len(rows) <= len(ids):  # the last page: fewer than asked for
                 return pending & set(ids)
             start, commands = "(" + text(rows[-1][0]), []
-
-    @staticmethod
-    def _exec(connection: Any, transaction: Transaction) -> list[Any] | None:
-        """Send a packed MULTI/EXEC and read its replies: EXEC's, one per queued command (an
-        error among them is returned as an exception, not raised: the others were applied);
-        None if a WATCHed key changed (nothing was applied)."""
-        sent = _multi_exec(transaction.commands)
-        send(connection, sent, transaction.payload)
-        *queued, replies = read_replies(connection, len(sent))  # MULTI's OK, QUEUED each, EXEC
-        first_error([*queued, replies])
-        if replies is None:
-            return None
-        if not isinstance(replies, list) or len(replies) != len(transaction.commands):
-            raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
-        return replies
 
     def _featurize(
         self, states: Sequence[Mapping[str, Any]], ignored: Counter[str]
@@ -470,21 +460,20 @@ class Ingestor:
             attributes={KIND: entry.kind, **attribute_values(self.attributes, decoded.state)},
         )
 
-    def _queue_records(
-        self, pipe: Pipeline, batch: Batch
-    ) -> tuple[list[MemoryRecord], list[DeadLetter]]:
-        """Queue the records; one the store refuses becomes a dead letter instead."""
+    def _record_commands(
+        self, batch: Batch
+    ) -> tuple[list[Command], list[MemoryRecord], list[DeadLetter]]:
+        """The commands that write the records, the records they write, and the batch's dead
+        letters plus one for each record the store refuses."""
         commands, refused = self.store.encode_records(STM, batch.records)
-        for command in commands:
-            pipe.execute_command(*command)
         if not refused:
-            return batch.records, batch.dead_letters
+            return commands, batch.records, batch.dead_letters
         stored = [record for record in batch.records if record.entry_id not in refused]
         dead = list(batch.dead_letters)
         for entry_id, why in refused.items():
             fields = batch.sources.get(entry_id, {})
             dead.append(DeadLetter(entry_id, f"record refused by the store: {why}", fields))
-        return stored, dead
+        return commands, stored, dead
 
     def _log(self, batch: Batch, outcome: Outcome, dead: Sequence[DeadLetter]) -> None:
         for letter in dead:
@@ -508,7 +497,7 @@ class Ingestor:
         )  # fmt: skip
 
 
-def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> int:
+def _check_replies(what: str, commands: Sequence[Command], replies: list[Any]) -> int:
     """The entries an executed MULTI/EXEC acked; PartialCommitError if any command failed.
 
     Redis applies every other command of the transaction, the XACK (last) included when it did
@@ -532,11 +521,6 @@ def _check_replies(what: str, commands: Sequence[tuple[Any, ...]], replies: list
         f"(first: {failed[0]}); {fate}",
         int(acked),
     )
-
-
-def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """`commands` as one transaction: MULTI, the commands, EXEC."""
-    return [("MULTI",), *commands, ("EXEC",)]
 
 
 def _owned_part(batch: Batch, owned: set[str]) -> Batch:

@@ -1,16 +1,16 @@
 """Commands and replies on the wire: a fast path past redis-py's pipeline, and reply helpers.
 
-The ingest commit and the recall's searches send many commands in one round trip. redis-py's
-pipeline spends more Python on each command than Redis spends running it (argument checks,
-a reply callback per command), and a commit on the daemon's second thread competes for the
-GIL with the next batch's prepare. The fast path packs the commands with hiredis ahead of time,
-sends the bytes on one pool connection and reads the raw replies.
+The ingest commit, the consolidation's moves and the recall's searches send many commands in
+one round trip. redis-py's pipeline spends more Python on each command than Redis spends running
+it (argument checks, a reply callback per command), and a commit on the daemon's second thread
+competes for the GIL with the next batch's prepare. The fast path packs the commands with
+hiredis ahead of time, sends the bytes on one pool connection and reads the raw replies.
 
 It leans on redis-py internals: its `HiredisRespSerializer` (for what hiredis refuses) and a
-pipeline's `command_stack`. `FAST_PATH_PROBLEM` says at import why the fast path is off, if it
-is; then commands are packed by the connection (redis-py's own packer) when they are sent, and
-`round_trip` runs a plain redis-py pipeline. tests/test_resp.py checks that both paths give the
-same replies, so a redis-py upgrade that changes them fails there, loudly.
+pool connection's send and read methods. `FAST_PATH_PROBLEM` says at import why the fast path
+is off, if it is; then commands are packed by the connection (redis-py's own packer) when they
+are sent, and `round_trip` runs a plain redis-py pipeline. tests/test_resp.py checks that both
+paths give the same replies, so a redis-py upgrade that changes them fails there, loudly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import redis
-from redis.client import Pipeline
 from redis.connection import Connection, ConnectionPool
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -104,11 +103,6 @@ def pack(commands: Sequence[Command]) -> bytes | None:
     return b"".join([_PACKER.pack(args) for args in commands])
 
 
-def queued_commands(pipe: Pipeline) -> list[Command]:
-    """The commands queued on a pipeline that is never executed, in order."""
-    return [args for args, _ in pipe.command_stack]
-
-
 @contextmanager
 def pool_connection(client: redis.Redis) -> Iterator[Connection]:
     """One connection of the client's pool, for round trips of its own; back to the pool after.
@@ -127,8 +121,10 @@ def pool_connection(client: redis.Redis) -> Iterator[Connection]:
         pool.release(connection)
 
 
-def send(connection: Connection, commands: Sequence[Command], packed: bytes | None) -> None:
-    """Send `commands` in one write: as `packed` by `pack`, or packed by the connection."""
+def send(connection: Connection, commands: Sequence[Command], packed: bytes | None = None) -> None:
+    """Send `commands` in one write: as `packed` by `pack` ahead of time, else packed now."""
+    if packed is None:
+        packed = pack(commands)
     connection.send_packed_command(
         [packed] if packed is not None else connection.pack_commands(commands)
     )
@@ -151,6 +147,50 @@ def first_error(replies: Sequence[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
+
+
+def multi_exec(commands: Sequence[Command]) -> list[Command]:
+    """`commands` as one transaction: MULTI, the commands, EXEC."""
+    return [("MULTI",), *commands, ("EXEC",)]
+
+
+def execute_transaction(
+    connection: Connection, commands: Sequence[Command], packed: bytes | None = None
+) -> list[Any] | None:
+    """Run `commands` as one MULTI/EXEC on `connection` (`packed`: `pack(multi_exec(commands))`
+    made ahead of time); EXEC's raw replies, one per command. A command that failed inside
+    EXEC has its redis.ResponseError in its slot, not raised: Redis applied the others.
+
+    Returns:
+        None if a key the connection WATCHes changed: nothing was applied.
+
+    Raises:
+        redis.ResponseError: Redis refused the transaction (EXECABORT: nothing was applied),
+            or EXEC did not answer one reply per command.
+        redis.RedisError: the connection failed (nothing can be said of what ran).
+    """
+    sent = multi_exec(commands)
+    send(connection, sent, packed)
+    *queued, replies = read_replies(connection, len(sent))  # MULTI's OK, QUEUED each, EXEC
+    first_error([*queued, replies])
+    if replies is None:
+        return None
+    if not isinstance(replies, list) or len(replies) != len(commands):
+        raise redis.ResponseError(f"EXEC answered {str(replies)[:80]!r}")
+    return replies
+
+
+@contextmanager
+def watching(client: redis.Redis, keys: Sequence[str]) -> Iterator[Connection]:
+    """A pool connection that WATCHes `keys`, for an `execute_transaction` guarded by them;
+    UNWATCHed before it goes back to the pool (after an EXEC that is a no-op), disconnected
+    on any exception (`pool_connection`)."""
+    with pool_connection(client) as connection:
+        send(connection, [("WATCH", *keys)])
+        first_error(read_replies(connection, 1))
+        yield connection
+        send(connection, [("UNWATCH",)])
+        first_error(read_replies(connection, 1))
 
 
 def round_trip(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:

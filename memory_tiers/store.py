@@ -36,7 +36,6 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 import redis
-from redis.client import Pipeline
 from redis.exceptions import NoPermissionError
 from redisvl.exceptions import RedisVLError
 from redisvl.index import SearchIndex
@@ -49,7 +48,7 @@ from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
 from .protocol import integer_problem, tag_problem
-from .resp import Conversation, text
+from .resp import Command, Conversation, text
 from .settings import Settings, TierSettings, env_var
 
 log = logging.getLogger(__name__)
@@ -104,8 +103,6 @@ _VECTOR, _STATE, _FEATURES = (
 )
 
 Vector = npt.NDArray[np.float32]
-Command = tuple[Any, ...]
-"""One Redis command and its arguments, ready for `Pipeline.execute_command`."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -414,19 +411,24 @@ class TierStore:
         # The count rule of consolidation finds agents here; it prunes the emptied ones.
         return [*hsets, *indexes, ("SADD", self.keys.agents(name), *by_agent)], refused
 
-    def queue_delete(self, pipe: Pipeline, tier: str, records: Sequence[MemoryRecord]) -> None:
-        """Queue removing `records`' hashes and their members of both time indexes."""
+    def delete_commands(self, tier: str, records: Sequence[MemoryRecord]) -> list[Command]:
+        """The commands that remove `records`' hashes and their members of both time indexes
+        (only their entry_id and agent_id are read)."""
         settings = self._tier(tier)
         by_agent: defaultdict[str, list[str]] = defaultdict(list)
         for record in records:
             by_agent[record.agent_id].append(self.keys.record(settings.name, record.entry_id))
         if not by_agent:
-            return
+            return []
         keys = [key for agent_keys in by_agent.values() for key in agent_keys]
-        pipe.delete(*keys)
-        pipe.zrem(self.keys.time_index(settings.name), *keys)
-        for agent_id, agent_keys in by_agent.items():
-            pipe.zrem(self.keys.agent_time_index(settings.name, agent_id), *agent_keys)
+        return [
+            ("DEL", *keys),
+            ("ZREM", self.keys.time_index(settings.name), *keys),
+            *(
+                ("ZREM", self.keys.agent_time_index(settings.name, agent_id), *agent_keys)
+                for agent_id, agent_keys in by_agent.items()
+            ),
+        ]
 
     def write(self, tier: str, records: Sequence[MemoryRecord]) -> None:
         """Write `records` and their time index entries in one MULTI/EXEC.
@@ -474,9 +476,9 @@ class TierStore:
     ) -> tuple[list[MemoryRecord], Vector, dict[str, str]]:
         """The records under `keys` of `tier`, and what is wrong with those that are not.
 
-        One pipelined HMGET per key and one np.frombuffer over the joined vector bytes instead
-        of a dict and an array per record (27 ms instead of 32 ms per 1,000 STM records here):
-        consolidation reads its batches here.
+        One HMGET per key in one round trip (resp.py) and one np.frombuffer over the joined
+        vector bytes instead of a dict and an array per record: consolidation reads its
+        batches here.
 
         Returns:
             The records that exist, in the order of `keys`, attributes included; the (N, dim)
@@ -489,12 +491,12 @@ class TierStore:
         """
         settings = self._tier(tier)
         names = [attribute.name for attribute in self.record_attributes]
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            # NEVER_DECODE: the vector is binary even when the client decodes replies.
-            pipe.execute_command("HMGET", key, *RECORD_FIELDS, *names, NEVER_DECODE=True)
         try:
-            rows = pipe.execute()
+            # raw replies: the vector is binary even when the client decodes replies
+            rows = resp.round_trip(
+                self.client, [("HMGET", k, *RECORD_FIELDS, *names) for k in keys]
+            )
+            resp.first_error(rows)
         except redis.RedisError as e:
             raise StoreError(
                 f"reading {len(keys)} {tier} records failed: {failure_text(e, self.keys)}"

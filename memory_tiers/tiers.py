@@ -20,14 +20,14 @@ Which memories go (no SCAN anywhere):
 Race guard: the batch's source keys are WATCHed before they are read (in chunks of
 WATCH_CHUNK keys, one connection each: Redis's WATCH is quadratic in the keys per connection),
 and each chunk's destination writes plus source deletes (`TierStore.encode_records` and
-`queue_delete`, queued on the watching pipeline) run as one MULTI/EXEC. If any source of a chunk
-changed between the read and EXEC (moved by a concurrent pass, re-written by a replay,
-deleted), that EXEC aborts, nothing of the chunk is written, and its keys are read again: a
-vanished source is then absent from the read and cannot be resurrected, a re-written one moves
-as it now is. A crash (even kill -9) before an EXEC leaves its memories untouched in the
-source tier, after it leaves them wholly in the destination: every memory is in exactly one
-tier. Destination keys derive from the entry id, so a memory written twice would overwrite,
-never duplicate.
+`delete_commands`) run as one MULTI/EXEC on the connection that watches it (resp.py). If any
+source of a chunk changed between the read and EXEC (moved by a concurrent pass, re-written by
+a replay, deleted), that EXEC aborts, nothing of the chunk is written, and its keys are read
+again: a vanished source is then absent from the read and cannot be resurrected, a re-written
+one moves as it now is. A crash (even kill -9) before an EXEC leaves its memories untouched in
+the source tier, after it leaves them wholly in the destination: every memory is in exactly
+one tier. Destination keys derive from the entry id, so a memory written twice would
+overwrite, never duplicate.
 
 Records that cannot move (a corrupt hash, a non-finite compressed vector, a value the store
 refuses) are logged and left where they are; the pass goes on past them instead of stopping.
@@ -51,12 +51,12 @@ from typing import NamedTuple
 
 import numpy as np
 import redis
-from redis.client import Pipeline
+from redis.connection import Connection
 
 from .constants import TIERS, Keys
 from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
-from .resp import text
+from .resp import Command, execute_transaction, first_error, text, watching
 from .settings import Settings
 from .store import MemoryRecord, TierStore, Vector, parsed_state
 
@@ -477,9 +477,9 @@ class _Mover:
         """
         chunks = [keys[i : i + WATCH_CHUNK] for i in range(0, len(keys), WATCH_CHUNK)]
         with ExitStack() as stack:
-            pipes = [stack.enter_context(self.client.pipeline()) for _ in chunks]
-            for pipe, chunk in zip(pipes, chunks, strict=True):
-                pipe.watch(*chunk)  # before the read: a change after it aborts the EXEC
+            # each chunk WATCHed on its own connection before the read: a change after it
+            # aborts that chunk's EXEC
+            connections = [stack.enter_context(watching(self.client, c)) for c in chunks]
             records, vectors, problems = self.store.read_batch(self.source, keys)
             for key, problem in problems.items():
                 self._skip([key], problem)
@@ -488,12 +488,11 @@ class _Mover:
             leaving = {self.store.key(self.source, r.entry_id): r for r in replacements}
             failed: list[str] = []
             done = stale = 0
-            for pipe, chunk in zip(pipes, chunks, strict=True):
+            for connection, chunk in zip(connections, chunks, strict=True):
                 replacing = [leaving[k] for k in chunk if k in leaving]
                 gone = [k for k in chunk if k not in present and k not in self.tally.skipped]
-                try:
-                    written = self._commit(pipe, replacing, gone, owners)
-                except redis.WatchError:
+                written = self._commit(connection, replacing, gone, owners)
+                if written is None:
                     self.tally.conflicts += 1
                     failed.extend(chunk)
                 else:
@@ -579,33 +578,45 @@ class _Mover:
         return _Encoded(records, vectors, reencoded, len(other) - len(good))
 
     def _commit(
-        self, pipe: Pipeline, records: list[MemoryRecord], gone: list[str], owners: dict[str, str]
-    ) -> list[MemoryRecord]:
+        self,
+        connection: Connection,
+        records: list[MemoryRecord],
+        gone: list[str],
+        owners: dict[str, str],
+    ) -> list[MemoryRecord] | None:
         """Write `records` to the target tier (unless retention) and delete their sources
         (unless the target is the source tier), and drop the index members of vanished
-        sources, in one MULTI/EXEC; the records written or deleted. The sources of records
-        the store refuses are left in place."""
-        if not records and not gone:
-            return []  # leaving the `with` unwatches
-        pipe.multi()
+        sources, in one MULTI/EXEC on the `connection` that WATCHes their sources; the records
+        written or deleted, or None if a watched source changed (nothing was). The sources of
+        records the store refuses are left in place.
+
+        Raises:
+            redis.RedisError: Redis failed, or a command failed inside the EXEC.
+        """
+        commands: list[Command] = []
         if self.target is not None:
             commands, refused = self.store.encode_records(self.target, records)
-            for command in commands:
-                pipe.execute_command(*command)
             for entry_id, why in refused.items():
                 self._skip([self.store.key(self.source, entry_id)], f"refused: {why}")
             records = [r for r in records if r.entry_id not in refused]
         if self.target != self.source:
-            # queue_delete reads only entry_id and agent_id: the new records name the sources.
-            self.store.queue_delete(pipe, self.source, records)
+            # delete_commands reads only entry_id and agent_id: the new records name the sources
+            commands += self.store.delete_commands(self.source, records)
         # Index members whose hash is gone (evicted, deleted by hand): drop them, or they would
         # be selected forever. WATCH guarantees the hash is still absent at EXEC.
         if gone:
-            pipe.zrem(self.store.keys.time_index(self.source), *gone)
-            for key in gone:
-                if key in owners:
-                    pipe.zrem(self.store.keys.agent_time_index(self.source, owners[key]), key)
-        pipe.execute()
+            commands.append(("ZREM", self.store.keys.time_index(self.source), *gone))
+            commands += [
+                ("ZREM", self.store.keys.agent_time_index(self.source, owners[key]), key)
+                for key in gone
+                if key in owners
+            ]
+        if not commands:
+            return []
+        replies = execute_transaction(connection, commands)
+        if replies is None:
+            return None
+        first_error(replies)
         return records
 
     def _skip(self, keys: Sequence[str], why: str) -> None:

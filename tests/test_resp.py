@@ -15,13 +15,11 @@ from memory_tiers import Keys, resp
 from memory_tiers.resp import (
     FAST_PATH_PROBLEM,
     Command,
-    pack,
+    execute_transaction,
     pipeline_round_trip,
     pool_connection,
-    queued_commands,
-    read_replies,
     round_trip,
-    send,
+    watching,
 )
 from memory_tiers.server import EmbeddedRedis
 from memory_tiers.store import TierStore
@@ -102,21 +100,44 @@ def test_an_argument_redis_cannot_take_is_refused_by_both_paths(
         assert path(redis_client, [("PING",)]) == [b"PONG"]  # the pool still serves
 
 
-def test_a_packed_transaction_reads_as_redis_py_runs_it(redis_client: redis.Redis) -> None:
-    pipe = redis_client.pipeline(transaction=True)  # collects the commands; never executed
-    pipe.xadd("s", {"f": VECTOR}, maxlen=10, approximate=True)
-    pipe.hset("h", mapping={"a": 1})
-    pipe.incr("h")  # fails inside EXEC; the others apply
-    commands = queued_commands(pipe)
-    assert commands[1] == ("HSET", "h", "a", 1)
-    sent = [("MULTI",), *commands, ("EXEC",)]
+@pytest.mark.parametrize("packed_ahead", [True, False])
+def test_a_transaction_applies_all_but_the_failed_command_and_returns_each_reply(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, packed_ahead: bool
+) -> None:
+    if not packed_ahead:
+        monkeypatch.setattr(resp, "_PACKER", None)  # packed by the connection: the fallback
+    commands: list[Command] = [
+        ("XADD", "s", "MAXLEN", "~", 10, "*", "f", VECTOR),
+        ("HSET", "h", "a", 1),
+        ("INCR", "h"),  # fails inside EXEC; the others apply
+    ]
     with pool_connection(redis_client) as connection:
-        send(connection, sent, pack(sent))
-        *queued, replies = read_replies(connection, len(sent))
-    assert queued == [b"OK", b"QUEUED", b"QUEUED", b"QUEUED"]
+        replies = execute_transaction(connection, commands)
+    assert replies is not None
     assert replies[1] == 1
     assert isinstance(replies[2], redis.ResponseError)
-    assert round_trip(redis_client, [("XRANGE", "s", "-", "+")])[0][0][1] == [b"f", VECTOR]
+    (entry,) = round_trip(redis_client, [("XRANGE", "s", "-", "+")])[0]
+    assert entry == [replies[0], [b"f", VECTOR]]  # XADD's id, the bytes as they went in
+    assert redis_client.hget("h", "a") == "1"
+
+
+def test_a_transaction_refused_before_exec_applies_nothing(redis_client: redis.Redis) -> None:
+    with pool_connection(redis_client) as connection, pytest.raises(redis.ResponseError):
+        execute_transaction(connection, [("SET", "k", "v"), ("NO-SUCH-COMMAND",)])
+    assert redis_client.get("k") is None
+
+
+def test_a_watched_key_that_changed_aborts_the_transaction_and_the_watch_ends_with_it(
+    redis_client: redis.Redis,
+) -> None:
+    with watching(redis_client, ["w", "v"]) as connection:
+        redis_client.set("w", "changed")  # another connection of the pool
+        assert execute_transaction(connection, [("SET", "x", "1")]) is None
+    assert redis_client.get("x") is None
+    with watching(redis_client, ["w"]) as watched:
+        pass  # no EXEC: still UNWATCHed before it goes back to the pool
     with pool_connection(redis_client) as connection:
-        send(connection, sent, None)  # packed by the connection: the fallback
-        assert read_replies(connection, len(sent))[:-1] == queued
+        assert connection is watched  # the pool hands the same connection out again
+        redis_client.set("w", "changed again")
+        assert execute_transaction(connection, [("SET", "x", "2")]) == [b"OK"]
+    assert redis_client.get("x") == "2"

@@ -220,14 +220,15 @@ def test_stm_keeps_the_state_json(store: TierStore) -> None:
     np.testing.assert_array_equal(hit.vector, record.vector)
 
 
-def test_queue_delete_removes_the_hash_and_both_time_index_members(
+def test_delete_commands_remove_the_hash_and_both_time_index_members(
     redis_client: redis.Redis, store: TierStore
 ) -> None:
     records = make_records(32, ["a", "b"], 10)
     store.write("ltm", records)
     gone, kept = records[:4], records[4:]
     with redis_client.pipeline(transaction=True) as pipe:
-        store.queue_delete(pipe, "ltm", gone)
+        for command in store.delete_commands("ltm", gone):
+            pipe.execute_command(*command)
         pipe.execute()
     kept_keys = sorted(store.key("ltm", r.entry_id) for r in kept)
     assert record_keys(redis_client, "ltm") == kept_keys
@@ -254,7 +255,8 @@ def test_encoded_records_join_the_callers_transaction(
     assert refused == {}
     for command in commands:
         pipe.execute_command(*command)
-    store.queue_delete(pipe, "ltm", records[:1])
+    for command in store.delete_commands("ltm", records[:1]):
+        pipe.execute_command(*command)
     pipe.execute()
     assert redis_client.xlen(Keys().stream) == 1
     assert store.count("ltm") == 2

@@ -526,7 +526,8 @@ def test_a_source_moved_away_during_a_batch_is_not_resurrected(
     def race(call: int) -> None:
         if call == 1:  # after the pass read the batch, before its EXEC
             with racer.client.pipeline() as pipe:  # another pass took it further down
-                racer.queue_delete(pipe, "stm", [gone])
+                for command in racer.delete_commands("stm", [gone]):
+                    pipe.execute_command(*command)
                 pipe.execute()
             racer.write("ltm", [dataclasses.replace(gone, vector=np.zeros(32, np.float32))])
             racer.write("stm", [rewritten])  # a replay re-wrote it
