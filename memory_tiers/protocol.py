@@ -127,11 +127,7 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
     agent_id = text.get("agent_id", "")
     if not agent_id:
         raise EntryError("agent_id is missing or empty")
-    if len(agent_id) > MAX_AGENT_ID_LENGTH:
-        raise EntryError(f"agent_id is {len(agent_id)} characters, over {MAX_AGENT_ID_LENGTH}")
-    problem = tag_problem(agent_id)
-    if problem:
-        raise EntryError(f"agent_id {agent_id!r} {problem}")
+    check_agent_id(agent_id)
     kind = text.get("kind", "state")
     if kind not in KINDS:
         raise EntryError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
