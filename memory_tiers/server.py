@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 
 from .errors import ServerError
 from .settings import Settings
@@ -43,6 +44,9 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 """How long stop() waits for a graceful shutdown before it kills the process."""
 
 _MODULE_NAMES = ("redisearch.so", "rejson.so")
+MAX_CLUSTER_PORT = 55535
+"""Highest port of a cluster node: its cluster bus listens on the port + 10000."""
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -90,12 +94,14 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int | None = None) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, at most `below` if given."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if below is None or port <= below:
+            return port
 
 
 def _die_with_parent() -> None:
@@ -120,8 +126,10 @@ class EmbeddedRedis:
         data_dir: str | os.PathLike[str] | None = None,
         port: int | None = None,
         appendfsync: str = "everysec",
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         self._server_override = server
+        self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._appendfsync = appendfsync
         self._modules_override = modules
         self._data_dir = Path(data_dir) if data_dir else None
@@ -158,7 +166,9 @@ class EmbeddedRedis:
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="memory-tiers-redis-"))
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(
+            below=MAX_CLUSTER_PORT if self._cluster_node_timeout_ms is not None else None
+        )
         command += ["--port", str(self.port), "--dir", str(self._data_dir)]
         log_path = self._data_dir / "redis.log"
         with open(log_path, "ab") as log_file:
@@ -189,6 +199,12 @@ class EmbeddedRedis:
             "--save", "",
             "--daemonize", "no",
         ]  # fmt: skip
+        if self._cluster_node_timeout_ms is not None:
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",  # in --dir
+                "--cluster-node-timeout", str(self._cluster_node_timeout_ms),
+            ]  # fmt: skip
         for module in modules:
             command += ["--loadmodule", str(module)]
         return command
@@ -244,6 +260,85 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of embedded nodes, for tests and benches: `masters` nodes with
+    RediSearch loaded (no coordinator), owning equal ranges of the 16,384 slots in order.
+
+    Use it as a context manager, or call start() and stop().
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        node_timeout_ms: int = 1000,
+        server: str | None = None,
+        modules: str | None = None,
+    ) -> None:
+        if masters < 1:
+            raise ValueError(f"masters={masters}: a cluster needs at least one")
+        self.nodes = [
+            EmbeddedRedis(server, modules, cluster_node_timeout_ms=node_timeout_ms)
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of the first node; cluster clients discover the others from it."""
+        return self.nodes[0].url
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> EmbeddedCluster:
+        """Start the nodes, give each its slot range, join them, and wait until every node
+        reports the cluster ok and knows every master.
+
+        Raises:
+            ServerError: a node did not start, or the cluster was not ok within timeout_s.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            for node in self.nodes:
+                node.start(timeout_s)
+            clients = [redis.Redis(port=node.port) for node in self.nodes]
+            count = len(self.nodes)
+            for i, client in enumerate(clients):
+                first, last = i * SLOTS // count, (i + 1) * SLOTS // count - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for client in clients[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+            while not all(_cluster_ready(client, count) for client in clients):
+                if time.monotonic() > deadline:
+                    raise ServerError(f"the cluster of {count} nodes was not ok in {timeout_s}s")
+                time.sleep(0.05)
+            for client in clients:
+                client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _cluster_ready(client: redis.Redis, masters: int) -> bool:
+    """Whether the node says the cluster is ok and sees `masters` masters with slots."""
+    info = client.execute_command("CLUSTER", "INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text and f"cluster_size:{masters}" in text
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 import redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import AskError, ClusterCrossSlotError, NoPermissionError
 from redisvl.exceptions import RedisVLError
 from redisvl.index import SearchIndex
 from redisvl.query.filter import FilterExpression, Num, Tag
@@ -265,13 +265,19 @@ class TierStore:
     """
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, schema: FeatureSchema | None = None
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        schema: FeatureSchema | None = None,
+        keys: Keys | None = None,
     ) -> None:
         """A store over `client`; with the model's `schema`, its indexes also declare the
-        record attributes (attributes.py), added to existing indexes by `ensure_indexes`."""
+        record attributes (attributes.py), added to existing indexes by `ensure_indexes`.
+        Its keys are `keys` (one bucket's, on the node that holds it: buckets.py), by default
+        the deployment's."""
         _check_client(client)
         self.client = client
-        self.keys = settings.keys
+        self.keys = settings.keys if keys is None else keys
         self.tiers = {name: settings.tier(name) for name in TIERS}
         self.state_attributes = state_attributes(schema) if schema is not None else ()
         self.record_attributes = (KIND_ATTRIBUTE, *self.state_attributes)
@@ -840,23 +846,40 @@ def _no_op(_: Exception) -> None:
 
 
 def failure_text(error: BaseException, keys: Keys) -> str:
-    """`error`'s text; for a Redis ACL refusal (NOPERM, also as a cause), with what the user
-    needs, since Redis names neither the user's key patterns nor, for a key, which key."""
+    """`error`'s text, with what the user needs where Redis's own text does not say it: for an
+    ACL refusal (NOPERM, also as a cause), Redis names neither the user's key patterns nor,
+    for a key, which key; for a cluster redirection (MOVED, ASK, CROSSSLOT), a bare slot and
+    address."""
+    causes: list[BaseException] = []
     cause: BaseException | None = error
-    while cause is not None and not _refused_by_acl(cause):
+    while cause is not None:
+        causes.append(cause)
         cause = cause.__cause__
-    if cause is None:
-        return str(error)
-    return (
-        f"{error} (Redis ACL: the user in {env_var('redis_url')} needs the key pattern "
-        f"~{keys.prefix}:* and the commands of the ACL SETUSER line in the README, Security)"
-    )
+    if any(_refused_by_acl(c) for c in causes):
+        return (
+            f"{error} (Redis ACL: the user in {env_var('redis_url')} needs the key pattern "
+            f"~{keys.prefix}:* and the commands of the ACL SETUSER line in the README, Security)"
+        )
+    if any(_redirected_by_cluster(c) for c in causes):
+        return (
+            f"{error} (the Redis at {env_var('redis_url')} is a node of a Redis Cluster that "
+            "does not hold this key's hash slot: memory-tiers runs on one Redis, or a "
+            "primary with replicas, not yet on a cluster)"
+        )
+    return str(error)
 
 
 def _refused_by_acl(error: BaseException) -> bool:
     # A refusal inside MULTI/EXEC or a pipeline may come back as another ResponseError type.
     return isinstance(error, NoPermissionError) or (
         isinstance(error, redis.ResponseError) and "no permissions" in str(error).lower()
+    )
+
+
+def _redirected_by_cluster(error: BaseException) -> bool:
+    # redis-py's MovedError and AskError keep only "<slot> <host:port>" of Redis's reply.
+    return isinstance(error, (AskError, ClusterCrossSlotError)) or (
+        isinstance(error, redis.ResponseError) and str(error).startswith("CROSSSLOT")
     )
 
 

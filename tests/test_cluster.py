@@ -1,0 +1,110 @@
+"""A Redis Cluster of embedded nodes (server.EmbeddedCluster): each bucket's tier indexes and
+records live on the node that owns the bucket's slot, and the store works there as on one
+Redis (buckets.py, DESIGN "Scaling beyond one Redis")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from memory_tiers import Settings
+from memory_tiers.buckets import agent_keys, bucket_of
+from memory_tiers.errors import StoreError
+from memory_tiers.server import EmbeddedCluster
+from memory_tiers.store import MemoryRecord, TierStore
+
+BUCKETS = 6
+AGENTS = [f"agent-{i}" for i in range(24)]
+PER_AGENT = 20
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(masters=3) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_client(cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
+    client = redis.RedisCluster.from_url(cluster.url)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    for node in client.get_primaries():
+        for index in node.redis_connection.execute_command("FT._LIST"):
+            node.redis_connection.execute_command("FT.DROPINDEX", index)
+    yield client
+    client.close()
+
+
+def node_client(cluster_client: redis.RedisCluster, key: str) -> redis.Redis:
+    """A plain client of the master that owns `key`'s slot."""
+    node = cluster_client.get_node_from_key(key)
+    return redis.Redis(host=node.host, port=node.port)
+
+
+def records_of(agent: str, vectors: np.ndarray) -> list[MemoryRecord]:
+    return [
+        MemoryRecord(
+            entry_id=f"{T0 + i}-{AGENTS.index(agent)}",
+            agent_id=agent,
+            agent_type="explorer",
+            step=i,
+            ts=T0 + i,
+            model_version="v1",
+            vector=vector,
+        )
+        for i, vector in enumerate(vectors)
+    ]
+
+
+def test_each_bucket_is_stored_and_searched_on_the_node_that_owns_its_slot(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    settings = Settings()
+    rng = np.random.default_rng(7)
+    vectors = {
+        a: rng.standard_normal((PER_AGENT, settings.ltm_dim)).astype(np.float32) for a in AGENTS
+    }
+    stores: dict[str, TierStore] = {}
+    for agent in AGENTS:
+        keys = agent_keys(settings.keys, agent, BUCKETS)
+        store = TierStore(node_client(cluster_client, keys.index("ltm")), settings, keys=keys)
+        store.ensure_indexes()  # once per bucket would do; a second time is a no-op
+        store.write("ltm", records_of(agent, vectors[agent]))  # one MULTI/EXEC in one slot
+        stores[agent] = store
+
+    for agent in AGENTS:
+        for i in (0, PER_AGENT - 1):
+            hits = stores[agent].search("ltm", vectors[agent][i], k=3, agent_id=agent)
+            assert [h.agent_id for h in hits] == [agent] * 3
+            assert hits[0].entry_id == f"{T0 + i}-{AGENTS.index(agent)}"
+            assert hits[0].distance == pytest.approx(0.0, abs=1e-4)
+            assert hits[0].step == i  # fields read back, not the nil fields of a foreign slot
+
+    per_node: dict[str, int] = {}
+    for node in cluster_client.get_primaries():
+        names = [n.decode() for n in node.redis_connection.execute_command("FT._LIST")]
+        assert all("{" in name for name in names), names  # every index is a bucket's
+        per_node[node.name] = sum(
+            int(node.redis_connection.ft(n).info()["num_docs"]) for n in names if ":ltm:" in n
+        )
+    buckets_used = {bucket_of(a, BUCKETS) for a in AGENTS}
+    assert len(buckets_used) == BUCKETS
+    assert sum(per_node.values()) == len(AGENTS) * PER_AGENT
+    assert sum(1 for count in per_node.values() if count) >= 2  # buckets spread over nodes
+
+
+def test_the_layout_of_one_redis_on_a_cluster_fails_with_a_clear_error(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    settings = Settings()
+    keys = settings.keys
+    node = node_client(cluster_client, keys.index("ltm"))
+    store = TierStore(node, settings)
+    rng = np.random.default_rng(1)
+    records = records_of(AGENTS[0], rng.standard_normal((2, settings.ltm_dim)).astype(np.float32))
+    with pytest.raises(StoreError, match="a node of a Redis Cluster that does not hold"):
+        store.write("ltm", records)
