@@ -55,7 +55,7 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from .attributes import KIND, attribute_values, state_attributes
-from .constants import TIERS
+from .constants import TIERS, Keys
 from .drift import ReconstructionDrift
 from .engine import EmbeddingEngine
 from .errors import EntryError, PartialCommitError, StoreError
@@ -235,7 +235,9 @@ class Ingestor:
         engine: encodes the featurized states; its version is stored with every record.
         settings: stream names (prefix), batch_size, block_ms, claim_idle_ms, tier settings.
         consumer: this consumer's name in the group [default: `default_consumer_name()`].
-        store: the tier store to write to [default: one on `client`].
+        store: the tier store to write to [default: one on `client` with `keys`].
+        keys: the stream's and the tiers' key names [default: the deployment's]; one
+            bucket's (buckets.py) on the cluster node that holds it.
         dead_letter_maxlen: approximate cap of the dead-letter stream.
         on_commit: called with each committed batch and its outcome, on the committing thread
             (the daemon's metrics count them there).
@@ -250,6 +252,7 @@ class Ingestor:
         consumer: str | None = None,
         *,
         store: TierStore | None = None,
+        keys: Keys | None = None,
         dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN,
         on_commit: Callable[[Batch, Outcome], None] | None = None,
         drift: ReconstructionDrift | None = None,
@@ -258,17 +261,17 @@ class Ingestor:
         self.engine = engine
         self.settings = settings
         self.consumer = consumer or default_consumer_name()
-        self.store = store or TierStore(client, settings, engine.schema)
+        self.store = store or TierStore(client, settings, engine.schema, keys)
         self.attributes = state_attributes(engine.schema)
         """The state fields every record carries as attributes (attributes.py)."""
-        self.keys = settings.keys
+        self.keys = self.store.keys
         self.dead_letter_maxlen = dead_letter_maxlen
         self.stats = IngestStats()
         self.on_commit = on_commit
         self.drift = drift
         self.ignored = IgnoredFields()
         """State fields this schema does not use, counted per key (each logged once)."""
-        self.reader = GroupReader(client, settings, self.consumer)
+        self.reader = GroupReader(client, settings, self.consumer, self.keys)
         """This consumer's reads of the group (stream.py)."""
 
     # -- setup and reads -----------------------------------------------------------------------

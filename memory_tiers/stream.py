@@ -64,13 +64,16 @@ class GroupReader:
         client: a client from `ingest.consumer_client` (no built-in retries; bytes replies).
         settings: stream names (prefix), batch_size, block_ms, claim_idle_ms.
         consumer: this consumer's name in the group.
+        keys: the stream's key names [default: the deployment's]; one bucket's (buckets.py).
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings, consumer: str) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, consumer: str, keys: Keys | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
         self.consumer = consumer
-        self.keys = settings.keys
+        self.keys = settings.keys if keys is None else keys
 
     def read_new(self) -> list[Message]:
         """Up to batch_size entries never delivered to the group, waiting up to block_ms."""

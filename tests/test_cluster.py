@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import redis
 
-from memory_tiers import Settings
-from memory_tiers.buckets import agent_keys, bucket_of
+from memory_tiers import EmbeddingEngine, Settings
+from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.errors import StoreError
+from memory_tiers.ingest import Ingestor
+from memory_tiers.protocol import encode_entry
 from memory_tiers.server import EmbeddedCluster
+from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
 
 BUCKETS = 6
@@ -108,3 +111,41 @@ def test_the_layout_of_one_redis_on_a_cluster_fails_with_a_clear_error(
     records = records_of(AGENTS[0], rng.standard_normal((2, settings.ltm_dim)).astype(np.float32))
     with pytest.raises(StoreError, match="a node of a Redis Cluster that does not hold"):
         store.write("ltm", records)
+
+
+def test_each_buckets_stream_is_ingested_into_its_own_tiers_on_its_node(
+    cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings()
+    states = simulate_states(240, num_agents=12, seed=4)
+    produced: dict[str, list[dict[str, object]]] = {}
+    for state in states:
+        agent = str(state["agent_id"])
+        stream = agent_keys(settings.keys, agent, BUCKETS).stream
+        cluster_client.xadd(stream, encode_entry(agent, state))  # routed by the stream's slot
+        produced.setdefault(agent, []).append(state)
+    broken = agent_keys(settings.keys, "agent-x", BUCKETS)
+    cluster_client.xadd(broken.stream, {"agent_id": "agent-x", "state": "{not json"})
+
+    dead_letters = 0
+    for bucket in range(BUCKETS):
+        keys = bucket_keys(settings.keys, bucket, BUCKETS)
+        node = node_client(cluster_client, keys.stream)
+        ingestor = Ingestor(node, engine, settings, "daemon-1", keys=keys)
+        ingestor.store.ensure_indexes()
+        ingestor.ensure_group()
+        while messages := ingestor.reader.read_ready():
+            _, outcome = ingestor.process(messages)  # one MULTI/EXEC in the bucket's slot
+            assert outcome.acked == len(messages)
+            dead_letters += outcome.dead_letters
+        assert node.xpending(keys.stream, keys.group)["pending"] == 0
+
+    assert dead_letters == 1
+    assert cluster_client.xlen(broken.dead_letters) == 1
+    for agent, agent_states in produced.items():
+        keys = agent_keys(settings.keys, agent, BUCKETS)
+        store = TierStore(node_client(cluster_client, keys.index("stm")), settings, keys=keys)
+        assert store.count("stm", agent) == len(agent_states)
+        vector = engine.encode_states([agent_states[-1]])["stm"][0]
+        (hit,) = store.search("stm", vector, k=1, agent_id=agent)
+        assert hit.agent_id == agent and hit.state == agent_states[-1]
