@@ -4,6 +4,7 @@ Redis (buckets.py, DESIGN "Scaling beyond one Redis")."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +19,7 @@ from memory_tiers.protocol import encode_entry
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.tiers import consolidate
 
 BUCKETS = 6
 AGENTS = [f"agent-{i}" for i in range(24)]
@@ -149,3 +151,47 @@ def test_each_buckets_stream_is_ingested_into_its_own_tiers_on_its_node(
         vector = engine.encode_states([agent_states[-1]])["stm"][0]
         (hit,) = store.search("stm", vector, k=1, agent_id=agent)
         assert hit.agent_id == agent and hit.state == agent_states[-1]
+
+
+def test_each_bucket_consolidates_on_its_node_by_both_rules(
+    cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = dataclasses.replace(
+        Settings(),
+        stm_max_age_s=None, stm_max_per_agent=5,  # the count rule: agent set, SSCAN, Lua prune
+        im_max_age_s=1.0, im_max_per_agent=None,  # the age rule: the time index
+    )  # fmt: skip
+    states = simulate_states(160, num_agents=8, seed=5)
+    vectors = engine.encode_states(states)["stm"]
+    by_agent: dict[str, list[MemoryRecord]] = {}
+    for i, (state, vector) in enumerate(zip(states, vectors, strict=True)):
+        agent = str(state["agent_id"])
+        by_agent.setdefault(agent, []).append(
+            MemoryRecord(
+                entry_id=f"{T0 + i}-0", agent_id=agent, agent_type="explorer", step=i,
+                ts=T0 + i, model_version=engine.version, vector=vector,
+            )
+        )  # fmt: skip
+    stores: dict[int, tuple[redis.Redis, TierStore]] = {}
+    for agent, records in by_agent.items():
+        bucket = bucket_of(agent, BUCKETS)
+        if bucket not in stores:
+            keys = bucket_keys(settings.keys, bucket, BUCKETS)
+            node = node_client(cluster_client, keys.index("stm"))
+            stores[bucket] = node, TierStore(node, settings, keys=keys)
+            stores[bucket][1].ensure_indexes()
+        stores[bucket][1].write("stm", records)
+
+    for bucket, (node, store) in stores.items():
+        moved = consolidate(node, store, engine, settings, "stm")
+        aged = consolidate(node, store, engine, settings, "im")
+        agents = [a for a in by_agent if bucket_of(a, BUCKETS) == bucket]
+        assert moved.moved == sum(len(by_agent[a]) - 5 for a in agents)
+        assert aged.moved == moved.moved
+    for agent, records in by_agent.items():
+        store = stores[bucket_of(agent, BUCKETS)][1]
+        assert (store.count("stm", agent), store.count("im", agent)) == (5, 0)
+        assert store.count("ltm", agent) == len(records) - 5
+        newest = {r.entry_id for r in records[-5:]}
+        kept = store.search("stm", records[-1].vector, k=10, agent_id=agent)
+        assert {h.entry_id for h in kept} == newest  # the count rule kept the newest
