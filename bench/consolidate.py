@@ -5,10 +5,12 @@ than both tiers' max age) and moves them with `tiers.consolidate` (model: one ba
 product per batch, WATCH race guard, policy selection). It then writes the same records again
 and moves them "raw": the same selection, batch size and transaction shape (pipelined HGETALL
 read; one MULTI/EXEC of HSET destination + ZADD both time indexes + SADD agent set + DEL source
-+ ZREM both time indexes), with no model (the vector bytes just truncated to the destination
-dim) and no Python record objects; once as one unwatched MULTI/EXEC per batch (the limit:
-"raw") and once with the pass's guard, the batch WATCHed and committed in chunks of
-WATCH_CHUNK keys ("raw+watch", with --guard-baseline: tells the guard's cost from the rest).
++ ZREM both time indexes), on the same wire path (resp.py: HGETALLs in one round trip, each
+MULTI/EXEC packed with hiredis), with no model (the vector bytes just truncated to the
+destination dim) and no Python record objects; once as one unwatched MULTI/EXEC per batch
+(the limit: "raw") and once with the pass's guard, the batch WATCHed and committed in chunks
+of WATCH_CHUNK keys ("raw+watch", with --guard-baseline: tells the guard's cost from the
+rest).
 It prints moves/s for each (best of --rounds, the modes' order alternating) and model/raw.
 
 Uses its own embedded Redis unless MT_REDIS_URL is set; there it works under the key prefix
@@ -25,6 +27,7 @@ import logging
 import time
 import warnings
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -32,9 +35,16 @@ import numpy as np
 import redis
 import torch
 from machine import clean, machine
-from redis.client import Pipeline
 
 from memory_tiers import EmbeddingEngine, Keys, Settings
+from memory_tiers.resp import (
+    Command,
+    execute_transaction,
+    first_error,
+    pool_connection,
+    round_trip,
+    watching,
+)
 from memory_tiers.server import redis_url
 from memory_tiers.store import MemoryRecord, TierStore
 from memory_tiers.tiers import WATCH_CHUNK, consolidate, epoch_ms
@@ -77,7 +87,8 @@ def fill_stm(store: TierStore, records: list[MemoryRecord], batch: int) -> float
 
 
 def raw_move(client: redis.Redis, source: str, dest: str, dim: int, batch: int, watch: bool) -> int:
-    """The same moves without the model: read, write truncated vectors, delete.
+    """The same moves without the model, on the same wire path (resp.py): read, write
+    truncated vectors, delete.
 
     watch=False: one MULTI/EXEC per batch, nothing watched (the limit). watch=True: the pass's
     guard shape, WATCH_CHUNK keys watched and committed per connection.
@@ -91,49 +102,54 @@ def raw_move(client: redis.Redis, source: str, dest: str, dim: int, batch: int, 
         if not keys:
             return moved
         chunks = [keys[i : i + chunk_size] for i in range(0, len(keys), chunk_size)]
-        pipes = [client.pipeline(transaction=True) for _ in chunks]
-        if watch:
-            for pipe, chunk in zip(pipes, chunks, strict=True):
-                pipe.watch(*chunk)
-        reads = client.pipeline(transaction=False)
-        for key in keys:
-            reads.execute_command("HGETALL", key, NEVER_DECODE=True)
-        hashes = iter(reads.execute())
-        for pipe, chunk in zip(pipes, chunks, strict=True):
-            pipe.multi()
-            queue_raw_move(pipe, source, dest, dim, chunk, [next(hashes) for _ in chunk])
-            pipe.execute()
-            pipe.reset()
+        with ExitStack() as stack:
+            connections = [
+                stack.enter_context(watching(client, c) if watch else pool_connection(client))
+                for c in chunks
+            ]
+            hashes = iter(round_trip(client, [("HGETALL", key) for key in keys]))
+            for connection, chunk in zip(connections, chunks, strict=True):
+                rows = [next(hashes) for _ in chunk]
+                commands = raw_move_commands(source, dest, dim, chunk, rows)
+                first_error(execute_transaction(connection, commands) or [])
         moved += len(keys)
 
 
-def queue_raw_move(
-    pipe: Pipeline, source: str, dest: str, dim: int, keys: list[Any], hashes: list[Any]
-) -> None:
+def raw_move_commands(
+    source: str, dest: str, dim: int, keys: list[Any], hashes: list[Any]
+) -> list[Command]:
     """HSET destination + ZADD both its time indexes + SADD agents; DEL + ZREM the sources."""
     src_prefix, dst_prefix = KEYS.record_prefix(source), KEYS.record_prefix(dest)
+    commands: list[Command] = []
     scores: dict[str, int] = {}
     by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
     deletes: defaultdict[str, list[str]] = defaultdict(list)
-    for raw_key, fields in zip(keys, hashes, strict=True):
+    for raw_key, flat in zip(keys, hashes, strict=True):
         key = raw_key.decode()
         dest_key = dst_prefix + key[len(src_prefix) :]
-        mapping = dict(fields)
-        mapping[b"vec"] = fields[b"vec"][: dim * 4]
-        mapping.pop(b"state", None)
-        pipe.hset(dest_key, mapping=mapping)
+        # RESP3 replies a map, RESP2 a flat list
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+        fields = dict(pairs)
+        fields[b"vec"] = fields[b"vec"][: dim * 4]
+        fields.pop(b"state", None)
+        commands.append(("HSET", dest_key, *(part for pair in fields.items() for part in pair)))
         agent = fields[b"agent_id"].decode()
         scores[dest_key] = by_agent[agent][dest_key] = int(fields[b"ts"])
         deletes[agent].append(key)
-    pipe.zadd(KEYS.time_index(dest), scores)
-    for agent, agent_scores in by_agent.items():
-        pipe.zadd(KEYS.agent_time_index(dest, agent), agent_scores)
-    pipe.sadd(KEYS.agents(dest), *by_agent)
+    commands.append(zadd(KEYS.time_index(dest), scores))
+    commands += [zadd(KEYS.agent_time_index(dest, a), s) for a, s in by_agent.items()]
+    commands.append(("SADD", KEYS.agents(dest), *by_agent))
     source_keys = [k for ks in deletes.values() for k in ks]
-    pipe.delete(*source_keys)
-    pipe.zrem(KEYS.time_index(source), *source_keys)
-    for agent, agent_keys in deletes.items():
-        pipe.zrem(KEYS.agent_time_index(source, agent), *agent_keys)
+    commands.append(("DEL", *source_keys))
+    commands.append(("ZREM", KEYS.time_index(source), *source_keys))
+    commands += [
+        ("ZREM", KEYS.agent_time_index(source, a), *agent_keys) for a, agent_keys in deletes.items()
+    ]
+    return commands
+
+
+def zadd(key: str, scores: dict[str, int]) -> Command:
+    return ("ZADD", key, *(part for member, score in scores.items() for part in (score, member)))
 
 
 def run_model(
