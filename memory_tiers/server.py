@@ -22,7 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +30,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 
 from .errors import ServerError
+from .resp import text
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,9 @@ class EmbeddedRedis:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",  # in --dir
                 "--cluster-node-timeout", str(self._cluster_node_timeout_ms),
+                "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after 5 s
+                # CLUSTER SLOTS lists a replica once its offset moved: pinged every second
+                "--repl-ping-replica-period", "1",
             ]  # fmt: skip
         for module in modules:
             command += ["--loadmodule", str(module)]
@@ -264,7 +268,8 @@ class EmbeddedRedis:
 
 class EmbeddedCluster:
     """A Redis Cluster of embedded nodes, for tests and benches: `masters` nodes with
-    RediSearch loaded (no coordinator), owning equal ranges of the 16,384 slots in order.
+    RediSearch loaded (no coordinator), owning equal ranges of the 16,384 slots in order, each
+    with `replicas` replicas.
 
     Use it as a context manager, or call start() and stop().
     """
@@ -272,16 +277,19 @@ class EmbeddedCluster:
     def __init__(
         self,
         masters: int = 3,
+        replicas: int = 0,
         node_timeout_ms: int = 1000,
         server: str | None = None,
         modules: str | None = None,
     ) -> None:
-        if masters < 1:
-            raise ValueError(f"masters={masters}: a cluster needs at least one")
+        if masters < 1 or replicas < 0:
+            raise ValueError(f"masters={masters}, replicas={replicas}: at least one master")
         self.nodes = [
             EmbeddedRedis(server, modules, cluster_node_timeout_ms=node_timeout_ms)
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
+        """The masters first, then the replicas of master 0, of master 1, ..."""
+        self.masters = masters
 
     @property
     def url(self) -> str:
@@ -289,8 +297,9 @@ class EmbeddedCluster:
         return self.nodes[0].url
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> EmbeddedCluster:
-        """Start the nodes, give each its slot range, join them, and wait until every node
-        reports the cluster ok and knows every master.
+        """Start the nodes, give each master its slot range, join them all, make the replicas
+        replicate, and wait until every node reports the cluster ok, knows every node, and
+        every replica's link to its master is up.
 
         Raises:
             ServerError: a node did not start, or the cluster was not ok within timeout_s.
@@ -300,22 +309,54 @@ class EmbeddedCluster:
             for node in self.nodes:
                 node.start(timeout_s)
             clients = [redis.Redis(port=node.port) for node in self.nodes]
-            count = len(self.nodes)
-            for i, client in enumerate(clients):
-                first, last = i * SLOTS // count, (i + 1) * SLOTS // count - 1
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            for client in clients[1:]:
-                client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
-            while not all(_cluster_ready(client, count) for client in clients):
-                if time.monotonic() > deadline:
-                    raise ServerError(f"the cluster of {count} nodes was not ok in {timeout_s}s")
-                time.sleep(0.05)
-            for client in clients:
-                client.close()
+            try:
+                self._join(clients, deadline)
+            finally:
+                for client in clients:
+                    client.close()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _join(self, clients: list[redis.Redis], deadline: float) -> None:
+        masters, total = clients[: self.masters], len(clients)
+        for i, client in enumerate(masters):
+            first, last = i * SLOTS // self.masters, (i + 1) * SLOTS // self.masters - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+        self._wait(
+            lambda: all(_cluster_info(c)["cluster_known_nodes"] == str(total) for c in clients),
+            deadline,
+        )
+        replicas = total // self.masters - 1
+        for i, replica in enumerate(clients[self.masters :]):
+            master = masters[i // replicas]
+            replica.execute_command(
+                "CLUSTER", "REPLICATE", text(master.execute_command("CLUSTER", "MYID"))
+            )
+        self._wait(
+            lambda: (
+                all(_cluster_info(c)["cluster_state"] == "ok" for c in clients)
+                and all(
+                    c.info("replication").get("master_link_status") == "up"
+                    for c in clients[self.masters :]
+                )
+                and all(  # every node lists each slot range's master and its replicas
+                    len(entry) == 3 + replicas
+                    for c in clients
+                    for entry in c.execute_command("CLUSTER", "SLOTS")
+                )
+            ),
+            deadline,
+        )
+
+    def _wait(self, ready: Callable[[], bool], deadline: float) -> None:
+        while not ready():
+            if time.monotonic() > deadline:
+                raise ServerError(f"the embedded cluster of {len(self.nodes)} nodes did not form")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop every node."""
@@ -334,11 +375,10 @@ class EmbeddedCluster:
         self.stop()
 
 
-def _cluster_ready(client: redis.Redis, masters: int) -> bool:
-    """Whether the node says the cluster is ok and sees `masters` masters with slots."""
-    info = client.execute_command("CLUSTER", "INFO")
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "cluster_state:ok" in text and f"cluster_size:{masters}" in text
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
+    """CLUSTER INFO as a dict of strings."""
+    lines = text(client.execute_command("CLUSTER", "INFO")).splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

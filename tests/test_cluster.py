@@ -4,12 +4,15 @@ Redis (buckets.py, DESIGN "Scaling beyond one Redis")."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import redis
+from redis.crc import key_slot
+from test_ingest import wait_for
 
 from memory_tiers import EmbeddingEngine, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
@@ -195,3 +198,48 @@ def test_each_bucket_consolidates_on_its_node_by_both_rules(
         newest = {r.entry_id for r in records[-5:]}
         kept = store.search("stm", records[-1].vector, k=10, agent_id=agent)
         assert {h.entry_id for h in kept} == newest  # the count rule kept the newest
+
+
+def test_a_buckets_indexes_and_memories_survive_the_kill_of_its_master() -> None:
+    settings = Settings()
+    rng = np.random.default_rng(3)
+    shape = (PER_AGENT, settings.ltm_dim)
+    vectors = {a: rng.standard_normal(shape).astype(np.float32) for a in AGENTS}
+    with EmbeddedCluster(masters=3, replicas=1) as cluster:
+        client = redis.RedisCluster.from_url(cluster.url)
+        for agent in AGENTS:
+            keys = agent_keys(settings.keys, agent, BUCKETS)
+            node = node_client(client, keys.index("ltm"))
+            store = TierStore(node, settings, keys=keys)
+            store.ensure_indexes()
+            store.write("ltm", records_of(agent, vectors[agent]))
+            assert node.execute_command("WAIT", 1, 5000) == 1  # on the replica too
+        doomed = agent_keys(settings.keys, AGENTS[0], BUCKETS).index("ltm")
+        victim = next(n for n in cluster.nodes if n.port == client.get_node_from_key(doomed).port)
+        client.close()
+        assert victim.process is not None
+        victim.process.kill()  # kill -9: its replica must take over its slots
+
+        alive = next(n for n in cluster.nodes[: cluster.masters] if n is not victim)
+        survivor = redis.Redis(port=alive.port)
+        wait_for(lambda: master_port(survivor, doomed) not in (None, victim.port), 20, "failover")
+        client = redis.RedisCluster.from_url(alive.url)
+        for agent in AGENTS:
+            keys = agent_keys(settings.keys, agent, BUCKETS)
+            store = TierStore(node_client(client, keys.index("ltm")), settings, keys=keys)
+            assert store.count("ltm", agent) == PER_AGENT
+            for i in (0, PER_AGENT - 1):
+                (hit,) = store.search("ltm", vectors[agent][i], k=1, agent_id=agent)
+                assert hit.entry_id == f"{T0 + i}-{AGENTS.index(agent)}"
+        client.close()
+        survivor.close()
+
+
+def master_port(node: redis.Redis, key: str) -> int | None:
+    """The port of the master that `node` says owns `key`'s slot (None: no answer, no owner)."""
+    slot = key_slot(key.encode())
+    with contextlib.suppress(redis.RedisError):
+        for first, last, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return int(master[1])
+    return None
