@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 import redis
+from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.exceptions import AskError, ClusterCrossSlotError, NoPermissionError
 from redisvl.exceptions import RedisVLError
 from redisvl.index import SearchIndex
@@ -328,6 +329,19 @@ class TierStore:
                     f"(FT.DROPINDEX {index.name}; its records stay) or change the settings"
                 )
             self._add_attributes(index.name, info)
+
+    def create_commands(self) -> dict[str, Command]:
+        """Tier -> the FT.CREATE of its index, as `ensure_indexes` has redisvl send it: for a
+        cluster node that is asked to create it before it owns the slot (cluster.py)."""
+        commands: dict[str, Command] = {}
+        for name, index in self._indexes.items():
+            prefix = index.schema.index.prefix
+            definition = IndexDefinition(
+                prefix=prefix if isinstance(prefix, list) else [prefix], index_type=IndexType.HASH
+            )
+            fields = [arg for f in index.schema.redis_fields for arg in f.redis_args()]
+            commands[name] = ("FT.CREATE", index.name, *definition.args, "SCHEMA", *fields)
+        return commands
 
     def _add_attributes(self, index: str, info: Any) -> None:
         """FT.ALTER an index that lacks some record attributes (made before them, or by a store

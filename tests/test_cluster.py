@@ -16,9 +16,11 @@ from test_ingest import wait_for
 
 from memory_tiers import EmbeddingEngine, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
+from memory_tiers.cluster import finish, prepare
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import Ingestor
 from memory_tiers.protocol import encode_entry
+from memory_tiers.resp import text
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
@@ -31,14 +33,14 @@ T0 = 1_700_000_000_000
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmbeddedCluster]:
+def embedded_cluster() -> Iterator[EmbeddedCluster]:
     with EmbeddedCluster(masters=3) as started:
         yield started
 
 
 @pytest.fixture
-def cluster_client(cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster.from_url(cluster.url)
+def cluster_client(embedded_cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
+    client = redis.RedisCluster.from_url(embedded_cluster.url)
     client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     for node in client.get_primaries():
         for index in node.redis_connection.execute_command("FT._LIST"):
@@ -243,3 +245,61 @@ def master_port(node: redis.Redis, key: str) -> int | None:
             if first <= slot <= last:
                 return int(master[1])
     return None
+
+
+def test_a_prepared_reshard_keeps_every_memory_recallable_once_and_finish_drops_orphans(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster
+) -> None:
+    settings = Settings()
+    rng = np.random.default_rng(11)
+    shape = (PER_AGENT, settings.ltm_dim)
+    vectors = {a: rng.standard_normal(shape).astype(np.float32) for a in AGENTS}
+    for agent in AGENTS:
+        keys = agent_keys(settings.keys, agent, BUCKETS)
+        store = TierStore(node_client(cluster_client, keys.index("ltm")), settings, keys=keys)
+        store.ensure_indexes()
+        store.write("ltm", records_of(agent, vectors[agent]))
+    moving = agent_keys(settings.keys, AGENTS[0], BUCKETS)
+    slot = key_slot(moving.stream.encode())
+    source = node_client(cluster_client, moving.stream)
+    destination = next(
+        n.redis_connection for n in cluster_client.get_primaries() if n.port != port_of(source)
+    )
+
+    created = prepare(destination, [slot], settings, None, BUCKETS)
+    assert sorted(created) == sorted(moving.index(t) for t in ("stm", "im", "ltm"))
+    assert prepare(destination, [slot], settings, None, BUCKETS) == []  # done already
+    reshard(cluster_client, source, destination, slot)  # as redis-cli --cluster reshard does
+    assert sorted(finish(source, settings, BUCKETS)) == sorted(created)
+    for node in cluster_client.get_primaries():
+        assert finish(node.redis_connection, settings, BUCKETS) == []
+
+    after = redis.RedisCluster.from_url(embedded_cluster.url)  # knows the slot's new owner
+    for agent in AGENTS:
+        keys = agent_keys(settings.keys, agent, BUCKETS)
+        node = node_client(after, keys.index("ltm"))
+        assert keys != moving or port_of(node) == port_of(destination)
+        store = TierStore(node, settings, keys=keys)
+        assert store.count("ltm", agent) == PER_AGENT
+        hits = store.search("ltm", vectors[agent][3], k=PER_AGENT + 5, agent_id=agent)
+        assert sorted(h.step for h in hits) == list(range(PER_AGENT))  # each memory once
+    after.close()
+
+
+def port_of(node: redis.Redis) -> int:
+    return int(node.connection_pool.connection_kwargs["port"])
+
+
+def reshard(
+    client: redis.RedisCluster, source: redis.Redis, destination: redis.Redis, slot: int
+) -> None:
+    """Move one slot's keys from `source` to `destination`, the steps of redis-cli's reshard."""
+    source_id = text(source.execute_command("CLUSTER", "MYID"))
+    destination_id = text(destination.execute_command("CLUSTER", "MYID"))
+    port = port_of(destination)
+    destination.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", destination_id)
+    while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+    for node in client.get_primaries():
+        node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)

@@ -461,3 +461,19 @@ def test_redis_errors_come_back_as_store_errors_naming_the_index(
         store.write("ltm", make_records(32, ["a"], 1))
     with pytest.raises(StoreError, match="ZCARD mt:ts:ltm failed"):
         store.count("ltm")
+
+
+def test_the_raw_create_commands_make_the_indexes_ensure_indexes_makes(
+    redis_client: redis.Redis, settings: Settings, engine: Any
+) -> None:
+    made = TierStore(redis_client, settings, engine.schema)
+    made.ensure_indexes()
+    raw = TierStore(redis_client, settings, engine.schema, Keys("other"))
+    for command in raw.create_commands().values():
+        redis_client.execute_command(*command)
+    raw.ensure_indexes()  # finds them as its settings say: no ConfigError, nothing to alter
+    for tier in TIERS:
+        mine = made.client.ft(made.keys.index(tier)).info()
+        theirs = raw.client.ft(raw.keys.index(tier)).info()
+        assert mine["attributes"] == theirs["attributes"]
+        assert theirs["index_definition"]["prefixes"] == [raw.keys.record_prefix(tier)]
