@@ -54,11 +54,14 @@ def prepare(
     which it does not have yet), before a reshard moves those slots to it; the names created.
 
     Raises:
+        ValueError: a slot of `slots` has no master.
         redis.RedisError: Redis refused a step; the indexes created before stay.
     """
     created: list[str] = []
     owner = owners(destination)
     for keys, slot in _buckets_in(settings, buckets, set(slots)):
+        if slot not in owner:
+            raise ValueError(f"slot {slot} has no master: fix the cluster before a reshard")
         store = TierStore(destination, settings, schema, keys)
         have = {text(name) for name in destination.execute_command("FT._LIST")}
         missing = [c for c in store.create_commands().values() if c[1] not in have]
@@ -109,10 +112,10 @@ def _buckets_in(
 @contextmanager
 def _asking(node: redis.Redis, slot: int, owner: str) -> Iterator[None]:
     """While the block runs, `node` imports `slot` from its `owner`, so an ASKING command
-    there may name the slot's keys; afterwards the slot is stable again. A slot the node is
-    importing or migrating already (a reshard under way) is left as it is."""
-    if _open_slot(node, slot):
-        yield
+    there may name the slot's keys; afterwards the slot is stable again. A slot the node owns,
+    or imports or migrates already (a reshard under way), is left as it is."""
+    if owner == text(node.execute_command("CLUSTER", "MYID")) or _open_slot(node, slot):
+        yield  # its own slot, or one a reshard has open: ASKING needs no more
         return
     node.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)
     try:

@@ -269,6 +269,8 @@ def test_a_prepared_reshard_keeps_every_memory_recallable_once_and_finish_drops_
     created = prepare(destination, [slot], settings, None, BUCKETS)
     assert sorted(created) == sorted(moving.index(t) for t in ("stm", "im", "ltm"))
     assert prepare(destination, [slot], settings, None, BUCKETS) == []  # done already
+    source.execute_command("FT.DROPINDEX", moving.index("im"))  # lost on its owner
+    assert prepare(source, [slot], settings, None, BUCKETS) == [moving.index("im")]
     reshard(cluster_client, source, destination, slot)  # as redis-cli --cluster reshard does
     assert sorted(finish(source, settings, BUCKETS)) == sorted(created)
     for node in cluster_client.get_primaries():
