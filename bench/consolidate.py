@@ -44,6 +44,7 @@ from memory_tiers.resp import (
     pool_connection,
     round_trip,
     watching,
+    zadd,
 )
 from memory_tiers.server import redis_url
 from memory_tiers.store import MemoryRecord, TierStore
@@ -146,10 +147,6 @@ def raw_move_commands(
         ("ZREM", KEYS.agent_time_index(source, a), *agent_keys) for a, agent_keys in deletes.items()
     ]
     return commands
-
-
-def zadd(key: str, scores: dict[str, int]) -> Command:
-    return ("ZADD", key, *(part for member, score in scores.items() for part in (score, member)))
 
 
 def run_model(

@@ -58,15 +58,15 @@ def prepare(
         redis.RedisError: Redis refused a step; the indexes created before stay.
     """
     created: list[str] = []
-    owner = owners(destination)
+    owner, me = owners(destination), text(destination.execute_command("CLUSTER", "MYID"))
+    have = {text(name) for name in destination.execute_command("FT._LIST")}
     for keys, slot in _buckets_in(settings, buckets, set(slots)):
         if slot not in owner:
             raise ValueError(f"slot {slot} has no master: fix the cluster before a reshard")
         store = TierStore(destination, settings, schema, keys)
-        have = {text(name) for name in destination.execute_command("FT._LIST")}
         missing = [c for c in store.create_commands().values() if c[1] not in have]
         if missing:
-            with _asking(destination, slot, owner[slot]):
+            with _asking(destination, slot, owner[slot], me):
                 _run_asking(destination, missing)
             created += [command[1] for command in missing]
     if created:
@@ -90,7 +90,7 @@ def finish(node: redis.Redis, settings: Settings, buckets: int) -> list[str]:
             continue
         names = [keys.index(tier) for tier in TIERS if keys.index(tier) in have]
         if names and slot in owner:
-            with _asking(node, slot, owner[slot]):
+            with _asking(node, slot, owner[slot], me):
                 _run_asking(node, [("FT.DROPINDEX", name) for name in names])
             dropped += names
     if dropped:
@@ -110,11 +110,11 @@ def _buckets_in(
 
 
 @contextmanager
-def _asking(node: redis.Redis, slot: int, owner: str) -> Iterator[None]:
-    """While the block runs, `node` imports `slot` from its `owner`, so an ASKING command
-    there may name the slot's keys; afterwards the slot is stable again. A slot the node owns,
-    or imports or migrates already (a reshard under way), is left as it is."""
-    if owner == text(node.execute_command("CLUSTER", "MYID")) or _open_slot(node, slot):
+def _asking(node: redis.Redis, slot: int, owner: str, me: str) -> Iterator[None]:
+    """While the block runs, `node` (whose id is `me`) imports `slot` from its `owner`, so an
+    ASKING command there may name the slot's keys; afterwards the slot is stable again. A slot
+    the node owns, or imports or migrates already (a reshard under way), is left as it is."""
+    if owner == me or _open_slot(node, slot):
         yield  # its own slot, or one a reshard has open: ASKING needs no more
         return
     node.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)

@@ -16,7 +16,7 @@ paths give the same replies, so a redis-py upgrade that changes them fails there
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -147,6 +147,11 @@ def first_error(replies: Sequence[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
+
+
+def zadd(key: str, scores: Mapping[str, int]) -> Command:
+    """`ZADD key score member ...`, as `Pipeline.zadd(key, scores)` sends it."""
+    return ("ZADD", key, *(value for member, score in scores.items() for value in (score, member)))
 
 
 def multi_exec(commands: Sequence[Command]) -> list[Command]:

@@ -49,7 +49,7 @@ from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
 from .protocol import integer_problem, tag_problem
-from .resp import Command, Conversation, text
+from .resp import Command, Conversation, text, zadd
 from .settings import Settings, TierSettings, env_var
 
 log = logging.getLogger(__name__)
@@ -425,8 +425,8 @@ class TierStore:
         if not scores:
             return hsets, refused
         indexes = [
-            _zadd(self.keys.time_index(name), scores),
-            *(_zadd(self.keys.agent_time_index(name, a), s) for a, s in by_agent.items()),
+            zadd(self.keys.time_index(name), scores),
+            *(zadd(self.keys.agent_time_index(name, a), s) for a, s in by_agent.items()),
         ]
         # The count rule of consolidation finds agents here; it prunes the emptied ones.
         return [*hsets, *indexes, ("SADD", self.keys.agents(name), *by_agent)], refused
@@ -968,11 +968,6 @@ def _vector_bytes(tier: TierSettings, vector: npt.ArrayLike, what: str) -> bytes
     if not np.isfinite(stored).all():
         raise ValueError(f"{what} holds NaN or infinity (as {tier.datatype})")
     return stored.tobytes()
-
-
-def _zadd(key: str, scores: Mapping[str, int]) -> Command:
-    """`ZADD key score member ...`, as `Pipeline.zadd(key, scores)` sends it."""
-    return ("ZADD", key, *(value for member, score in scores.items() for value in (score, member)))
 
 
 def _hset_command(
