@@ -81,6 +81,12 @@ class Keys:
         """Set of the agent ids with records in one tier, so consolidation never scans keys."""
         return self._tagged(f"{self.prefix}:agents:{tier}")
 
+    @property
+    def lease(self) -> str:
+        """Key of a bucket's lease: the name of the daemon that consumes the bucket, expiring
+        unless renewed (leases.py)."""
+        return self._tagged(f"{self.prefix}:lease")
+
     def lock(self, job: str) -> str:
         """Lock held by whichever daemon runs a scheduled job."""
         return f"{self.prefix}:lock:{job}"

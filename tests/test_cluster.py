@@ -19,6 +19,7 @@ from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cluster import finish, prepare
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import Ingestor
+from memory_tiers.leases import BucketLeases
 from memory_tiers.protocol import encode_entry
 from memory_tiers.resp import text
 from memory_tiers.server import EmbeddedCluster
@@ -305,3 +306,17 @@ def reshard(
         source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
     for node in client.get_primaries():
         node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
+
+
+def test_leases_live_in_their_buckets_slots_and_renew_through_the_cluster(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    settings = Settings()
+    a = BucketLeases(cluster_client, settings.keys, "daemon-a", BUCKETS, 30_000)
+    b = BucketLeases(cluster_client, settings.keys, "daemon-b", BUCKETS, 30_000)
+    assert a.acquire(3) | b.acquire(3) == set(range(BUCKETS))
+    assert a.renew() == set() and b.renew() == set()
+    for bucket, holder in a.holders().items():
+        keys = bucket_keys(settings.keys, bucket, BUCKETS)
+        assert key_slot(keys.lease.encode()) == key_slot(keys.stream.encode())
+        assert holder == ("daemon-a" if bucket in a.held else "daemon-b")
