@@ -20,12 +20,9 @@ from __future__ import annotations
 import zlib
 from functools import lru_cache
 
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.crc import key_slot
 
-from .constants import Keys
-
-MAX_BUCKETS = REDIS_CLUSTER_HASH_SLOTS
-"""At most one bucket per hash slot."""
+from .constants import MAX_BUCKETS, Keys
 
 
 def check_buckets(buckets: object) -> int:
@@ -56,7 +53,7 @@ def bucket_tags(buckets: int) -> tuple[str, ...]:
     missing, n = buckets, 0
     while missing:
         tag = f"{{{n}}}"
-        share = key_slot(tag.encode()) * buckets // REDIS_CLUSTER_HASH_SLOTS
+        share = key_slot(tag.encode()) * buckets // MAX_BUCKETS
         if tags[share] is None:
             tags[share] = tag
             missing -= 1

@@ -51,12 +51,13 @@ import redis
 from redisvl.query.filter import Tag
 
 from .attributes import KIND, StateAttribute, state_attributes, where_filter
+from .buckets import agent_keys
 from .constants import TIERS
 from .errors import ConfigError, EntryError, StoreError
 from .features import feature_distances
 from .protocol import KINDS, check_agent_id, encode_entry
 from .resp import text
-from .settings import Settings, redact_url
+from .settings import Settings, env_var, redact_url
 from .store import Candidate, Hit, TierStore, failure_text
 
 if TYPE_CHECKING:  # torch loads with the first recall, not with the client
@@ -166,7 +167,7 @@ class MemoryClient:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: redis.Redis | redis.RedisCluster,
         settings: Settings,
         engine: EmbeddingEngine | None = None,
     ) -> None:
@@ -178,6 +179,7 @@ class MemoryClient:
             _check_engine_dims(engine, self.dims)
         self._engine = engine
         self._store: TierStore | None = None
+        self._bucket_stores: dict[str, TierStore] = {}
         self._indexes_checked = False
         self._lock = threading.Lock()
         self._owns_client = False
@@ -193,7 +195,8 @@ class MemoryClient:
             raise ConfigError(
                 "MemoryClient needs settings.redis_url (MT_REDIS_URL): the Redis the daemon reads"
             )
-        connection = redis.Redis.from_url(
+        kind = redis.Redis if settings.buckets == 1 else redis.RedisCluster
+        connection = kind.from_url(
             settings.redis_url,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
@@ -258,8 +261,22 @@ class MemoryClient:
         """The tier indexes, declaring the model's state attributes; built on first use (a
         writer never needs them), loading the model."""
         if self._store is None:
-            self._store = TierStore(self.redis, self.settings, self.engine.schema)
+            self._store = TierStore(self.one_redis, self.settings, self.engine.schema)
         return self._store
+
+    @property
+    def one_redis(self) -> redis.Redis:
+        """The client's Redis, for what runs on one Redis only (not yet on a cluster).
+
+        Raises:
+            ConfigError: the client is a cluster's.
+        """
+        if isinstance(self.redis, redis.RedisCluster):
+            raise ConfigError(
+                "this works on one Redis, not yet on a Redis Cluster (buckets: recall and "
+                "remember do)"
+            )
+        return self.redis
 
     def _ready_store(self) -> TierStore:
         store = self.store
@@ -267,6 +284,30 @@ class MemoryClient:
             store.ensure_indexes()
             self._indexes_checked = True
         return store
+
+    def store_for(self, agent_id: str) -> TierStore:
+        """The tier store that holds `agent_id`'s memories, its indexes made sure of: the
+        deployment's on one Redis; with buckets (settings.buckets > 1), its bucket's, on the
+        cluster node that owns the bucket's slot (`self.redis` a redis.RedisCluster)."""
+        if self.settings.buckets == 1:
+            return self._ready_store()
+        keys = agent_keys(self.keys, agent_id, self.settings.buckets)
+        store = self._bucket_stores.get(keys.tag)
+        if store is None:
+            if not isinstance(self.redis, redis.RedisCluster):
+                raise ConfigError(
+                    f"{env_var('buckets')}={self.settings.buckets} needs a redis.RedisCluster "
+                    "client: the buckets live on the nodes of a Redis Cluster"
+                )
+            node = self.redis.get_node_from_key(keys.index("stm")).redis_connection
+            store = TierStore(node, self.settings, self.engine.schema, keys)
+            store.ensure_indexes()
+            self._bucket_stores[keys.tag] = store
+        return store
+
+    def _stream_of(self, agent_id: str) -> str:
+        """The stream an agent's entries go to: its bucket's (buckets.py)."""
+        return agent_keys(self.keys, agent_id, self.settings.buckets).stream
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -286,7 +327,7 @@ class MemoryClient:
             StoreError: Redis failed.
         """
         fields = encode_entry(agent_id, state, step, ts, kind, importance)
-        stream = self.keys.stream
+        stream = self._stream_of(agent_id)
         try:
             entry_id = self.redis.xadd(stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as e:
@@ -310,15 +351,14 @@ class MemoryClient:
         entries = [_item_fields(i, item) for i, item in enumerate(items)]
         if not entries:
             return []
-        stream = self.keys.stream
         pipe = self.redis.pipeline(transaction=False)
         for fields in entries:
-            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            pipe.xadd(self._stream_of(text(fields["agent_id"])), fields)  # type: ignore[arg-type]
         try:
             ids = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(
-                f"pipelined XADD of {len(entries)} entries to {stream} failed: "
+                f"pipelined XADD of {len(entries)} entries to {self.keys.stream} failed: "
                 f"{failure_text(e, self.keys)}"
             ) from e
         return [text(entry_id) for entry_id in ids]
@@ -383,7 +423,7 @@ class MemoryClient:
         if kinds is not None:
             kind_filter = _kind_filter(kinds)
             filters = kind_filter if filters is None else kind_filter & filters
-        store = self._ready_store()
+        store = self.store_for(agent_id)
         if isinstance(query, Mapping) and (given := self._partial_fields(query)):
             query_tier = None
             reference, chosen = self._rank_partial(

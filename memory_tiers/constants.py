@@ -19,6 +19,9 @@ DEFAULT_PREFIX = "mt"
 TIERS = ("stm", "im", "ltm")
 """The memory tiers, from the freshest and largest vectors to the oldest and smallest."""
 
+MAX_BUCKETS = 16384
+"""The hash slots of a Redis Cluster: at most one bucket per slot (buckets.py)."""
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -131,7 +131,7 @@ def _drain(client: MemoryClient, sent: int, echo: Echo, timeout_s: float = 30.0)
 
 def _health(client: MemoryClient, settings: Settings) -> str:
     """What `memory-tiers check` says now: the daemon's heartbeat and the stream's lag."""
-    status = snapshot(client.redis, client.keys, count_lag_up_to=settings.max_lag + 1)
+    status = snapshot(client.one_redis, client.keys, count_lag_up_to=settings.max_lag + 1)
     return health(status, client.keys, settings.max_lag)[1]
 
 

@@ -96,8 +96,8 @@ class MemoryGateway:
 
     @property
     def redis(self) -> redis.Redis:
-        """The Redis connection the client uses."""
-        return self.client.redis
+        """The Redis connection the client uses (one Redis: status is not yet cluster-wide)."""
+        return self.client.one_redis
 
     # -- access --------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from .constants import DEFAULT_PREFIX, TIERS, Keys
+from .constants import DEFAULT_PREFIX, MAX_BUCKETS, TIERS, Keys
 from .errors import ConfigError
 
 ENV_PREFIX = "MT_"
@@ -151,6 +151,12 @@ class Settings:
         1000, "memories read, compressed and moved per transaction", _at_least(1)
     )
     keep_state_after_stm: bool = _setting(False, "copy the raw state JSON into IM and LTM too")
+    buckets: int = _setting(
+        1,
+        "buckets the agents are sharded into over a Redis Cluster (buckets.py), fixed for a "
+        "deployment's life; 1: one Redis",
+        Allowed(lambda v: 1 <= v <= MAX_BUCKETS, f"from 1 to {MAX_BUCKETS}"),
+    )
     drift_sample_every: int = _setting(
         100,
         "one in this many encoded states is also decoded at every tier, to watch the "

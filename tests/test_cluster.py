@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +15,7 @@ import redis
 from redis.crc import key_slot
 from test_ingest import wait_for
 
-from memory_tiers import EmbeddingEngine, Settings
+from memory_tiers import ConfigError, EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cluster import finish, prepare
 from memory_tiers.errors import StoreError
@@ -320,3 +321,36 @@ def test_leases_live_in_their_buckets_slots_and_renew_through_the_cluster(
         keys = bucket_keys(settings.keys, bucket, BUCKETS)
         assert key_slot(keys.lease.encode()) == key_slot(keys.stream.encode())
         assert holder == ("daemon-a" if bucket in a.held else "daemon-b")
+
+
+def test_a_client_with_buckets_remembers_into_and_recalls_from_each_agents_bucket(
+    cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(buckets=BUCKETS)
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(120, num_agents=10, seed=6)
+    memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states[:60])
+    for state in states[60:]:
+        memory.remember(str(state["agent_id"]), state)
+    per_bucket = Counter(bucket_of(str(s["agent_id"]), BUCKETS) for s in states)
+    for bucket, count in per_bucket.items():
+        assert cluster_client.xlen(bucket_keys(settings.keys, bucket, BUCKETS).stream) == count
+
+    for bucket in per_bucket:  # the daemon's part, per bucket (leases come with the daemon)
+        keys = bucket_keys(settings.keys, bucket, BUCKETS)
+        ingestor = Ingestor(
+            node_client(cluster_client, keys.stream), engine, settings, "d", keys=keys
+        )
+        ingestor.store.ensure_indexes()
+        ingestor.ensure_group()
+        while messages := ingestor.reader.read_ready():
+            ingestor.process(messages)
+
+    for state in states[::7]:
+        agent = str(state["agent_id"])
+        found = memory.recall(agent, state, k=3, tiers=("stm",))
+        best = found.by_tier["stm"][0]
+        assert best.agent_id == agent and best.state == state
+        assert memory.store_for(agent).keys == agent_keys(settings.keys, agent, BUCKETS)
+    with pytest.raises(ConfigError, match="not yet on a Redis Cluster"):
+        memory.store  # noqa: B018 (the one-Redis store)
