@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from test_ingest import wait_for
 from memory_tiers import ConfigError, EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cluster import finish, prepare
+from memory_tiers.cluster_daemon import ClusterDaemon
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import Ingestor
 from memory_tiers.leases import BucketLeases
@@ -354,3 +356,84 @@ def test_a_client_with_buckets_remembers_into_and_recalls_from_each_agents_bucke
         assert memory.store_for(agent).keys == agent_keys(settings.keys, agent, BUCKETS)
     with pytest.raises(ConfigError, match="not yet on a Redis Cluster"):
         memory.store  # noqa: B018 (the one-Redis store)
+
+
+def test_daemons_share_the_buckets_and_one_takes_over_when_the_other_stops(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(
+        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
+        consumer_max_idle_s=60,
+    )  # fmt: skip
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(360, num_agents=12, seed=8)
+
+    def stored() -> int:
+        return sum(
+            memory.store_for(a).count("stm", a) for a in {str(s["agent_id"]) for s in states}
+        )
+
+    daemons = [
+        ClusterDaemon(redis.RedisCluster.from_url(embedded_cluster.url), engine, settings, name)
+        for name in ("daemon-a", "daemon-b")
+    ]
+    threads = [threading.Thread(target=d.run) for d in daemons]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: all(len(d.buckets) == BUCKETS // 2 for d in daemons), 20, "a fair split")
+        assert set(daemons[0].buckets).isdisjoint(daemons[1].buckets)
+        memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states[:240])
+        wait_for(lambda: stored() == 240, 30, "the first 240 states stored")
+
+        daemons[0].request_stop()  # gives its leases back
+        threads[0].join(10)
+        wait_for(lambda: len(daemons[1].buckets) == BUCKETS, 20, "the takeover")
+        memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states[240:])
+        wait_for(lambda: stored() == 360, 30, "all 360 states stored")
+    finally:
+        for daemon in daemons:
+            daemon.request_stop()
+        for thread in threads:
+            thread.join(10)
+    for bucket in range(BUCKETS):
+        keys = bucket_keys(settings.keys, bucket, BUCKETS)
+        node = node_client(cluster_client, keys.stream)
+        assert node.xpending(keys.stream, keys.group)["pending"] == 0
+    assert stored() == 360  # each once: the time indexes count records, not writes
+
+
+def test_a_dead_daemons_buckets_and_unacked_entries_are_taken_over(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(
+        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
+        consumer_max_idle_s=60,
+    )  # fmt: skip
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(180, num_agents=12, seed=9)
+    memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
+    dead = ClusterDaemon(
+        redis.RedisCluster.from_url(embedded_cluster.url), engine, settings, "dead"
+    )
+    dead._balance()  # alone: it leases every bucket
+    assert len(dead.buckets) == BUCKETS
+    read = sum(len(b.ingestor.reader.read_ready()) for b in dead.buckets.values())
+    assert read == 180  # delivered to it, never acked: then it dies without a word
+
+    heir = ClusterDaemon(
+        redis.RedisCluster.from_url(embedded_cluster.url), engine, settings, "heir"
+    )
+    thread = threading.Thread(target=heir.run)
+    thread.start()
+    try:
+        agents = {str(s["agent_id"]) for s in states}
+        wait_for(
+            lambda: sum(memory.store_for(a).count("stm", a) for a in agents) == 180,
+            30,
+            "the dead daemon's entries claimed and stored",
+        )
+        assert len(heir.buckets) == BUCKETS and heir.stats.claimed == 180
+    finally:
+        heir.request_stop()
+        thread.join(10)

@@ -1,0 +1,155 @@
+"""The ingest daemon on a Redis Cluster (settings.buckets > 1): it leases a fair share of the
+buckets (leases.py) and consumes each leased bucket's stream on the node that owns it.
+
+One loop: renew the leases (a lost one's bucket is dropped at once), take free ones up to the
+fair share, ceil(B / live daemons), and give back the excess; then read each held bucket's
+own pending and new entries without blocking and handle them (`Ingestor.process`: one
+MULTI/EXEC in the bucket's slot), claiming the entries other consumers left idle past
+claim_idle_ms now and then. With nothing to read it sleeps block_ms.
+
+Work in progress (#16): a batch per bucket (small ones under light load cost more per state
+than one batch over all buckets), no commit lane, no consolidation, no metrics yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from .buckets import bucket_keys
+from .engine import EmbeddingEngine
+from .errors import MemoryTiersError
+from .ingest import Ingestor, IngestStats
+from .leases import BucketLeases, fair_share
+from .settings import Settings
+from .stream import ReadPosition
+
+log = logging.getLogger(__name__)
+
+
+class _Bucket:
+    """One leased bucket: its consumer on the node that owns its slot, and its read position."""
+
+    def __init__(
+        self,
+        cluster: redis.RedisCluster,
+        engine: EmbeddingEngine,
+        settings: Settings,
+        consumer: str,
+        bucket: int,
+    ) -> None:
+        keys = bucket_keys(settings.keys, bucket, settings.buckets)
+        node = cluster.get_node_from_key(keys.stream).redis_connection
+        self.ingestor = Ingestor(node, engine, settings, consumer, keys=keys)
+        self.ingestor.store.ensure_indexes()
+        self.ingestor.ensure_group()
+        self.position = ReadPosition(self.ingestor.reader)
+        self._claim_every_s = settings.claim_idle_ms / 2000
+        self._next_claim = 0.0
+
+    def step(self) -> int:
+        """Claim idle entries if due, then handle one batch; the entries handled."""
+        handled = 0
+        if time.monotonic() >= self._next_claim:
+            cursor = "0-0"
+            while True:
+                cursor, messages = self.ingestor.claim_idle(cursor)
+                if messages:
+                    self.ingestor.process(messages)
+                    handled += len(messages)
+                if cursor == "0-0":
+                    break
+            self._next_claim = time.monotonic() + self._claim_every_s
+        messages = self.position.next_batch(wait=False)
+        if messages:
+            self.ingestor.process(messages)
+        return handled + len(messages)
+
+
+class ClusterDaemon:
+    """Consumes the leased buckets of a deployment on a Redis Cluster until stopped.
+
+    Args:
+        cluster: a redis.RedisCluster client of the deployment's cluster.
+        engine: encodes the states.
+        settings: buckets > 1; block_ms, claim_idle_ms, heartbeat_ttl_s (the lease time).
+        consumer: this daemon's name: its consumer name in every bucket's group, and its
+            leases' owner.
+    """
+
+    def __init__(
+        self,
+        cluster: redis.RedisCluster,
+        engine: EmbeddingEngine,
+        settings: Settings,
+        consumer: str,
+    ) -> None:
+        self.cluster = cluster
+        self.engine = engine
+        self.settings = settings
+        self.consumer = consumer
+        ttl_ms = round(settings.heartbeat_ttl_s * 1000)
+        self.leases = BucketLeases(cluster, settings.keys, consumer, settings.buckets, ttl_ms)
+        self.buckets: dict[int, _Bucket] = {}
+        self._stop = threading.Event()
+        self._renew_every_s = settings.heartbeat_ttl_s / 3
+
+    @property
+    def stats(self) -> IngestStats:
+        """Entries handled in the buckets held now."""
+        total = IngestStats()
+        for bucket in self.buckets.values():
+            for name, value in vars(bucket.ingestor.stats).items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand and return from `run()`; safe from any thread."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until stopped; then give back every lease."""
+        next_balance = 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_balance:
+                    self._balance()
+                    next_balance = time.monotonic() + self._renew_every_s
+                handled = 0
+                for number, bucket in list(self.buckets.items()):
+                    try:
+                        handled += bucket.step()
+                    except (redis.RedisError, MemoryTiersError) as e:
+                        log.warning("bucket %d: %s; re-reading its pending entries", number, e)
+                        bucket.position.restart()
+                if not handled:
+                    self._stop.wait(self.settings.block_ms / 1000)
+        finally:
+            self.buckets.clear()
+            self.leases.release_all()
+            self.cluster.zrem(self.settings.keys.heartbeats, self.consumer)
+
+    def _live(self) -> int:
+        """Register this daemon as alive now; how many daemons registered within a lease time
+        (the heartbeat registry, one key)."""
+        now_ms, registry = round(time.time() * 1000), self.settings.keys.heartbeats
+        self.cluster.zadd(registry, {self.consumer: now_ms})
+        return max(1, int(self.cluster.zcount(registry, now_ms - self.leases.ttl_ms, "+inf")))
+
+    def _balance(self) -> None:
+        """Renew the leases, drop the buckets lost, take or give back up to the fair share."""
+        for lost in self.leases.renew():
+            log.warning("lease of bucket %d lost: another daemon consumes it now", lost)
+            self.buckets.pop(lost, None)
+        live = self._live()
+        share = fair_share(self.settings.buckets, live)
+        for bucket in self.leases.excess(share):
+            self.buckets.pop(bucket, None)  # stopped consuming it: now give it back
+            self.leases.release(bucket)
+        for bucket in sorted(self.leases.acquire(share)):
+            self.buckets[bucket] = _Bucket(
+                self.cluster, self.engine, self.settings, self.consumer, bucket
+            )
