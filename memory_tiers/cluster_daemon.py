@@ -5,10 +5,12 @@ One loop: renew the leases (a lost one's bucket is dropped at once), take free o
 fair share, ceil(B / live daemons), and give back the excess; then read each held bucket's
 own pending and new entries without blocking and handle them (`Ingestor.process`: one
 MULTI/EXEC in the bucket's slot), claiming the entries other consumers left idle past
-claim_idle_ms now and then. With nothing to read it sleeps block_ms.
+claim_idle_ms now and then. With nothing to read it sleeps block_ms. Every
+consolidate_interval_s it applies each tier's policy to each held bucket (tiers.py), on the
+bucket's node: the lease makes it the only daemon moving that bucket, so no job lock.
 
 Work in progress (#16): a batch per bucket (small ones under light load cost more per state
-than one batch over all buckets), no commit lane, no consolidation, no metrics yet.
+than one batch over all buckets), no commit lane, no metrics yet.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import time
 import redis
 
 from .buckets import bucket_keys
+from .constants import TIERS
 from .engine import EmbeddingEngine
 from .errors import MemoryTiersError
 from .ingest import Ingestor, IngestStats
 from .leases import BucketLeases, fair_share
 from .settings import Settings
 from .stream import ReadPosition
+from .tiers import consolidate
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,8 @@ class ClusterDaemon:
         settings: buckets > 1; block_ms, claim_idle_ms, heartbeat_ttl_s (the lease time).
         consumer: this daemon's name: its consumer name in every bucket's group, and its
             leases' owner.
+        consolidate: apply the tier policies to the held buckets every
+            consolidate_interval_s.
     """
 
     def __init__(
@@ -86,7 +92,9 @@ class ClusterDaemon:
         engine: EmbeddingEngine,
         settings: Settings,
         consumer: str,
+        consolidate: bool = True,
     ) -> None:
+        self.consolidate = consolidate
         self.cluster = cluster
         self.engine = engine
         self.settings = settings
@@ -113,11 +121,15 @@ class ClusterDaemon:
     def run(self) -> None:
         """Consume until stopped; then give back every lease."""
         next_balance = 0.0
+        next_consolidation = time.monotonic() + self.settings.consolidate_interval_s
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_balance:
                     self._balance()
                     next_balance = time.monotonic() + self._renew_every_s
+                if self.consolidate and time.monotonic() >= next_consolidation:
+                    self._consolidate()
+                    next_consolidation = time.monotonic() + self.settings.consolidate_interval_s
                 handled = 0
                 for number, bucket in list(self.buckets.items()):
                     try:
@@ -131,6 +143,16 @@ class ClusterDaemon:
             self.buckets.clear()
             self.leases.release_all()
             self.cluster.zrem(self.settings.keys.heartbeats, self.consumer)
+
+    def _consolidate(self) -> None:
+        """Apply each tier's policy to each held bucket; a failure is logged, not raised."""
+        for number, bucket in list(self.buckets.items()):
+            store = bucket.ingestor.store
+            for tier in TIERS:
+                try:
+                    consolidate(store.client, store, self.engine, self.settings, tier)
+                except (redis.RedisError, MemoryTiersError) as e:
+                    log.warning("bucket %d: consolidating %s failed: %s", number, tier, e)
 
     def _live(self) -> int:
         """Register this daemon as alive now; how many daemons registered within a lease time

@@ -437,3 +437,32 @@ def test_a_dead_daemons_buckets_and_unacked_entries_are_taken_over(
     finally:
         heir.request_stop()
         thread.join(10)
+
+
+def test_a_daemon_consolidates_the_buckets_it_holds(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(
+        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
+        consumer_max_idle_s=60, consolidate_interval_s=0.3,
+        stm_max_age_s=None, stm_max_per_agent=5, im_max_age_s=None, im_max_per_agent=None,
+    )  # fmt: skip
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(180, num_agents=12, seed=10)
+    memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
+    agents = sorted({str(s["agent_id"]) for s in states})
+    daemon = ClusterDaemon(redis.RedisCluster.from_url(embedded_cluster.url), engine, settings, "d")
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_for(
+            lambda: all(
+                (memory.store_for(a).count("stm", a), memory.store_for(a).count("im", a)) == (5, 10)
+                for a in agents
+            ),
+            30,
+            "each agent's 5 newest in STM and the 10 others in IM",
+        )
+    finally:
+        daemon.request_stop()
+        thread.join(10)
