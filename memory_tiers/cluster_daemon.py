@@ -84,6 +84,7 @@ class ClusterDaemon:
             leases' owner.
         consolidate: apply the tier policies to the held buckets every
             consolidate_interval_s.
+        stop: set to end `run()` [default: its own, set by `request_stop`].
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class ClusterDaemon:
         settings: Settings,
         consumer: str,
         consolidate: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         self.consolidate = consolidate
         self.cluster = cluster
@@ -102,7 +104,7 @@ class ClusterDaemon:
         ttl_ms = round(settings.heartbeat_ttl_s * 1000)
         self.leases = BucketLeases(cluster, settings.keys, consumer, settings.buckets, ttl_ms)
         self.buckets: dict[int, _Bucket] = {}
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._renew_every_s = settings.heartbeat_ttl_s / 3
 
     @property

@@ -287,6 +287,8 @@ class Daemon:
             torch.set_num_threads(self.torch_threads)
         consumer = self.consumer or default_consumer_name()
         log_settings(self.settings, f"daemon {consumer} starting, model {engine.version}:")
+        if self.settings.buckets > 1:
+            return self._run_on_cluster(engine, consumer)
         every = self.settings.drift_sample_every
         drift = ReconstructionDrift(engine, every) if every else None
         metrics = self._start_metrics()
@@ -312,6 +314,23 @@ class Daemon:
             if metrics is not None:
                 metrics.close()
             self._summary(ingestor.stats, IngestStats(), time.monotonic() - started, "stopped")
+        return EXIT_OK
+
+    def _run_on_cluster(self, engine: EmbeddingEngine, consumer: str) -> int:
+        """With buckets: lease a share of them and consume those (cluster_daemon.py; no
+        metrics or heartbeat key yet)."""
+        from .cluster_daemon import ClusterDaemon
+
+        cluster = redis.RedisCluster.from_url(self.redis_url)
+        daemon = ClusterDaemon(
+            cluster, engine, self.settings, consumer, self.consolidate, self._stop
+        )
+        try:
+            with self._signals():
+                self._started.set()
+                daemon.run()
+        finally:
+            cluster.close()
         return EXIT_OK
 
     def _start_metrics(self) -> DaemonMetrics | None:

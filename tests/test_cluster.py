@@ -20,6 +20,7 @@ from memory_tiers import ConfigError, EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cluster import finish, prepare
 from memory_tiers.cluster_daemon import ClusterDaemon
+from memory_tiers.daemon import Daemon
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import Ingestor
 from memory_tiers.leases import BucketLeases
@@ -466,3 +467,29 @@ def test_a_daemon_consolidates_the_buckets_it_holds(
     finally:
         daemon.request_stop()
         thread.join(10)
+
+
+def test_the_service_daemon_consumes_the_buckets_when_there_are_buckets(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(
+        redis_url=embedded_cluster.url, buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5,
+    )  # fmt: skip
+    daemon = Daemon(settings, engine=engine, handle_signals=False, consumer="serve-1")
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        assert daemon.wait_started(20)
+        memory = MemoryClient(cluster_client, settings, engine)
+        states = simulate_states(60, num_agents=6, seed=12)
+        memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
+        agents = {str(s["agent_id"]) for s in states}
+        wait_for(
+            lambda: sum(memory.store_for(a).count("stm", a) for a in agents) == 60,
+            30,
+            "the 60 states stored by the service daemon",
+        )
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
