@@ -30,6 +30,7 @@ from .client import (
     MergedHit,
     Recall,
     _item_fields,
+    connect,
 )
 from .constants import TIERS
 from .errors import ConfigError, StoreError
@@ -54,7 +55,11 @@ class AsyncMemoryClient:
     Use `from_settings` or `from_url`, then `async with` (or `await close()`).
     """
 
-    def __init__(self, redis_client: redis.asyncio.Redis, recall_client: MemoryClient) -> None:
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        recall_client: MemoryClient,
+    ) -> None:
         self.redis = redis_client
         self.recall_client = recall_client
         self.settings = recall_client.settings
@@ -78,17 +83,13 @@ class AsyncMemoryClient:
                 "daemon reads"
             )
         # the URL's own socket_timeout=/socket_connect_timeout= arguments win
-        writer = redis.asyncio.Redis.from_url(
+        kind = redis.asyncio.Redis if settings.buckets == 1 else redis.asyncio.RedisCluster
+        writer = kind.from_url(
             settings.redis_url,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
         )
-        reader = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
-        )
-        return cls(writer, MemoryClient(reader, settings, engine))
+        return cls(writer, MemoryClient(connect(settings), settings, engine))
 
     @classmethod
     def from_url(cls, url: str, **settings_overrides: Any) -> AsyncMemoryClient:
@@ -129,12 +130,12 @@ class AsyncMemoryClient:
             StoreError: Redis failed.
         """
         fields = encode_entry(agent_id, state, step, ts, kind, importance)
+        stream = self.recall_client.stream_of(agent_id)
         try:
-            entry_id = await self.redis.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
+            entry_id = await self.redis.xadd(stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as e:
             raise StoreError(
-                f"XADD to {self.keys.stream} for agent {agent_id!r} failed: "
-                f"{failure_text(e, self.keys)}"
+                f"XADD to {stream} for agent {agent_id!r} failed: {failure_text(e, self.keys)}"
             ) from e
         return text(entry_id)
 
@@ -150,7 +151,8 @@ class AsyncMemoryClient:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for fields in entries:
-            pipe.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
+            stream = self.recall_client.stream_of(fields["agent_id"])
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
         try:
             ids = await pipe.execute()
         except redis.RedisError as e:

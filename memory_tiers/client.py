@@ -195,13 +195,7 @@ class MemoryClient:
             raise ConfigError(
                 "MemoryClient needs settings.redis_url (MT_REDIS_URL): the Redis the daemon reads"
             )
-        kind = redis.Redis if settings.buckets == 1 else redis.RedisCluster
-        connection = kind.from_url(
-            settings.redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
-        )  # the URL's own socket_timeout=/socket_connect_timeout= arguments win
-        client = cls(connection, settings)
+        client = cls(connect(settings), settings)
         client._owns_client = True
         return client
 
@@ -305,7 +299,7 @@ class MemoryClient:
             self._bucket_stores[keys.tag] = store
         return store
 
-    def _stream_of(self, agent_id: str) -> str:
+    def stream_of(self, agent_id: str) -> str:
         """The stream an agent's entries go to: its bucket's (buckets.py)."""
         return agent_keys(self.keys, agent_id, self.settings.buckets).stream
 
@@ -327,7 +321,7 @@ class MemoryClient:
             StoreError: Redis failed.
         """
         fields = encode_entry(agent_id, state, step, ts, kind, importance)
-        stream = self._stream_of(agent_id)
+        stream = self.stream_of(agent_id)
         try:
             entry_id = self.redis.xadd(stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as e:
@@ -353,7 +347,7 @@ class MemoryClient:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for fields in entries:
-            pipe.xadd(self._stream_of(text(fields["agent_id"])), fields)  # type: ignore[arg-type]
+            pipe.xadd(self.stream_of(text(fields["agent_id"])), fields)  # type: ignore[arg-type]
         try:
             ids = pipe.execute()
         except redis.RedisError as e:
@@ -655,6 +649,17 @@ class AgentMemory:
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit; see MemoryClient.reconstruct."""
         return self.client.reconstruct(hit)
+
+
+def connect(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """A client of `settings.redis_url` (set): a redis.RedisCluster when there are buckets."""
+    assert settings.redis_url
+    kind = redis.Redis if settings.buckets == 1 else redis.RedisCluster
+    return kind.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+    )  # the URL's own socket_timeout=/socket_connect_timeout= arguments win
 
 
 def _item_fields(index: int, item: Mapping[str, Any]) -> dict[str, str]:

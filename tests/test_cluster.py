@@ -4,6 +4,7 @@ Redis (buckets.py, DESIGN "Scaling beyond one Redis")."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import threading
@@ -16,7 +17,13 @@ import redis
 from redis.crc import key_slot
 from test_ingest import wait_for
 
-from memory_tiers import ConfigError, EmbeddingEngine, MemoryClient, Settings
+from memory_tiers import (
+    AsyncMemoryClient,
+    ConfigError,
+    EmbeddingEngine,
+    MemoryClient,
+    Settings,
+)
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cluster import finish, prepare
 from memory_tiers.cluster_daemon import ClusterDaemon
@@ -493,3 +500,23 @@ def test_the_service_daemon_consumes_the_buckets_when_there_are_buckets(
         daemon.request_stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_async_client_remembers_into_each_agents_bucket(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = Settings(redis_url=embedded_cluster.url, buckets=BUCKETS)
+    states = simulate_states(40, num_agents=8, seed=13)
+
+    async def remember() -> None:
+        async with AsyncMemoryClient.from_settings(settings, engine) as memory:
+            await memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states[:20])
+            for state in states[20:]:
+                await memory.remember(str(state["agent_id"]), state)
+
+    asyncio.run(remember())
+    per_bucket = Counter(bucket_of(str(s["agent_id"]), BUCKETS) for s in states)
+    for bucket in range(BUCKETS):
+        stream = bucket_keys(settings.keys, bucket, BUCKETS).stream
+        assert cluster_client.xlen(stream) == per_bucket.get(bucket, 0)
+    assert cluster_client.exists(settings.keys.stream) == 0  # nothing in the untagged stream
