@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from .buckets import bucket_keys, check_buckets
@@ -55,7 +56,7 @@ class BucketLeases:
         self.ttl_ms = ttl_ms
         self.held: set[int] = set()
         """The buckets this daemon holds a lease on, as of its last renewal."""
-        self._keys = [bucket_keys(keys, b, buckets).lease for b in range(buckets)]
+        self._keys = lease_keys(keys, buckets)
         start = zlib.crc32(owner.encode("utf-8")) % buckets
         self._order = [(start + i) % buckets for i in range(buckets)]
         self._renew = client.register_script(_RENEW)
@@ -101,7 +102,23 @@ class BucketLeases:
 
     def holders(self) -> dict[int, str | None]:
         """Bucket -> the daemon holding its lease now, or None: the lease map."""
-        return {
-            b: None if (name := self.client.get(key)) is None else text(name)
-            for b, key in enumerate(self._keys)
-        }
+        return holders(self.client, self._keys)
+
+
+def lease_keys(keys: Keys, buckets: int) -> list[str]:
+    """The lease key of each bucket, in bucket order."""
+    return [bucket_keys(keys, b, buckets).lease for b in range(buckets)]
+
+
+def holders(client: Any, leases: Sequence[str]) -> dict[int, str | None]:
+    """Bucket -> the daemon holding its lease now, or None: the lease map, read in one round
+    trip per node.
+
+    Args:
+        leases: the lease key of each bucket (`lease_keys`).
+    """
+    pipe = client.pipeline(transaction=False)
+    for key in leases:
+        pipe.get(key)
+    names = pipe.execute() if leases else []
+    return {b: None if name is None else text(name) for b, name in enumerate(names)}

@@ -14,6 +14,10 @@ lives in Redis under the prefix, so any host with the URL sees every daemon.
 - Lag: XINFO GROUPS' `lag`, the entries not yet delivered to the group. Redis reports it as
   unknown after entries were deleted from the undelivered part of the stream; then it is
   counted with XRANGE, up to a cap.
+- On a Redis Cluster (settings.buckets > 1, buckets.py) each bucket has its own stream, group,
+  tier indexes and time indexes: `BucketStatus` is one bucket's reading, and a `Snapshot` sums
+  them (cluster_status.py reads them). Heartbeats and the series are the deployment's, as on
+  one Redis.
 - Series: `Keys.stats_series`, a list of JSON samples, oldest first, trimmed to
   settings.stats_samples. One sample per stats_interval_s whatever the number of daemons: a
   daemon adds one only when it wins that interval's gate key (SET NX PX).
@@ -40,6 +44,10 @@ SCAN_COUNT = 500
 HEARTBEAT_REGISTRY_KEEP_S = 3600.0
 """How long a consumer that stopped beating stays in the heartbeat registry (whose members
 readers look up), so clocks that disagree by minutes never hide a live daemon."""
+
+Client = redis.Redis | redis.RedisCluster
+"""One Redis, or a Redis Cluster client that routes each key to its node: the readers here
+take either; on a cluster each call names keys of one slot only (one bucket's, or one key)."""
 
 HEARTBEATS_PER_TTL = 3
 """A heartbeat is rewritten this many times per TTL, so one late write does not expire it."""
@@ -92,7 +100,7 @@ class Heartbeat:
 _HEARTBEAT_FIELDS = frozenset(f.name for f in fields(Heartbeat))
 
 
-def beat(client: redis.Redis, keys: Keys, heartbeat: Heartbeat) -> None:
+def beat(client: Client, keys: Keys, heartbeat: Heartbeat) -> None:
     """Write a daemon's heartbeat key, to expire after its ttl_s, and register its consumer."""
     at_ms = round(heartbeat.at * 1000)
     pipe = client.pipeline(transaction=False)
@@ -108,7 +116,7 @@ def beat(client: redis.Redis, keys: Keys, heartbeat: Heartbeat) -> None:
     pipe.execute()
 
 
-def clear_heartbeat(client: redis.Redis, keys: Keys, consumer: str) -> None:
+def clear_heartbeat(client: Client, keys: Keys, consumer: str) -> None:
     """Delete a daemon's heartbeat and its registration: it stopped on purpose."""
     pipe = client.pipeline(transaction=False)
     pipe.delete(keys.heartbeat(consumer))
@@ -116,12 +124,13 @@ def clear_heartbeat(client: redis.Redis, keys: Keys, consumer: str) -> None:
     pipe.execute()
 
 
-def heartbeats(client: redis.Redis, keys: Keys) -> list[Heartbeat]:
+def heartbeats(client: Client, keys: Keys) -> list[Heartbeat]:
     """The heartbeats of the daemons alive now (their key exists), by consumer name."""
     consumers = sorted(text(c) for c in client.zrange(keys.heartbeats, 0, -1))
-    if not consumers:
-        return []
-    raws = client.mget([keys.heartbeat(consumer) for consumer in consumers])
+    pipe = client.pipeline(transaction=False)  # not MGET: on a cluster the keys span slots
+    for consumer in consumers:
+        pipe.get(keys.heartbeat(consumer))
+    raws = pipe.execute() if consumers else []
     found = (Heartbeat.from_json(raw) for raw in raws if raw is not None)
     return [beat for beat in found if beat is not None]
 
@@ -148,6 +157,21 @@ class StreamStatus:
 
 
 @dataclass(frozen=True)
+class BucketStatus:
+    """One bucket of a deployment on a Redis Cluster, read on the master that owns its slot."""
+
+    bucket: int
+    keys: Keys
+    node: str
+    """The master that owns the bucket's slot, host:port."""
+    tiers: dict[str, int]
+    stream: StreamStatus
+    indexes: dict[str, IndexState | None]
+    holder: str | None
+    """The daemon that holds the bucket's lease and consumes it (leases.py); None: none."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Tier sizes, the stream and the live daemons, read at `at` (epoch seconds)."""
 
@@ -156,10 +180,14 @@ class Snapshot:
     stream: StreamStatus
     heartbeats: list[Heartbeat] = field(default_factory=list)
     indexes: dict[str, IndexState | None] = field(default_factory=dict)
-    """Each tier's index (FT.INFO); None: missing."""
+    """Each tier's index (FT.INFO); None: missing (on a cluster: summed over the buckets, None
+    if any bucket's is missing)."""
+    buckets: list[BucketStatus] = field(default_factory=list)
+    """On a Redis Cluster, each bucket's own reading, which the fields above sum; empty on one
+    Redis."""
 
 
-def tier_sizes(client: redis.Redis, keys: Keys) -> dict[str, int]:
+def tier_sizes(client: Client, keys: Keys) -> dict[str, int]:
     """Memories per tier, from the tiers' time indexes (one ZCARD each, in one MULTI/EXEC)."""
     pipe = client.pipeline(transaction=True)  # a batch moving between tiers is counted once
     for tier in TIERS:
@@ -167,7 +195,7 @@ def tier_sizes(client: redis.Redis, keys: Keys) -> dict[str, int]:
     return {tier: int(size) for tier, size in zip(TIERS, pipe.execute(), strict=True)}
 
 
-def stream_status(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> StreamStatus:
+def stream_status(client: Client, keys: Keys, count_lag_up_to: int = 0) -> StreamStatus:
     """The stream, its group and the dead letters, in one round trip (two if lag is counted).
 
     Args:
@@ -206,7 +234,7 @@ def stream_status(client: redis.Redis, keys: Keys, count_lag_up_to: int = 0) -> 
     )
 
 
-def agent_counts(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+def agent_counts(client: Client, keys: Keys) -> dict[str, dict[str, int]]:
     """Memories per tier of every agent that has any.
 
     Reads every tier's agent set and one ZCARD per agent and tier (pipelined): linear in the
@@ -236,7 +264,7 @@ MAX_MODEL_VERSIONS = 100
 """Most model versions listed per tier (FT.AGGREGATE LIMIT)."""
 
 
-def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+def model_versions(client: Client, keys: Keys) -> dict[str, dict[str, int]]:
     """Memories per model version in each tier, most first (an FT.AGGREGATE per tier).
 
     After a retrain this shows what the old model still holds (`memory-tiers reencode`).
@@ -245,7 +273,7 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
     versions: dict[str, dict[str, int]] = {}
     for tier in TIERS:
         try:
-            reply = client.execute_command(
+            reply = client.execute_command(  # type: ignore[no-untyped-call]
                 "FT.AGGREGATE", keys.index(tier), "*",
                 "GROUPBY", "1", "@model_version", "REDUCE", "COUNT", "0", "AS", "n",
                 "SORTBY", "2", "@n", "DESC", "LIMIT", "0", str(MAX_MODEL_VERSIONS),
@@ -286,7 +314,8 @@ def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
             "rewrites its heartbeat while it consumes; the key expires heartbeat_ttl_s after it "
             "stopped or froze)"
         )
-    problem = index_problem(status.indexes, keys)
+    readings = [(b.indexes, b.keys) for b in status.buckets] or [(status.indexes, keys)]
+    problem = next(filter(None, (index_problem(*reading) for reading in readings)), None)
     if problem:
         return False, f"unhealthy: {problem}"
     if stream.lag is not None and stream.lag > max_lag:
@@ -297,9 +326,11 @@ def health(status: Snapshot, keys: Keys, max_lag: int) -> tuple[bool, str]:
             "stuck)"
         )
     daemons = ", ".join(beat.consumer for beat in status.heartbeats)
+    leased = sum(1 for b in status.buckets if b.holder is not None)
     return True, (
         f"ok: {len(status.heartbeats)} live daemon(s) ({daemons}); lag {stream.lag} "
         f"(max {max_lag}), pending {stream.pending}"
+        + (f"; {leased} of {len(status.buckets)} buckets leased" if status.buckets else "")
     )
 
 
@@ -342,13 +373,13 @@ class Sample:
         return cls(at, tiers, stream.entries_read, stream.lag, stream.pending, stream.dead_letters)
 
 
-def sample_due(client: redis.Redis, keys: Keys, interval_s: float) -> bool:
+def sample_due(client: Client, keys: Keys, interval_s: float) -> bool:
     """Whether this caller adds this interval's sample: the first to ask in each interval."""
     gate = keys.lock("stats-sample")
     return bool(client.set(gate, "1", nx=True, px=max(1, round(interval_s * 1000))))
 
 
-def add_sample(client: redis.Redis, keys: Keys, sample: Sample, max_samples: int) -> None:
+def add_sample(client: Client, keys: Keys, sample: Sample, max_samples: int) -> None:
     """Append a sample to the series and trim it to the newest max_samples."""
     pipe = client.pipeline(transaction=True)
     pipe.rpush(keys.stats_series, json.dumps(asdict(sample), separators=(",", ":")))
@@ -356,7 +387,7 @@ def add_sample(client: redis.Redis, keys: Keys, sample: Sample, max_samples: int
     pipe.execute()
 
 
-def series(client: redis.Redis, keys: Keys) -> list[Sample]:
+def series(client: Client, keys: Keys) -> list[Sample]:
     """The stats time series, oldest first (entries that do not parse are left out)."""
     samples = []
     for raw in client.lrange(keys.stats_series, 0, -1):

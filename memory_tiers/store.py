@@ -184,7 +184,9 @@ class IndexState:
     """The last indexing error and its key, if any."""
 
 
-def index_states(client: redis.Redis, keys: Keys) -> dict[str, IndexState | None]:
+def index_states(
+    client: redis.Redis | redis.RedisCluster, keys: Keys
+) -> dict[str, IndexState | None]:
     """Each tier's index by FT.INFO (one pipelined round trip); None for a missing one.
 
     Raises:

@@ -11,7 +11,7 @@ import redis
 from memory_tiers import EmbeddingEngine, Settings
 from memory_tiers.checkpoint import save_checkpoint
 from memory_tiers.features import default_schema
-from memory_tiers.server import EmbeddedRedis
+from memory_tiers.server import EmbeddedCluster, EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 from memory_tiers.train import train_autoencoder_pipeline
@@ -46,6 +46,25 @@ def store(redis_client: redis.Redis, settings: Settings) -> TierStore:
     tiers = TierStore(redis_client, settings, default_schema())
     tiers.ensure_indexes()
     return tiers
+
+
+@pytest.fixture(scope="module")
+def embedded_cluster() -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of 3 embedded masters, for one test module (about 2.5 s to start)."""
+    with EmbeddedCluster(masters=3) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_client(embedded_cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
+    """A client of the module's cluster, flushed (keys and indexes gone on every master)."""
+    client = redis.RedisCluster.from_url(embedded_cluster.url)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    for node in client.get_primaries():
+        for index in node.redis_connection.execute_command("FT._LIST"):
+            node.redis_connection.execute_command("FT.DROPINDEX", index)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -42,23 +41,6 @@ BUCKETS = 6
 AGENTS = [f"agent-{i}" for i in range(24)]
 PER_AGENT = 20
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def embedded_cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(masters=3) as started:
-        yield started
-
-
-@pytest.fixture
-def cluster_client(embedded_cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster.from_url(embedded_cluster.url)
-    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
-    for node in client.get_primaries():
-        for index in node.redis_connection.execute_command("FT._LIST"):
-            node.redis_connection.execute_command("FT.DROPINDEX", index)
-    yield client
-    client.close()
 
 
 def node_client(cluster_client: redis.RedisCluster, key: str) -> redis.Redis:

@@ -127,11 +127,8 @@ def _live_heartbeats(settings: Settings, url: str) -> list[Heartbeat]:
     """The heartbeats of the daemons alive now."""
     from ..status import heartbeats
 
-    client = status_client(url)
-    try:
+    with status_client(url) as client:
         return heartbeats(client, settings.keys)
-    finally:
-        client.close()
 
 
 def _policy_key(policy: Mapping[str, float | int | None] | None) -> tuple[float | None, ...]:

@@ -3,26 +3,57 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
+from redis.exceptions import RedisClusterException
 
 from ..constants import Keys
 from ..settings import Settings, redact_url
 from .options import require_redis
 from .tables import stats_sections
 
+if TYPE_CHECKING:
+    from ..status import Snapshot
+
 CHECK_TIMEOUT_S = 5.0
 """How long `check` and `stats` wait for Redis."""
 
 
-def status_client(url: str) -> redis.Redis:
-    """A client of `url` that gives up after CHECK_TIMEOUT_S, for commands that only read."""
-    return redis.Redis.from_url(
-        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-    )
+@contextmanager
+def status_client(url: str, buckets: int = 1) -> Iterator[redis.Redis | redis.RedisCluster]:
+    """A client of `url` that gives up after CHECK_TIMEOUT_S, for commands that only read: of
+    a Redis Cluster when there are buckets; closed after the block.
+
+    Raises:
+        redis.RedisError: a cluster's nodes cannot be reached (one Redis: on first use).
+    """
+    kind = redis.Redis if buckets == 1 else redis.RedisCluster
+    try:
+        client = kind.from_url(
+            url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+        )
+    except RedisClusterException as e:  # RedisCluster connects at once, and says so thus
+        raise redis.ConnectionError(str(e)) from e
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def read_snapshot(
+    client: redis.Redis | redis.RedisCluster, settings: Settings, count_lag_up_to: int = 0
+) -> Snapshot:
+    """What `check` and `stats` show: of one Redis, or summed over a cluster's buckets."""
+    from ..cluster_status import cluster_snapshot
+    from ..status import snapshot
+
+    if isinstance(client, redis.RedisCluster):
+        return cluster_snapshot(client, settings.keys, settings.buckets, count_lag_up_to)
+    return snapshot(client, settings.keys, count_lag_up_to)
 
 
 @click.command("check")
@@ -41,20 +72,18 @@ def check_command(settings: Settings, local: bool) -> None:
     """
     import socket
 
-    from ..status import health, snapshot
+    from ..status import health
 
     if not settings.redis_url:
         click.echo("unhealthy: no Redis to check: set MT_REDIS_URL (or --redis-url)")
         raise SystemExit(1)
     keys = settings.keys
-    client = status_client(settings.redis_url)
     try:
-        status = snapshot(client, keys, count_lag_up_to=settings.max_lag + 1)
+        with status_client(settings.redis_url, settings.buckets) as client:
+            status = read_snapshot(client, settings, count_lag_up_to=settings.max_lag + 1)
     except redis.RedisError as e:
         click.echo(f"unhealthy: cannot read Redis at {redact_url(settings.redis_url)}: {e}")
         raise SystemExit(1) from e
-    finally:
-        client.close()
     if local:
         host = socket.gethostname()
         beats = [beat for beat in status.heartbeats if beat.host == host]
@@ -85,24 +114,24 @@ def stats_command(settings: Settings, top: int, plot_path: str | None) -> None:
 
     Per-agent counts read every agent's time index: linear in the number of agents.
     """
-    from ..status import agent_counts, model_versions, series, snapshot, top_agents
+    from ..cluster_status import all_agent_counts, all_model_versions
+    from ..status import series, top_agents
 
     url = require_redis(settings, "stats", "the Redis the daemons use")
     if plot_path:
         _require_plots("stats --plot")
-    keys = settings.keys
-    client = status_client(url)
+    keys, buckets = settings.keys, settings.buckets
     try:
-        status = snapshot(client, keys)
-        counts = agent_counts(client, keys) if top else {}
-        versions = model_versions(client, keys)
-        samples = series(client, keys) if plot_path else []
+        with status_client(url, buckets) as client:
+            status = read_snapshot(client, settings)
+            counts = all_agent_counts(client, keys, buckets) if top else {}
+            versions = all_model_versions(client, keys, buckets)
+            samples = series(client, keys) if plot_path else []
     except redis.RedisError as e:
         raise click.ClickException(f"cannot read Redis at {redact_url(url)}: {e}") from e
-    finally:
-        client.close()
+    stream = keys.stream if buckets == 1 else keys.bucket("{*}").stream
     sections = stats_sections(
-        status, keys.stream, counts if top else None, versions, top_agents(counts, top)
+        status, stream, counts if top else None, versions, top_agents(counts, top)
     )
     click.echo("\n\n".join(sections))
     if plot_path:

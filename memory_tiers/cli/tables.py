@@ -16,6 +16,7 @@ from ..constants import TIERS
 
 if TYPE_CHECKING:
     from ..client import MergedHit
+    from ..cluster_status import NodeStatus
     from ..evaluation import TierQuality
     from ..status import Heartbeat, Snapshot
     from ..tiers import PassResult
@@ -46,6 +47,15 @@ REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "skipped", "seconds")
 TIER_COLUMNS = ("tier", "memories", "agents", "indexed", "indexing failures")
 STREAM_COLUMNS = ("stream", "length", "lag", "pending", "dead letters", "consumers")
 DAEMON_COLUMNS = ("daemon", "host", "pid", "model", "up", "stored", "dead letters", "heartbeat")
+NODE_COLUMNS = (
+    "node", "buckets", "stm", "im", "ltm", "indexed", "indexing failures", "stream", "pending",
+    "dead letters",
+)  # fmt: skip
+"""Columns of the `stats` table of a cluster's masters, each one's buckets summed."""
+
+LEASE_COLUMNS = ("daemon", "leases", "buckets")
+"""Columns of the `stats` lease map of a cluster: the buckets each daemon consumes."""
+
 AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
 MODEL_COLUMNS = ("model", "stm", "im", "ltm", "served")
 
@@ -148,6 +158,7 @@ def stats_sections(
     sections = [
         table(TIER_COLUMNS, tier_rows(status, counts), numeric={1, 2, 3, 4}),
         table(STREAM_COLUMNS, [stream_row(status, stream_name)], numeric=range(1, 6)),
+        *(cluster_sections(status) if status.buckets else []),
         table(DAEMON_COLUMNS, daemon_rows(status), numeric={2, 5, 6})
         if status.heartbeats
         else "no live daemon (no heartbeat key)",
@@ -180,6 +191,44 @@ def index_cells(status: Snapshot, tier: str) -> tuple[str, str]:
     """A tier's FT.INFO num_docs and hash_indexing_failures; 'missing' without an index."""
     state = status.indexes.get(tier)
     return ("missing", "-") if state is None else (str(state.num_docs), str(state.failures))
+
+
+def cluster_sections(status: Snapshot) -> list[str]:
+    """On a cluster: the masters, each one's buckets summed; the lease map and unheld buckets."""
+    from ..cluster_status import lease_map, per_node
+
+    held, unheld = lease_map(status)
+    leases = [
+        (daemon, str(len(buckets)), bucket_ranges(buckets)) for daemon, buckets in held.items()
+    ]
+    lines = [table(LEASE_COLUMNS, leases, numeric={1})] if leases else []
+    lines.append(f"unleased buckets: {bucket_ranges(unheld)}" if unheld else "every bucket leased")
+    nodes = [node_row(node) for node in per_node(status)]
+    return [table(NODE_COLUMNS, nodes, numeric=range(1, 10)), "\n".join(lines)]
+
+
+def node_row(node: NodeStatus) -> Row:
+    """One master's buckets: memories per tier, what their indexes hold and failed, the
+    streams' length, pending entries and dead letters."""
+    indexed = str(node.indexed)
+    if node.missing_indexes:
+        indexed += f" ({node.missing_indexes} missing)"
+    return (
+        node.node, str(node.buckets), *(str(node.tiers[tier]) for tier in TIERS), indexed,
+        str(node.failures), str(node.stream.length), str(node.stream.pending),
+        str(node.stream.dead_letters),
+    )  # fmt: skip
+
+
+def bucket_ranges(buckets: Sequence[int]) -> str:
+    """Ascending bucket numbers as ranges: '0-2,5'."""
+    ranges: list[list[int]] = []
+    for bucket in buckets:
+        if ranges and bucket == ranges[-1][-1] + 1:
+            ranges[-1][-1] = bucket
+        else:
+            ranges.append([bucket, bucket])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def stream_row(status: Snapshot, stream_name: str) -> Row:

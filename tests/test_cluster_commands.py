@@ -1,0 +1,170 @@
+"""The operators' commands on a Redis Cluster (settings.buckets > 1): check and stats read every
+bucket on its master, summed per master and in all, with the lease map."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from click.testing import CliRunner, Result
+from test_ingest import wait_for
+
+from memory_tiers import EmbeddingEngine, MemoryClient, Settings
+from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
+from memory_tiers.cli import main
+from memory_tiers.cluster_daemon import ClusterDaemon
+from memory_tiers.protocol import encode_entry
+from memory_tiers.server import EmbeddedCluster
+from memory_tiers.sim import simulate_states
+from memory_tiers.status import Heartbeat, beat
+from memory_tiers.store import TierStore
+
+BUCKETS = 6
+DAEMON_SETTINGS = Settings(
+    buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000, consumer_max_idle_s=60
+)
+"""A cluster daemon's settings for tests: quick to lease, claim and notice a dead daemon."""
+
+
+def run(url: str, *args: str, **env: str) -> Result:
+    """`memory-tiers ARGS` against the cluster at `url`, with its buckets."""
+    return CliRunner().invoke(main, list(args), env={"MT_REDIS_URL": url, "MT_BUCKETS": "6", **env})
+
+
+def rows(section: str) -> list[list[str]]:
+    return [line.split() for line in section.splitlines()]
+
+
+@contextmanager
+def consuming(
+    url: str, engine: EmbeddingEngine, settings: Settings, name: str
+) -> Iterator[ClusterDaemon]:
+    """A ClusterDaemon named `name` running in a thread while the block runs."""
+    daemon = ClusterDaemon(
+        redis.RedisCluster.from_url(url), engine, settings, name, consolidate=False
+    )
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_stats_sums_each_masters_buckets_and_shows_the_lease_map(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = DAEMON_SETTINGS
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(120, num_agents=12, seed=14)
+    states += [dict(s, agent_id="agent-busy") for s in simulate_states(15, seed=15)]
+    agents = {str(s["agent_id"]) for s in states}
+    broken = agent_keys(settings.keys, "agent-x", BUCKETS)
+    with consuming(embedded_cluster.url, engine, settings, "stats-d") as daemon:
+        wait_for(lambda: len(daemon.buckets) == BUCKETS, 20, "every bucket leased")
+        memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
+        cluster_client.xadd(broken.stream, {"agent_id": "agent-x", "state": "{not json"})
+        wait_for(
+            lambda: (
+                sum(memory.store_for(a).count("stm", a) for a in agents) == len(states)
+                and cluster_client.xlen(broken.dead_letters) == 1
+            ),
+            30,
+            "every state stored, the broken one dead-lettered",
+        )
+        result = run(embedded_cluster.url, "stats", "--top", "2")
+    assert result.exit_code == 0, result.output
+
+    tables = result.output.strip().split("\n\n")
+    assert rows(tables[0]) == [
+        ["tier", "memories", "agents", "indexed", "indexing", "failures"],
+        ["stm", "135", "13", "135", "0"],
+        ["im", "0", "0", "0", "0"],
+        ["ltm", "0", "0", "0", "0"],
+    ]
+    assert rows(tables[1])[1] == ["mt:states:{*}", "136", "0", "0", "1", "1"]
+    node_of = {
+        b: cluster_client.get_node_from_key(bucket_keys(settings.keys, b, BUCKETS).stream).name
+        for b in range(BUCKETS)
+    }
+    stored = Counter(node_of[bucket_of(str(s["agent_id"]), BUCKETS)] for s in states)
+    dead = Counter({node_of[bucket_of("agent-x", BUCKETS)]: 1})
+    streams = stored + dead
+    buckets = Counter(node_of.values())
+    assert len(buckets) == 3  # six buckets over three masters
+    assert rows(tables[2]) == [
+        ["node", "buckets", "stm", "im", "ltm", "indexed", "indexing", "failures", "stream",
+         "pending", "dead", "letters"],
+        *(
+            [node, str(buckets[node]), str(stored[node]), "0", "0", str(stored[node]), "0",
+             str(streams[node]), "0", str(dead[node])]
+            for node in sorted(buckets)
+        ),
+    ]  # fmt: skip
+    assert sum(int(row[2]) for row in rows(tables[2])[1:]) == len(states)
+    assert rows(tables[3]) == [
+        ["daemon", "leases", "buckets"],
+        ["stats-d", "6", "0-5"],
+        ["every", "bucket", "leased"],
+    ]
+    assert tables[4] == "no live daemon (no heartbeat key)"
+    assert rows(tables[5]) == [
+        ["model", "stm", "im", "ltm", "served"],
+        [engine.version, "135", "0", "0"],  # not "served": no heartbeat names its model
+    ]
+    assert rows(tables[6])[:2] == [
+        ["agent", "stm", "im", "ltm", "total"],
+        ["agent-busy", "15", "0", "0", "15"],
+    ]
+
+
+def test_check_reads_every_bucket_on_a_cluster(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster
+) -> None:
+    settings = Settings(buckets=BUCKETS)
+    url = embedded_cluster.url
+    for i, state in enumerate(simulate_states(30, num_agents=10, seed=16)):
+        agent = str(state["agent_id"])
+        cluster_client.xadd(
+            agent_keys(settings.keys, agent, BUCKETS).stream, encode_entry(agent, state, step=i)
+        )
+    no_daemon = run(url, "check")
+    assert no_daemon.exit_code == 1
+    assert no_daemon.output.startswith("unhealthy: no live daemon: no mt:heartbeat:<consumer> key")
+
+    now = time.time()
+    beat(
+        cluster_client,
+        settings.keys,
+        Heartbeat("by-hand", socket.gethostname(), os.getpid(), "v1", now, now, 0, 0, 60.0),
+    )
+    first = bucket_keys(settings.keys, 0, BUCKETS)
+    no_index = run(url, "check")
+    assert no_index.exit_code == 1
+    assert no_index.output.startswith(
+        f"unhealthy: index {first.index('stm')}, {first.index('im')}, {first.index('ltm')} missing"
+    )
+
+    for bucket in range(BUCKETS):
+        keys = bucket_keys(settings.keys, bucket, BUCKETS)
+        node = cluster_client.get_node_from_key(keys.stream).redis_connection
+        TierStore(node, settings, keys=keys).ensure_indexes()
+    lagging = run(url, "check", MT_MAX_LAG="29")
+    assert lagging.exit_code == 1
+    assert lagging.output.startswith("unhealthy: lagging: 30 stream entries wait unread")
+    ok = run(url, "check", MT_MAX_LAG="30")
+    assert (ok.exit_code, ok.output) == (
+        0,
+        "ok: 1 live daemon(s) (by-hand); lag 30 (max 30), pending 0; 0 of 6 buckets leased\n",
+    )
+    gone = run("redis://127.0.0.1:1", "check")
+    assert gone.exit_code == 1 and gone.output.startswith(
+        "unhealthy: cannot read Redis at redis://127.0.0.1:1"
+    )
