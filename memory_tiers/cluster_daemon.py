@@ -5,12 +5,15 @@ One loop: renew the leases (a lost one's bucket is dropped at once), take free o
 fair share, ceil(B / live daemons), and give back the excess; then read each held bucket's
 own pending and new entries without blocking and handle them (`Ingestor.process`: one
 MULTI/EXEC in the bucket's slot), claiming the entries other consumers left idle past
-claim_idle_ms now and then. With nothing to read it sleeps block_ms. Every
+claim_idle_ms now and then. With nothing to read it sleeps block_ms. With the leases it
+rewrites its heartbeat (status.py) as the daemon on one Redis does, so `memory-tiers check` sees
+it alive; the heartbeat registry is also how daemons count each other. Every
 consolidate_interval_s it applies each tier's policy to each held bucket (tiers.py), on the
 bucket's node: the lease makes it the only daemon moving that bucket, so no job lock.
 
 Work in progress (#16): a batch per bucket (small ones under light load cost more per state
-than one batch over all buckets), no commit lane, no metrics yet.
+than one batch over all buckets), no commit lane, no metrics, no stats samples, no drift
+sampling, no recreation of a dropped index yet.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from .buckets import bucket_keys
 from .constants import TIERS
 from .engine import EmbeddingEngine
 from .errors import MemoryTiersError
+from .ignored import IgnoredFields
 from .ingest import Ingestor, IngestStats
 from .leases import BucketLeases, fair_share
 from .settings import Settings
+from .status import HEARTBEATS_PER_TTL, Heartbeat, beat, clear_heartbeat
 from .stream import ReadPosition
 from .tiers import consolidate
 
@@ -35,19 +40,15 @@ log = logging.getLogger(__name__)
 
 
 class _Bucket:
-    """One leased bucket: its consumer on the node that owns its slot, and its read position."""
+    """One leased bucket: its consumer on the node that owns its slot, and its read position;
+    what it handles counts into the daemon's `stats` and `ignored`."""
 
-    def __init__(
-        self,
-        cluster: redis.RedisCluster,
-        engine: EmbeddingEngine,
-        settings: Settings,
-        consumer: str,
-        bucket: int,
-    ) -> None:
+    def __init__(self, daemon: ClusterDaemon, bucket: int) -> None:
+        settings = daemon.settings
         keys = bucket_keys(settings.keys, bucket, settings.buckets)
-        node = cluster.get_node_from_key(keys.stream).redis_connection
-        self.ingestor = Ingestor(node, engine, settings, consumer, keys=keys)
+        node = daemon.cluster.get_node_from_key(keys.stream).redis_connection
+        self.ingestor = Ingestor(node, daemon.engine, settings, daemon.consumer, keys=keys)
+        self.ingestor.stats, self.ingestor.ignored = daemon.stats, daemon.ignored
         self.ingestor.store.ensure_indexes()
         self.ingestor.ensure_group()
         self.position = ReadPosition(self.ingestor.reader)
@@ -79,7 +80,8 @@ class ClusterDaemon:
     Args:
         cluster: a redis.RedisCluster client of the deployment's cluster.
         engine: encodes the states.
-        settings: buckets > 1; block_ms, claim_idle_ms, heartbeat_ttl_s (the lease time).
+        settings: buckets > 1; block_ms, claim_idle_ms, heartbeat_ttl_s (the lease time, and
+            the heartbeat's).
         consumer: this daemon's name: its consumer name in every bucket's group, and its
             leases' owner.
         consolidate: apply the tier policies to the held buckets every
@@ -104,17 +106,14 @@ class ClusterDaemon:
         ttl_ms = round(settings.heartbeat_ttl_s * 1000)
         self.leases = BucketLeases(cluster, settings.keys, consumer, settings.buckets, ttl_ms)
         self.buckets: dict[int, _Bucket] = {}
+        self.stats = IngestStats()
+        """Entries handled since it started, in every bucket it held."""
+        self.ignored = IgnoredFields()
+        """State fields its model's schema does not use, counted since it started."""
         self._stop = stop or threading.Event()
-        self._renew_every_s = settings.heartbeat_ttl_s / 3
-
-    @property
-    def stats(self) -> IngestStats:
-        """Entries handled in the buckets held now."""
-        total = IngestStats()
-        for bucket in self.buckets.values():
-            for name, value in vars(bucket.ingestor.stats).items():
-                setattr(total, name, getattr(total, name) + value)
-        return total
+        self._renew_every_s = settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL
+        self._started_at = time.time()
+        self._policy = settings.policy() if consolidate else None
 
     def request_stop(self) -> None:
         """Finish the batch in hand and return from `run()`; safe from any thread."""
@@ -144,7 +143,7 @@ class ClusterDaemon:
         finally:
             self.buckets.clear()
             self.leases.release_all()
-            self.cluster.zrem(self.settings.keys.heartbeats, self.consumer)
+            clear_heartbeat(self.cluster, self.settings.keys, self.consumer)
 
     def _consolidate(self) -> None:
         """Apply each tier's policy to each held bucket; a failure is logged, not raised."""
@@ -157,11 +156,22 @@ class ClusterDaemon:
                     log.warning("bucket %d: consolidating %s failed: %s", number, tier, e)
 
     def _live(self) -> int:
-        """Register this daemon as alive now; how many daemons registered within a lease time
-        (the heartbeat registry, one key)."""
-        now_ms, registry = round(time.time() * 1000), self.settings.keys.heartbeats
-        self.cluster.zadd(registry, {self.consumer: now_ms})
-        return max(1, int(self.cluster.zcount(registry, now_ms - self.leases.ttl_ms, "+inf")))
+        """Write this daemon's heartbeat, which registers it as alive now; how many daemons
+        registered within a lease time (the heartbeat registry, one key)."""
+        heartbeat = Heartbeat.here(
+            consumer=self.consumer,
+            model_version=self.engine.version,
+            started_at=self._started_at,
+            stored=self.stats.stored,
+            dead_letters=self.stats.dead_letters,
+            ttl_s=self.settings.heartbeat_ttl_s,
+            validation_mse=self.engine.validation_mse,
+            ignored_fields=self.ignored.report() or None,
+            policy=self._policy,
+        )
+        beat(self.cluster, self.settings.keys, heartbeat)
+        since_ms = round(heartbeat.at * 1000) - self.leases.ttl_ms
+        return max(1, int(self.cluster.zcount(self.settings.keys.heartbeats, since_ms, "+inf")))
 
     def _balance(self) -> None:
         """Renew the leases, drop the buckets lost, take or give back up to the fair share."""
@@ -174,6 +184,4 @@ class ClusterDaemon:
             self.buckets.pop(bucket, None)  # stopped consuming it: now give it back
             self.leases.release(bucket)
         for bucket in sorted(self.leases.acquire(share)):
-            self.buckets[bucket] = _Bucket(
-                self.cluster, self.engine, self.settings, self.consumer, bucket
-            )
+            self.buckets[bucket] = _Bucket(self, bucket)

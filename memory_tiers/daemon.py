@@ -28,7 +28,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -318,7 +317,7 @@ class Daemon:
 
     def _run_on_cluster(self, engine: EmbeddingEngine, consumer: str) -> int:
         """With buckets: lease a share of them and consume those (cluster_daemon.py; no
-        metrics or heartbeat key yet)."""
+        metrics yet)."""
         from .cluster_daemon import ClusterDaemon
 
         cluster = redis.RedisCluster.from_url(self.redis_url)
@@ -598,13 +597,10 @@ class _Chores:
 
     def _beat(self) -> None:
         stats = self._ingestor.stats
-        heartbeat = Heartbeat(
+        heartbeat = Heartbeat.here(
             consumer=self._ingestor.consumer,
-            host=socket.gethostname(),
-            pid=os.getpid(),
             model_version=self._engine.version,
             started_at=self._started_at,
-            at=time.time(),
             stored=stats.stored,
             dead_letters=stats.dead_letters,
             ttl_s=self._settings.heartbeat_ttl_s,

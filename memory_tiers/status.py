@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -78,6 +80,11 @@ class Heartbeat:
     policy: dict[str, float | int | None] | None = None
     """The consolidation policy it runs its jobs with (`Settings.policy()`); None when it runs
     none (serve --no-consolidate)."""
+
+    @classmethod
+    def here(cls, **fields: Any) -> Heartbeat:
+        """A heartbeat of this process (its host and pid) written now, with the other `fields`."""
+        return cls(host=socket.gethostname(), pid=os.getpid(), at=time.time(), **fields)
 
     def to_json(self) -> str:
         """The heartbeat key's value."""

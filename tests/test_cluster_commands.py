@@ -22,7 +22,7 @@ from memory_tiers.cluster_daemon import ClusterDaemon
 from memory_tiers.protocol import encode_entry
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
-from memory_tiers.status import Heartbeat, beat
+from memory_tiers.status import Heartbeat, beat, heartbeats
 from memory_tiers.store import TierStore
 
 BUCKETS = 6
@@ -79,6 +79,7 @@ def test_stats_sums_each_masters_buckets_and_shows_the_lease_map(
             30,
             "every state stored, the broken one dead-lettered",
         )
+        wait_for(lambda: daemon_stored(cluster_client) == 135, 10, "a late heartbeat")
         result = run(embedded_cluster.url, "stats", "--top", "2")
     assert result.exit_code == 0, result.output
 
@@ -114,15 +115,52 @@ def test_stats_sums_each_masters_buckets_and_shows_the_lease_map(
         ["stats-d", "6", "0-5"],
         ["every", "bucket", "leased"],
     ]
-    assert tables[4] == "no live daemon (no heartbeat key)"
+    daemon_row = rows(tables[4])[1]
+    assert daemon_row[0] == "stats-d" and daemon_row[2] == str(os.getpid())
+    assert daemon_row[3] == engine.version and daemon_row[5:7] == ["135", "1"]
     assert rows(tables[5]) == [
         ["model", "stm", "im", "ltm", "served"],
-        [engine.version, "135", "0", "0"],  # not "served": no heartbeat names its model
+        [engine.version, "135", "0", "0", "yes"],  # the live daemon's heartbeat names it
     ]
     assert rows(tables[6])[:2] == [
         ["agent", "stm", "im", "ltm", "total"],
         ["agent-busy", "15", "0", "0", "15"],
     ]
+
+
+def daemon_stored(client: redis.RedisCluster) -> int:
+    """What the one live daemon's heartbeat says it stored."""
+    (heartbeat,) = heartbeats(client, DAEMON_SETTINGS.keys)
+    return heartbeat.stored
+
+
+def test_check_sees_the_cluster_daemons_alive_and_no_more_once_they_stop(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    url = embedded_cluster.url
+    with consuming(url, engine, DAEMON_SETTINGS, "check-a") as a:
+        with consuming(url, engine, DAEMON_SETTINGS, "check-b") as b:
+            wait_for(lambda: len(a.buckets) == len(b.buckets) == BUCKETS // 2, 20, "a fair split")
+            both = run(url, "check", "--local")
+        one = run(url, "check")
+        (beat_a,) = heartbeats(cluster_client, DAEMON_SETTINGS.keys)
+    stopped = run(url, "check")
+    assert (both.exit_code, both.output) == (
+        0,
+        "ok: 2 live daemon(s) (check-a, check-b); lag 0 (max 10000), pending 0; 6 of 6 buckets "
+        "leased\n",
+    )
+    assert one.exit_code == 0 and one.output.startswith("ok: 1 live daemon(s) (check-a)")
+    assert (beat_a.consumer, beat_a.host, beat_a.pid) == (
+        "check-a",
+        socket.gethostname(),
+        os.getpid(),
+    )
+    assert (
+        beat_a.model_version == engine.version and beat_a.ttl_s == DAEMON_SETTINGS.heartbeat_ttl_s
+    )
+    assert beat_a.policy is None  # it does not consolidate
+    assert stopped.exit_code == 1 and stopped.output.startswith("unhealthy: no live daemon")
 
 
 def test_check_reads_every_bucket_on_a_cluster(
