@@ -3,10 +3,12 @@ bucket on its master, summed per master and in all, with the lease map."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,3 +208,43 @@ def test_check_reads_every_bucket_on_a_cluster(
     assert gone.exit_code == 1 and gone.output.startswith(
         "unhealthy: cannot read Redis at redis://127.0.0.1:1"
     )
+
+
+def test_a_producer_that_xadds_to_the_stream_bucket_prints_is_stored_in_the_agents_bucket(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    url = embedded_cluster.url
+    states = simulate_states(40, num_agents=8, seed=17)
+    listing = run(url, "bucket")
+    assert listing.exit_code == 0, listing.output
+    streams = {row[0]: row[2] for row in rows(listing.output)[1:]}
+    assert len(streams) == BUCKETS and len(set(streams.values())) == BUCKETS
+    agents = sorted({str(s["agent_id"]) for s in states})
+    for agent in agents:
+        printed = run(url, "bucket", agent)
+        assert printed.exit_code == 0, printed.output
+        [header, (name, bucket, tag, stream)] = rows(printed.output)
+        assert header == ["agent", "bucket", "tag", "stream"] and name == agent
+        assert int(bucket) == zlib.crc32(agent.encode("utf-8")) % BUCKETS  # as documented
+        assert streams[bucket] == stream == f"mt:states:{tag}"
+    for i, state in enumerate(states):  # what a producer in another language sends
+        agent = str(state["agent_id"])
+        stream = rows(run(url, "bucket", agent).output)[1][3]
+        cluster_client.xadd(stream, {"agent_id": agent, "state": json.dumps(state), "step": i})
+
+    memory = MemoryClient(cluster_client, DAEMON_SETTINGS, engine)
+    with consuming(url, engine, DAEMON_SETTINGS, "polyglot"):
+        wait_for(
+            lambda: sum(memory.store_for(a).count("stm", a) for a in agents) == 40,
+            30,
+            "the 40 states stored",
+        )
+    for state in states[::5]:
+        best = memory.recall(str(state["agent_id"]), state, k=1, tiers=("stm",)).by_tier["stm"][0]
+        assert best.agent_id == state["agent_id"] and best.state == state
+
+
+def test_bucket_refuses_an_agent_id_the_daemon_would_refuse() -> None:
+    result = run("redis://unused:1", "bucket", "a" * 257)
+    assert result.exit_code == 2
+    assert "Invalid value for AGENT_ID: agent_id is 257 characters, over 256" in result.output

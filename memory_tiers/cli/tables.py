@@ -17,6 +17,7 @@ from ..constants import TIERS
 if TYPE_CHECKING:
     from ..client import MergedHit
     from ..cluster_status import NodeStatus
+    from ..constants import Keys
     from ..evaluation import TierQuality
     from ..status import Heartbeat, Snapshot
     from ..tiers import PassResult
@@ -55,6 +56,9 @@ NODE_COLUMNS = (
 
 LEASE_COLUMNS = ("daemon", "leases", "buckets")
 """Columns of the `stats` lease map of a cluster: the buckets each daemon consumes."""
+
+BUCKET_COLUMNS = ("bucket", "tag", "stream")
+"""Columns of the `bucket` table: where an agent's states go on a Redis Cluster."""
 
 AGENT_COLUMNS = ("agent", "stm", "im", "ltm", "total")
 MODEL_COLUMNS = ("model", "stm", "im", "ltm", "served")
@@ -218,6 +222,11 @@ def node_row(node: NodeStatus) -> Row:
         str(node.failures), str(node.stream.length), str(node.stream.pending),
         str(node.stream.dead_letters),
     )  # fmt: skip
+
+
+def bucket_row(bucket: int, keys: Keys) -> Row:
+    """A bucket's number, hash tag ('-' on one Redis) and stream."""
+    return (str(bucket), keys.tag or "-", keys.stream)
 
 
 def bucket_ranges(buckets: Sequence[int]) -> str:
