@@ -12,16 +12,21 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 import redis
 from click.testing import CliRunner, Result
+from redis.crc import key_slot
+from test_cluster import reshard
 from test_ingest import wait_for
 
-from memory_tiers import EmbeddingEngine, MemoryClient, Settings
+from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys, bucket_of
 from memory_tiers.cli import main
 from memory_tiers.cluster_daemon import ClusterDaemon
 from memory_tiers.protocol import encode_entry
+from memory_tiers.resp import text
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.status import Heartbeat, beat, heartbeats
@@ -248,3 +253,98 @@ def test_bucket_refuses_an_agent_id_the_daemon_would_refuse() -> None:
     result = run("redis://unused:1", "bucket", "a" * 257)
     assert result.exit_code == 2
     assert "Invalid value for AGENT_ID: agent_id is 257 characters, over 256" in result.output
+
+
+def test_cluster_prepare_and_finish_around_a_reshard_keep_every_memory_recallable_once(
+    embedded_cluster: EmbeddedCluster,
+    cluster_client: redis.RedisCluster,
+    engine: EmbeddingEngine,
+    model_path: Path,
+) -> None:
+    url, settings = embedded_cluster.url, DAEMON_SETTINGS
+    memory = MemoryClient(cluster_client, settings, engine)
+    states = simulate_states(120, num_agents=12, seed=18)
+    agents = sorted({str(s["agent_id"]) for s in states})
+    memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
+    with consuming(url, engine, settings, "before-the-move"):
+        wait_for(
+            lambda: sum(memory.store_for(a).count("stm", a) for a in agents) == 120,
+            30,
+            "the 120 states stored",
+        )
+    source = cluster_client.get_node_from_key(agent_keys(settings.keys, agents[0], BUCKETS).stream)
+    moving = [
+        keys
+        for keys in (bucket_keys(settings.keys, b, BUCKETS) for b in range(BUCKETS))
+        if cluster_client.get_node_from_key(keys.stream).name == source.name
+    ]
+    slots = sorted(key_slot(keys.stream.encode()) for keys in moving)
+    destination = next(n for n in cluster_client.get_primaries() if n.name != source.name)
+    prepare = ["cluster", "prepare", "--to", destination.name, "--slots", f"{slots[0]}-{slots[-1]}"]
+    env = {"MT_MODEL_PATH": str(model_path)}
+
+    prepared = run(url, *prepare, **env)
+    assert prepared.exit_code == 0, prepared.output
+    names = sorted(keys.index(tier) for keys in moving for tier in TIERS)
+    lines = prepared.stdout.splitlines()  # stderr has the log lines
+    assert lines[0] == f"created {len(names)} indexes on {destination.name}"
+    assert sorted(line.strip() for line in lines[1:]) == names
+    again = run(url, *prepare, **env)
+    assert again.stdout == f"created 0 indexes on {destination.name}\n"  # done already
+
+    for slot in slots:  # as redis-cli --cluster reshard moves them
+        reshard(cluster_client, source.redis_connection, destination.redis_connection, slot)
+    finished = run(url, "cluster", "finish")
+    assert finished.exit_code == 0, finished.output
+    dropped = finished.stdout.split("dropped ")[1:]
+    assert [d.splitlines()[0] for d in dropped] == [
+        f"{len(names) if name == source.name else 0} indexes on {name}"
+        for name in sorted(n.name for n in cluster_client.get_primaries())
+    ]
+    assert sorted(line.strip() for d in dropped for line in d.splitlines()[1:]) == names
+    left = {text(n) for n in source.redis_connection.execute_command("FT._LIST")}
+    assert left.isdisjoint(names)
+
+    with redis.RedisCluster.from_url(url) as fresh:  # it knows where the slots are now
+        after = MemoryClient(fresh, settings, engine)
+        for agent in agents:
+            own = [s for s in states if s["agent_id"] == agent]
+            assert after.store_for(agent).count("stm", agent) == len(own)
+            found = after.recall(agent, own[-1], k=len(own) + 5, tiers=("stm",)).by_tier["stm"]
+            assert found[0].state == own[-1] and {h.agent_id for h in found} == {agent}
+            assert sorted(map(json.dumps, (h.state for h in found))) == sorted(
+                map(json.dumps, own)
+            )  # each memory, once
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["prepare", "--to", "127.0.0.1:1", "--slots", "0-9"],
+            {},
+            "127.0.0.1:1 is not a master of the cluster (masters: ",
+        ),
+        (
+            ["prepare", "--to", "127.0.0.1:1", "--slots", "9-0"],
+            {},
+            "Invalid value for --slots: '9-0': expected slots A-B or A",
+        ),
+        (
+            ["prepare", "--to", "127.0.0.1:1", "--slots", "0-16384"],
+            {},
+            "Invalid value for --slots: '0-16384'",
+        ),
+        (
+            ["finish"],
+            {"MT_BUCKETS": "1"},
+            "cluster finish works on the buckets of a Redis Cluster: set MT_BUCKETS",
+        ),
+    ],
+)
+def test_cluster_commands_refuse_what_they_cannot_do(
+    embedded_cluster: EmbeddedCluster, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run(embedded_cluster.url, "cluster", *args, **env)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())

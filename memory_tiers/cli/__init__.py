@@ -16,7 +16,7 @@ import click
 from ..errors import MemoryTiersError
 from ..logs import configure_logging
 from ..settings import Settings
-from .cluster import bucket_command
+from .cluster import bucket_command, cluster_group
 from .frontends import api_command, mcp_command, schema_command
 from .maintenance import consolidate_command, reencode_command
 from .model import evaluate_command, train
@@ -145,5 +145,6 @@ for _command in (
     redis_command, demo, train, query_command, evaluate_command, serve, init_command,
     consolidate_command, reencode_command, check_command, stats_command,
     api_command, mcp_command, schema_command, bucket_command,
+    cluster_group,
 ):  # fmt: skip
     main.add_command(_command)

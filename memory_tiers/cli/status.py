@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,25 +22,29 @@ CHECK_TIMEOUT_S = 5.0
 """How long `check` and `stats` wait for Redis."""
 
 
-@contextmanager
-def status_client(url: str, buckets: int = 1) -> Iterator[redis.Redis | redis.RedisCluster]:
-    """A client of `url` that gives up after CHECK_TIMEOUT_S, for commands that only read: of
-    a Redis Cluster when there are buckets; closed after the block.
+def status_client(url: str, buckets: int = 1) -> redis.Redis | redis.RedisCluster:
+    """A client of `url` that gives up after CHECK_TIMEOUT_S, for the operators' commands: of
+    a Redis Cluster when there are buckets. Use it in a `with` block, which closes it.
 
     Raises:
-        redis.RedisError: a cluster's nodes cannot be reached (one Redis: on first use).
+        redis.ConnectionError: no node of the cluster answers (one Redis: raised on first use).
     """
-    kind = redis.Redis if buckets == 1 else redis.RedisCluster
+    options = {"socket_timeout": CHECK_TIMEOUT_S, "socket_connect_timeout": CHECK_TIMEOUT_S}
+    if buckets == 1:
+        return redis.Redis.from_url(url, **options)
+    return cluster_client(url, **options)
+
+
+def cluster_client(url: str, **options: Any) -> redis.RedisCluster:
+    """A client of the Redis Cluster that `url` names a node of, with redis-py's `options`.
+
+    Raises:
+        redis.ConnectionError: no node answers (RedisCluster connects at once).
+    """
     try:
-        client = kind.from_url(
-            url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-        )
-    except RedisClusterException as e:  # RedisCluster connects at once, and says so thus
-        raise redis.ConnectionError(str(e)) from e
-    try:
-        yield client
-    finally:
-        client.close()
+        return redis.RedisCluster.from_url(url, **options)
+    except RedisClusterException as e:  # not a RedisError: the commands catch those
+        raise redis.ConnectionError(f"{redact_url(url)}: {e}") from e
 
 
 def read_snapshot(
