@@ -9,7 +9,10 @@ claim_idle_ms now and then. With nothing to read it sleeps block_ms. With the le
 rewrites its heartbeat (status.py) as the daemon on one Redis does, so `memory-tiers check` sees
 it alive; the heartbeat registry is also how daemons count each other. Every
 consolidate_interval_s it applies each tier's policy to each held bucket (tiers.py), on the
-bucket's node: the lease makes it the only daemon moving that bucket, so no job lock.
+bucket's node: the lease makes it the only daemon moving that bucket, so no job lock. A
+bucket whose slot a reshard moved (MOVED) is consumed on its new master from then on; while
+the slot migrates, its steps fail (ASK, TRYAGAIN) and nothing of them is applied, so its
+entries wait, pending or unread, until the move ends.
 
 Work in progress (#16): a batch per bucket (small ones under light load cost more per state
 than one batch over all buckets), no commit lane, no metrics, no stats samples, no drift
@@ -23,6 +26,7 @@ import threading
 import time
 
 import redis
+from redis.exceptions import MovedError
 
 from .buckets import bucket_keys
 from .constants import TIERS
@@ -136,14 +140,25 @@ class ClusterDaemon:
                     try:
                         handled += bucket.step()
                     except (redis.RedisError, MemoryTiersError) as e:
-                        log.warning("bucket %d: %s; re-reading its pending entries", number, e)
-                        bucket.position.restart()
+                        self._recover(number, bucket, e)
                 if not handled:
                     self._stop.wait(self.settings.block_ms / 1000)
         finally:
             self.buckets.clear()
             self.leases.release_all()
             clear_heartbeat(self.cluster, self.settings.keys, self.consumer)
+
+    def _recover(self, number: int, bucket: _Bucket, error: BaseException) -> None:
+        """After a failed step: re-read the bucket's pending entries, on the master that owns
+        its slot now if a reshard moved it (MOVED: the stream, its group and its pending
+        entries went along; the new master's indexes are made sure of)."""
+        if not _moved(error):
+            log.warning("bucket %d: %s; re-reading its pending entries", number, error)
+            bucket.position.restart()
+            return
+        log.warning("bucket %d moved (%s): consuming it on its new master", number, error)
+        self.cluster.nodes_manager.initialize()  # the slot map as the cluster has it now
+        self.buckets[number] = _Bucket(self, number)
 
     def _consolidate(self) -> None:
         """Apply each tier's policy to each held bucket; a failure is logged, not raised."""
@@ -185,3 +200,12 @@ class ClusterDaemon:
             self.leases.release(bucket)
         for bucket in sorted(self.leases.acquire(share)):
             self.buckets[bucket] = _Bucket(self, bucket)
+
+
+def _moved(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, is a MOVED redirection."""
+    while error is not None:
+        if isinstance(error, MovedError):
+            return True
+        error = error.__cause__
+    return False

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -255,23 +256,22 @@ def test_bucket_refuses_an_agent_id_the_daemon_would_refuse() -> None:
     assert "Invalid value for AGENT_ID: agent_id is 257 characters, over 256" in result.output
 
 
-def test_cluster_prepare_and_finish_around_a_reshard_keep_every_memory_recallable_once(
+def test_cluster_prepare_and_finish_around_a_reshard_during_ingest_keep_every_memory_once(
     embedded_cluster: EmbeddedCluster,
     cluster_client: redis.RedisCluster,
     engine: EmbeddingEngine,
     model_path: Path,
 ) -> None:
     url, settings = embedded_cluster.url, DAEMON_SETTINGS
-    memory = MemoryClient(cluster_client, settings, engine)
-    states = simulate_states(120, num_agents=12, seed=18)
+    states = simulate_states(180, num_agents=12, seed=18)
     agents = sorted({str(s["agent_id"]) for s in states})
-    memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
-    with consuming(url, engine, settings, "before-the-move"):
-        wait_for(
-            lambda: sum(memory.store_for(a).count("stm", a) for a in agents) == 120,
-            30,
-            "the 120 states stored",
+
+    def stored() -> int:  # through the cluster client, which follows the slots' moves
+        return sum(
+            cluster_client.zcard(agent_keys(settings.keys, a, BUCKETS).agent_time_index("stm", a))
+            for a in agents
         )
+
     source = cluster_client.get_node_from_key(agent_keys(settings.keys, agents[0], BUCKETS).stream)
     moving = [
         keys
@@ -282,18 +282,27 @@ def test_cluster_prepare_and_finish_around_a_reshard_keep_every_memory_recallabl
     destination = next(n for n in cluster_client.get_primaries() if n.name != source.name)
     prepare = ["cluster", "prepare", "--to", destination.name, "--slots", f"{slots[0]}-{slots[-1]}"]
     env = {"MT_MODEL_PATH": str(model_path)}
+    memory = MemoryClient(cluster_client, settings, engine)
+    with consuming(url, engine, settings, "through-the-move"):
+        memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states[:120])
+        wait_for(lambda: stored() == 120, 30, "the first 120 states stored")
 
-    prepared = run(url, *prepare, **env)
-    assert prepared.exit_code == 0, prepared.output
-    names = sorted(keys.index(tier) for keys in moving for tier in TIERS)
-    lines = prepared.stdout.splitlines()  # stderr has the log lines
-    assert lines[0] == f"created {len(names)} indexes on {destination.name}"
-    assert sorted(line.strip() for line in lines[1:]) == names
-    again = run(url, *prepare, **env)
-    assert again.stdout == f"created 0 indexes on {destination.name}\n"  # done already
+        prepared = run(url, *prepare, **env)
+        assert prepared.exit_code == 0, prepared.output
+        names = sorted(keys.index(tier) for keys in moving for tier in TIERS)
+        lines = prepared.stdout.splitlines()  # stderr has the log lines
+        assert lines[0] == f"created {len(names)} indexes on {destination.name}"
+        assert sorted(line.strip() for line in lines[1:]) == names
+        again = run(url, *prepare, **env)
+        assert again.stdout == f"created 0 indexes on {destination.name}\n"  # done already
 
-    for slot in slots:  # as redis-cli --cluster reshard moves them
-        reshard(cluster_client, source.redis_connection, destination.redis_connection, slot)
+        producer = threading.Thread(target=remember_each, args=(url, engine, states[120:]))
+        producer.start()  # ingest goes on while the slots move
+        for slot in slots:  # as redis-cli --cluster reshard moves them
+            reshard(cluster_client, source.redis_connection, destination.redis_connection, slot)
+        producer.join(30)
+        wait_for(lambda: stored() == 180, 30, "all 180 states stored, the moved buckets too")
+
     finished = run(url, "cluster", "finish")
     assert finished.exit_code == 0, finished.output
     dropped = finished.stdout.split("dropped ")[1:]
@@ -309,12 +318,19 @@ def test_cluster_prepare_and_finish_around_a_reshard_keep_every_memory_recallabl
         after = MemoryClient(fresh, settings, engine)
         for agent in agents:
             own = [s for s in states if s["agent_id"] == agent]
-            assert after.store_for(agent).count("stm", agent) == len(own)
             found = after.recall(agent, own[-1], k=len(own) + 5, tiers=("stm",)).by_tier["stm"]
             assert found[0].state == own[-1] and {h.agent_id for h in found} == {agent}
             assert sorted(map(json.dumps, (h.state for h in found))) == sorted(
                 map(json.dumps, own)
             )  # each memory, once
+
+
+def remember_each(url: str, engine: EmbeddingEngine, states: list[dict[str, Any]]) -> None:
+    """A producer of its own: remember `states` one by one."""
+    with redis.RedisCluster.from_url(url) as client:
+        memory = MemoryClient(client, DAEMON_SETTINGS, engine)
+        for state in states:
+            memory.remember(str(state["agent_id"]), state)
 
 
 @pytest.mark.parametrize(
