@@ -879,8 +879,9 @@ def failure_text(error: BaseException, keys: Keys) -> str:
     if any(_redirected_by_cluster(c) for c in causes):
         return (
             f"{error} (the Redis at {env_var('redis_url')} is a node of a Redis Cluster that "
-            "does not hold this key's hash slot: memory-tiers runs on one Redis, or a "
-            "primary with replicas, not yet on a cluster)"
+            f"does not hold this key's hash slot: with {env_var('buckets')}=1 memory-tiers "
+            f"runs on one Redis, or a primary with replicas; on a cluster set "
+            f"{env_var('buckets')} (README, 'Running on a Redis Cluster'))"
         )
     return str(error)
 
