@@ -40,14 +40,15 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import redis
+from redis.exceptions import MovedError
 from redisvl.query.filter import Tag
 
 from .attributes import KIND, StateAttribute, state_attributes, where_filter
@@ -75,6 +76,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+_Chosen = dict[str, list[tuple[Candidate, float, bool]]]
+"""Per tier, the candidates a recall keeps: (candidate, feature distance, measured exactly)."""
+_T = TypeVar("_T")
 
 SOCKET_TIMEOUT_S = 10.0
 """How long a client that opened its own connection waits for a Redis reply before failing
@@ -299,6 +303,26 @@ class MemoryClient:
             self._bucket_stores[keys.tag] = store
         return store
 
+    def in_bucket(self, agent_id: str, work: Callable[[TierStore], _T]) -> _T:
+        """`work(store)` on the store of `agent_id`'s memories (`store_for`).
+
+        On a cluster, if the bucket's node has failed or no longer owns the bucket (a
+        failover, a finished reshard), the bucket's node is found again and `work` runs once
+        more there. While the bucket's slot is moving (a reshard under way) its memories lie
+        on two nodes: then StoreError says so, and nothing is answered from a part of them.
+        """
+        store = self.store_for(agent_id)
+        try:
+            return work(store)
+        except StoreError as e:
+            if self.settings.buckets == 1 or not _node_changed(e):
+                raise
+            log.info("bucket %s: its node changed (%s); finding it again", store.keys.tag, e)
+        assert isinstance(self.redis, redis.RedisCluster)
+        self.redis.nodes_manager.initialize()
+        self._bucket_stores.pop(store.keys.tag, None)
+        return work(self.store_for(agent_id))
+
     def stream_of(self, agent_id: str) -> str:
         """The stream an agent's entries go to: its bucket's (buckets.py)."""
         return agent_keys(self.keys, agent_id, self.settings.buckets).stream
@@ -417,7 +441,37 @@ class MemoryClient:
         if kinds is not None:
             kind_filter = _kind_filter(kinds)
             filters = kind_filter if filters is None else kind_filter & filters
-        store = self.store_for(agent_id)
+        query_tier, reference, chosen, hits = self.in_bucket(
+            agent_id,
+            lambda store: self._search(store, agent_id, query, k, searched, step_range, filters),
+        )
+        ranked = {tier: _merged_hits(tier, chosen[tier], hits[tier]) for tier in searched}
+        merged = sorted(
+            (m for tier_hits in ranked.values() for m in tier_hits),
+            key=lambda m: (m.feature_distance, TIERS.index(m.tier), m.hit.distance),
+        )[:k]
+        log.debug(
+            "recall agent=%r tiers=%s hits=%s in %.1fms",
+            agent_id,
+            ",".join(searched),
+            {tier: len(tier_hits) for tier, tier_hits in ranked.items()},
+            1000 * (time.perf_counter() - started),
+        )
+        by_tier = {tier: [m.hit for m in tier_hits] for tier, tier_hits in ranked.items()}
+        return Recall(agent_id, query_tier, reference, by_tier, merged)
+
+    def _search(
+        self,
+        store: TierStore,
+        agent_id: str,
+        query: Mapping[str, Any] | npt.ArrayLike,
+        k: int,
+        searched: Sequence[str],
+        step_range: tuple[int, int] | None,
+        filters: Any,
+    ) -> tuple[str | None, FloatArray, _Chosen, dict[str, list[Hit]]]:
+        """recall's talk with the store: (the query's tier, its reference features, each tier's
+        chosen candidates with their feature distances, their hits)."""
         if isinstance(query, Mapping) and (given := self._partial_fields(query)):
             query_tier = None
             reference, chosen = self._rank_partial(
@@ -444,20 +498,7 @@ class MemoryClient:
                 step_range=step_range,
                 filters=filters,
             )
-        ranked = {tier: _merged_hits(tier, chosen[tier], hits[tier]) for tier in searched}
-        merged = sorted(
-            (m for tier_hits in ranked.values() for m in tier_hits),
-            key=lambda m: (m.feature_distance, TIERS.index(m.tier), m.hit.distance),
-        )[:k]
-        log.debug(
-            "recall agent=%r tiers=%s hits=%s in %.1fms",
-            agent_id,
-            ",".join(searched),
-            {tier: len(tier_hits) for tier, tier_hits in ranked.items()},
-            1000 * (time.perf_counter() - started),
-        )
-        by_tier = {tier: [m.hit for m in tier_hits] for tier, tier_hits in ranked.items()}
-        return Recall(agent_id, query_tier, reference, by_tier, merged)
+        return query_tier, reference, chosen, hits
 
     def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit from any tier, decoded from its vector.
@@ -683,6 +724,17 @@ def _item_fields(index: int, item: Mapping[str, Any]) -> dict[str, str]:
         )
     except EntryError as e:
         raise EntryError(f"item {index}: {e}") from e
+
+
+def _node_changed(error: BaseException) -> bool:
+    """Whether `error` (or a cause) says the node asked is gone or no longer owns the slot:
+    a refused connection, or MOVED (not ASK: a slot being moved)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (redis.ConnectionError, MovedError)):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _check_tiers(tiers: Sequence[str]) -> list[str]:

@@ -26,7 +26,6 @@ import threading
 import time
 
 import redis
-from redis.exceptions import MovedError
 
 from .buckets import bucket_keys
 from .constants import TIERS
@@ -135,30 +134,12 @@ class ClusterDaemon:
                 if self.consolidate and time.monotonic() >= next_consolidation:
                     self._consolidate()
                     next_consolidation = time.monotonic() + self.settings.consolidate_interval_s
-                handled = 0
-                for number, bucket in list(self.buckets.items()):
-                    try:
-                        handled += bucket.step()
-                    except (redis.RedisError, MemoryTiersError) as e:
-                        self._recover(number, bucket, e)
-                if not handled:
+                if not self._consume():
                     self._stop.wait(self.settings.block_ms / 1000)
         finally:
             self.buckets.clear()
             self.leases.release_all()
             clear_heartbeat(self.cluster, self.settings.keys, self.consumer)
-
-    def _recover(self, number: int, bucket: _Bucket, error: BaseException) -> None:
-        """After a failed step: re-read the bucket's pending entries, on the master that owns
-        its slot now if a reshard moved it (MOVED: the stream, its group and its pending
-        entries went along; the new master's indexes are made sure of)."""
-        if not _moved(error):
-            log.warning("bucket %d: %s; re-reading its pending entries", number, error)
-            bucket.position.restart()
-            return
-        log.warning("bucket %d moved (%s): consuming it on its new master", number, error)
-        self.cluster.nodes_manager.initialize()  # the slot map as the cluster has it now
-        self.buckets[number] = _Bucket(self, number)
 
     def _consolidate(self) -> None:
         """Apply each tier's policy to each held bucket; a failure is logged, not raised."""
@@ -188,8 +169,40 @@ class ClusterDaemon:
         since_ms = round(heartbeat.at * 1000) - self.leases.ttl_ms
         return max(1, int(self.cluster.zcount(self.settings.keys.heartbeats, since_ms, "+inf")))
 
+    def _consume(self) -> int:
+        """Claims when due, then one batch, in each held bucket; the entries handled. A bucket
+        that fails is opened again on the node that owns its slot now."""
+        handled = 0
+        for number, bucket in list(self.buckets.items()):
+            try:
+                handled += bucket.step()
+            except (redis.RedisError, MemoryTiersError) as e:
+                log.warning("bucket %d: %s; opening it again on its node", number, e)
+                self._reopen(number)
+        return handled
+
+    def _reopen(self, number: int) -> None:
+        """Open bucket `number` again where the cluster says its slot is now (after a
+        failover or a reshard; else on the same node), re-reading its pending entries; while
+        that fails (a failover not over yet), the bucket stays where it was and re-reads its
+        pending entries there."""
+        try:
+            self.cluster.nodes_manager.initialize()
+            self.buckets[number] = _Bucket(self, number)
+        except (redis.RedisError, MemoryTiersError) as e:
+            log.warning("bucket %d: its node cannot be reached yet: %s", number, e)
+            self.buckets[number].position.restart()
+
     def _balance(self) -> None:
-        """Renew the leases, drop the buckets lost, take or give back up to the fair share."""
+        """Renew the leases, drop the buckets lost, take or give back up to the fair share,
+        and open the buckets held on their nodes. A Redis failure (a failover under way) is
+        logged: the next round tries again, as a lease outlives several rounds."""
+        try:
+            self._rebalance()
+        except (redis.RedisError, MemoryTiersError) as e:
+            log.warning("renewing or taking leases failed: %s; trying again", e)
+
+    def _rebalance(self) -> None:
         for lost in self.leases.renew():
             log.warning("lease of bucket %d lost: another daemon consumes it now", lost)
             self.buckets.pop(lost, None)
@@ -198,14 +211,6 @@ class ClusterDaemon:
         for bucket in self.leases.excess(share):
             self.buckets.pop(bucket, None)  # stopped consuming it: now give it back
             self.leases.release(bucket)
-        for bucket in sorted(self.leases.acquire(share)):
+        self.leases.acquire(share)
+        for bucket in sorted(self.leases.held - self.buckets.keys()):
             self.buckets[bucket] = _Bucket(self, bucket)
-
-
-def _moved(error: BaseException | None) -> bool:
-    """Whether `error`, or an error it was raised from, is a MOVED redirection."""
-    while error is not None:
-        if isinstance(error, MovedError):
-            return True
-        error = error.__cause__
-    return False

@@ -876,6 +876,12 @@ def failure_text(error: BaseException, keys: Keys) -> str:
             f"{error} (Redis ACL: the user in {env_var('redis_url')} needs the key pattern "
             f"~{keys.prefix}:* and the commands of the ACL SETUSER line in the README, Security)"
         )
+    if any(_redirected_by_cluster(c) for c in causes) and keys.tag:
+        return (
+            f"{error} (bucket {keys.tag}'s hash slot is being moved to another node of the "
+            "cluster, or has been: its memories may be on two nodes, so nothing is answered "
+            "from a part of them; retry once the reshard is done)"
+        )
     if any(_redirected_by_cluster(c) for c in causes):
         return (
             f"{error} (the Redis at {env_var('redis_url')} is a node of a Redis Cluster that "
