@@ -4,19 +4,17 @@ Each checks what matters to an agent: every state remembered is stored once, and
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from test_cluster import master_port
+from test_cluster_commands import consuming
 from test_ingest import wait_for
 
 from memory_tiers import EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys
-from memory_tiers.cluster_daemon import ClusterDaemon
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
@@ -31,18 +29,6 @@ def fault_settings() -> Settings:
         buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=3.0, claim_idle_ms=1000,
         consumer_max_idle_s=60, batch_size=16,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def running(daemon: ClusterDaemon) -> Iterator[ClusterDaemon]:
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(20)
-        assert not thread.is_alive()
 
 
 def stored_steps(memory: MemoryClient, agents: Sequence[str]) -> list[tuple[str, int]]:
@@ -74,8 +60,7 @@ def test_a_master_killed_during_ingest_loses_and_duplicates_nothing(
     expected = sorted((str(s["agent_id"]), step) for step, s in enumerate(states))
     with EmbeddedCluster(masters=3, replicas=1) as cluster:
         memory = MemoryClient(redis.RedisCluster.from_url(cluster.url), settings, engine)
-        daemon = ClusterDaemon(redis.RedisCluster.from_url(cluster.url), engine, settings, "d")
-        with running(daemon):
+        with consuming(cluster.url, engine, settings, "d") as daemon:
             wait_for(lambda: len(daemon.buckets) == BUCKETS, 20, "every bucket leased")
             remember(memory, states[:400], 0)
             for node in memory.redis.get_primaries():  # the entries are on the replicas too
