@@ -5,16 +5,22 @@ Each checks what matters to an agent: every state remembered is stored once, and
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import redis
-from test_cluster import master_port
+from redis.crc import key_slot
+from test_cluster import master_port, node_client, port_of, reshard
 from test_cluster_commands import consuming
 from test_ingest import wait_for
 
 from memory_tiers import EmbeddingEngine, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys
+from memory_tiers.cluster import finish, owners, prepare
+from memory_tiers.errors import StoreError
+from memory_tiers.resp import text
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
@@ -99,3 +105,111 @@ def writable(memory: MemoryClient) -> bool:
     except redis.RedisError:
         return False
     return True
+
+
+def test_a_prepared_reshard_of_a_third_of_the_slots_during_ingest_keeps_each_memory_once(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = fault_settings()
+    states = simulate_states(600, num_agents=12, seed=22)
+    agents = sorted({str(s["agent_id"]) for s in states})
+    expected = sorted((str(s["agent_id"]), step) for step, s in enumerate(states))
+    memory = MemoryClient(redis.RedisCluster.from_url(embedded_cluster.url), settings, engine)
+    watched = agents[0]  # the agent whose bucket is recalled from during its move
+    moving = agent_keys(settings.keys, watched, BUCKETS).stream
+    source = node_client(cluster_client, moving)
+    other, destination = (
+        n.redis_connection for n in cluster_client.get_primaries() if n.port != port_of(source)
+    )
+    # Half of each other master's slots go to `destination`: a third of the 16,384.
+    move = key_slot(moving.encode())
+    halves = [halve(owned_slots(node), keep=move) for node in (source, other)]
+    assert sum(len(h) for h in halves) in range(5460, 5463)
+
+    with consuming(embedded_cluster.url, engine, settings, "d"):
+        remember(memory, states[:300], 0)
+        wait_for(lambda: len(stored_steps(memory, [watched])) > 0, 30, "some states stored")
+        producing = threading.Thread(target=remember_in_batches, args=(memory, states, 300))
+        prepare(destination, [*halves[0], *halves[1]], settings, engine.schema, BUCKETS)
+        producing.start()
+        try:
+            reshard_slots(cluster_client, other, destination, halves[1])
+            reshard_slots(cluster_client, source, destination, [s for s in halves[0] if s != move])
+            begin_move(source, destination, move)
+            migrate(source, destination, move, count=5)  # a few keys only: mid-move
+            with pytest.raises(StoreError, match="being moved to another node"):
+                memory.recall(watched, states[0], k=10)  # never from half the bucket
+            migrate(source, destination, move)
+            end_move(cluster_client, destination, move)
+        finally:
+            producing.join(60)
+        for node in (source, other):
+            assert finish(node, settings, BUCKETS)  # each dropped the indexes it gave away
+        wait_for(lambda: len(stored_steps(memory, agents)) >= len(states), 60, "every state stored")
+    assert stored_steps(memory, agents) == expected  # none lost, none twice
+    assert move in owned_slots(destination)
+    for step, state in enumerate(states):
+        (best,) = memory.recall(str(state["agent_id"]), state, k=1, tiers=("stm",)).merged
+        assert (best.hit.step, best.hit.state) == (step, state)
+
+
+def remember_in_batches(memory: MemoryClient, states: Sequence[dict[str, Any]], first: int) -> None:
+    """The producer: states[first:] in batches of 20, as the cluster moves under it."""
+    for start in range(first, len(states), 20):
+        remember(memory, states[start : start + 20], start)
+
+
+def reshard_slots(
+    client: redis.RedisCluster, source: redis.Redis, destination: redis.Redis, slots: list[int]
+) -> None:
+    """Move `slots` as redis-cli's reshard does; the empty ones straight to `destination`,
+    all in one round trip per master (SETSLOT NODE needs no migration for a slot without keys)."""
+    counts = source.pipeline(transaction=False)
+    for slot in slots:
+        counts.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+    empty = [slot for slot, n in zip(slots, counts.execute(), strict=True) if n == 0]
+    for slot in sorted(set(slots) - set(empty)):
+        reshard(client, source, destination, slot)
+    destination_id = text(destination.execute_command("CLUSTER", "MYID"))
+    others = [n.redis_connection for n in client.get_primaries()]
+    others = [n for n in others if port_of(n) not in (port_of(source), port_of(destination))]
+    for node in (destination, source, *others):
+        assign = node.pipeline(transaction=False)
+        for slot in empty:
+            assign.execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
+        assign.execute()
+
+
+def halve(slots: list[int], keep: int) -> list[int]:
+    """The half of `slots` (a master's, in order) that holds slot `keep`, if either does."""
+    middle = len(slots) // 2
+    return slots[middle:] if keep in slots[middle:] else slots[:middle]
+
+
+def owned_slots(node: redis.Redis) -> list[int]:
+    """The slots `node` is the master of."""
+    me = text(node.execute_command("CLUSTER", "MYID"))
+    return sorted(slot for slot, owner in owners(node).items() if owner == me)
+
+
+def begin_move(source: redis.Redis, destination: redis.Redis, slot: int) -> None:
+    source_id = text(source.execute_command("CLUSTER", "MYID"))
+    destination_id = text(destination.execute_command("CLUSTER", "MYID"))
+    destination.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", destination_id)
+
+
+def migrate(source: redis.Redis, destination: redis.Redis, slot: int, count: int = 0) -> None:
+    """MIGRATE the slot's keys from `source` (`count` of them, or all), 5 at a time."""
+    port, moved = port_of(destination), 0
+    while (not count or moved < count) and (
+        keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 5)
+    ):
+        source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+
+
+def end_move(client: redis.RedisCluster, destination: redis.Redis, slot: int) -> None:
+    destination_id = text(destination.execute_command("CLUSTER", "MYID"))
+    for node in client.get_primaries():
+        node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
