@@ -83,6 +83,11 @@ NUMERIC_FIELDS = ("step", "ts", "importance")
 HIT_FIELDS = (*TAG_FIELDS, *NUMERIC_FIELDS, STATE_FIELD, VECTOR_FIELD)
 """The fields a full Hit is read from."""
 
+BUCKET_BLOCK_SIZE = 64
+"""Vectors per allocation block of a bucket's FLAT index (RediSearch's BLOCK_SIZE; its
+default is 1,024). A cluster holds B small indexes per tier, each with at least one block:
+20,000 records over 256 buckets took 405 MB at 1,024 and 125 MB at 64 (one index: 94 MB)."""
+
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 _DISTANCE = "vector_distance"
 _DISTANCE_NAME = _DISTANCE.encode()
@@ -232,6 +237,8 @@ def tier_schema(
         "datatype": tier.datatype,
         "distance_metric": DISTANCE_METRIC.lower(),
     }
+    if keys.tag and tier.algorithm.upper() == "FLAT":
+        vector_attrs["block_size"] = BUCKET_BLOCK_SIZE
     fields: list[dict[str, Any]] = [
         *({"name": name, "type": "tag", "attrs": tag_attrs} for name in TAG_FIELDS),
         *({"name": name, "type": "numeric"} for name in NUMERIC_FIELDS),
