@@ -10,9 +10,11 @@ rewrites its heartbeat (status.py) as the daemon on one Redis does, so `memory-t
 it alive; the heartbeat registry is also how daemons count each other. Every
 consolidate_interval_s it applies each tier's policy to each held bucket (tiers.py), on the
 bucket's node: the lease makes it the only daemon moving that bucket, so no job lock. A
-bucket whose slot a reshard moved (MOVED) is consumed on its new master from then on; while
-the slot migrates, its steps fail (ASK, TRYAGAIN) and nothing of them is applied, so its
-entries wait, pending or unread, until the move ends.
+bucket whose step fails is opened again where the cluster's slot map says it is now: on its
+new master after a reshard (MOVED) or a failover (its master unreachable), which has its
+stream, group and pending entries; while a slot migrates, its steps fail (ASK, TRYAGAIN) and
+nothing of them is applied, so its entries wait, pending or unread, until the move ends. A
+failed lease round is tried again at the next, within the lease time.
 
 Work in progress (#16): a batch per bucket (small ones under light load cost more per state
 than one batch over all buckets), no commit lane, no metrics, no stats samples, no drift
