@@ -16,9 +16,12 @@ stream, group and pending entries; while a slot migrates, its steps fail (ASK, T
 nothing of them is applied, so its entries wait, pending or unread, until the move ends. A
 failed lease round is tried again at the next, within the lease time.
 
+Between batches each held bucket has the upkeep of a stream (upkeep.py): a dropped tier index
+recreated, idle consumers removed, the acked old part of the stream trimmed.
+
 Work in progress (#16): a batch per bucket (small ones under light load cost more per state
 than one batch over all buckets), no commit lane, no metrics, no stats samples, no drift
-sampling, no recreation of a dropped index yet.
+sampling yet.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .settings import Settings
 from .status import HEARTBEATS_PER_TTL, Heartbeat, beat, clear_heartbeat
 from .stream import ReadPosition
 from .tiers import consolidate
+from .upkeep import Upkeep, stream_chores
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,13 @@ class _Bucket:
         self.ingestor.store.ensure_indexes()
         self.ingestor.ensure_group()
         self.position = ReadPosition(self.ingestor.reader)
+        self.upkeep = Upkeep(stream_chores(node, settings, self.ingestor))
         self._claim_every_s = settings.claim_idle_ms / 2000
         self._next_claim = 0.0
 
     def step(self) -> int:
-        """Claim idle entries if due, then handle one batch; the entries handled."""
+        """The bucket's upkeep and claims if due, then one batch; the entries handled."""
+        self.upkeep.tick()
         handled = 0
         if time.monotonic() >= self._next_claim:
             cursor = "0-0"

@@ -44,7 +44,6 @@ from .engine import EmbeddingEngine
 from .errors import (
     CONNECTION_ERRORS,
     ConfigError,
-    MemoryTiersError,
     ModelError,
     PartialCommitError,
     StoreError,
@@ -72,8 +71,9 @@ from .status import (
     stream_status,
     tier_sizes,
 )
-from .store import index_states
-from .stream import ReadPosition, remove_idle_consumers, trim_acked
+from .stream import ReadPosition
+from .upkeep import INDEX_CHECK_INTERVAL_S as INDEX_CHECK_INTERVAL_S  # named in the doc above
+from .upkeep import Upkeep, attempt, stream_chores
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,6 @@ BACKOFF_MAX_S = 10.0
 DEFAULT_SUMMARY_INTERVAL_S = 30.0
 """How often the daemon logs an INFO summary of what it stored."""
 
-MAX_TRIM_INTERVAL_S = 30.0
-"""Longest pause between two trims of the state stream (shorter for a short stream_max_age_s),
-and between two removals of idle consumers (shorter for a short consumer_max_idle_s)."""
-
-INDEX_CHECK_INTERVAL_S = 2.0
-"""How often the consumer loop checks that the tier indexes exist (one pipelined FT.INFO of
-each): a dropped one is recreated, over the existing records, within about this long."""
 
 MIN_CLAIM_INTERVAL_S = 0.05
 """Shortest pause between two XAUTOCLAIM sweeps, however small claim_idle_ms is."""
@@ -543,11 +536,10 @@ def log_settings(settings: Settings, what: str) -> None:
 
 class _Chores:
     """What the consumer loop does between batches besides consuming: rewrite the heartbeat,
-    add this interval's stats sample, trim the acked old part of the state stream.
+    add this interval's stats sample, and the stream's upkeep (upkeep.py).
 
-    Done between batches, so the heartbeat means the loop turns. A chore that fails is logged
-    and tried again when next due: chores never stop the ingest (an outage of Redis stops it
-    anyway, and the loop backs off). Each runs at once on the first turn.
+    Done between batches, so the heartbeat means the loop turns; like every chore, one that
+    fails is logged and tried again when next due.
     """
 
     def __init__(
@@ -566,31 +558,20 @@ class _Chores:
         self._engine = engine
         self._started_at = time.time()
         self._beating = False
-        chores: list[tuple[str, float, Callable[[], None]]] = [
+        self._upkeep = Upkeep([
             ("heartbeat", settings.heartbeat_ttl_s / HEARTBEATS_PER_TTL, self._beat),
             ("stats sample", settings.stats_interval_s, self._sample),
-            ("index check", INDEX_CHECK_INTERVAL_S, self._check_indexes),
-        ]
-        every = min(MAX_TRIM_INTERVAL_S, settings.consumer_max_idle_s / 4)
-        chores.append(("consumer cleanup", every, self._remove_idle_consumers))
-        if settings.stream_max_age_s is not None:
-            every = min(MAX_TRIM_INTERVAL_S, settings.stream_max_age_s / 4)
-            chores.append(("stream trim", every, self._trim))
-        self._chores = chores
-        self._due = [0.0] * len(chores)
+            *stream_chores(client, settings, ingestor),
+        ])  # fmt: skip
 
     def tick(self) -> None:
         """Do each chore that is due."""
-        now = time.monotonic()
-        for i, (what, every_s, chore) in enumerate(self._chores):
-            if now >= self._due[i]:
-                self._due[i] = now + every_s
-                self._try(chore, what)
+        self._upkeep.tick()
 
     def stop(self) -> None:
         """Delete the heartbeat: this daemon stopped on purpose (best effort)."""
         if self._beating:
-            self._try(
+            attempt(
                 lambda: clear_heartbeat(self._client, self._keys, self._ingestor.consumer),
                 "heartbeat removal",
             )
@@ -621,35 +602,6 @@ class _Chores:
                 stream_status(self._client, self._keys),
             )
             add_sample(self._client, self._keys, sample, self._settings.stats_samples)
-
-    def _check_indexes(self) -> None:
-        """Recreate a missing tier index (dropped, or Redis restored without it): RediSearch
-        then indexes the records already there, in the background."""
-        missing = [t for t, state in index_states(self._client, self._keys).items() if not state]
-        if missing:
-            log.warning("tier index(es) %s missing: recreating them", ", ".join(missing))
-            self._ingestor.store.ensure_indexes()
-
-    def _remove_idle_consumers(self) -> None:
-        max_idle_ms = round(self._settings.consumer_max_idle_s * 1000)
-        keep = self._ingestor.consumer
-        removed = remove_idle_consumers(self._client, self._keys, max_idle_ms, keep)
-        if removed:
-            log.info("removed %d idle consumers from the group: %s", len(removed), removed[:10])
-
-    def _trim(self) -> None:
-        assert self._settings.stream_max_age_s is not None
-        now_ms = round(time.time() * 1000)
-        trimmed = trim_acked(self._client, self._keys, self._settings.stream_max_age_s, now_ms)
-        if trimmed:
-            log.debug("trimmed %d acked entries from %s", trimmed, self._keys.stream)
-
-    @staticmethod
-    def _try(chore: Callable[[], None], what: str) -> None:
-        try:
-            chore()
-        except (redis.RedisError, MemoryTiersError) as e:
-            log.warning("%s failed: %s", what, e)
 
 
 class _CommitLane:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from test_cluster import master_port, node_client, port_of, reshard
 from test_cluster_commands import consuming
 from test_ingest import wait_for
 
-from memory_tiers import EmbeddingEngine, MemoryClient, Settings
+from memory_tiers import EmbeddingEngine, Keys, MemoryClient, Settings
 from memory_tiers.buckets import agent_keys, bucket_keys
 from memory_tiers.cluster import finish, owners, prepare
 from memory_tiers.errors import StoreError
@@ -213,3 +214,38 @@ def end_move(client: redis.RedisCluster, destination: redis.Redis, slot: int) ->
     destination_id = text(destination.execute_command("CLUSTER", "MYID"))
     for node in client.get_primaries():
         node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
+
+
+def test_each_bucket_is_kept_up_a_dropped_index_made_again_and_its_stream_trimmed(
+    embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
+) -> None:
+    settings = replace(fault_settings(), stream_max_age_s=0.5)
+    states = simulate_states(120, num_agents=12, seed=23)
+    agents = sorted({str(s["agent_id"]) for s in states})
+    memory = MemoryClient(redis.RedisCluster.from_url(embedded_cluster.url), settings, engine)
+    streams = [bucket_keys(settings.keys, b, BUCKETS).stream for b in range(BUCKETS)]
+    lost = agent_keys(settings.keys, agents[0], BUCKETS)
+    node = node_client(cluster_client, lost.stream)
+    with consuming(embedded_cluster.url, engine, settings, "d"):
+        remember(memory, states, 0)
+        wait_for(lambda: len(stored_steps(memory, agents)) == len(states), 30, "all stored")
+        wait_for(lambda: sum(map(cluster_client.xlen, streams)) == 0, 15, "the streams trimmed")
+        node.execute_command("FT.DROPINDEX", lost.index("stm"))  # records stay
+        wait_for(lambda: indexed(node, lost.index("stm")) == held(node, lost), 15, "reindexed")
+    state = next(s for s in states if s["agent_id"] == agents[0])
+    (best,) = memory.recall(agents[0], state, k=1, tiers=("stm",)).merged
+    assert best.hit.state == state
+
+
+def indexed(node: redis.Redis, index: str) -> int:
+    """num_docs of `index` on `node`; -1 while it does not exist."""
+    try:
+        info = node.ft(index).info()
+    except redis.ResponseError:
+        return -1
+    return int(info["num_docs"])
+
+
+def held(node: redis.Redis, keys: Keys) -> int:
+    """The STM records of bucket `keys` (its time index)."""
+    return int(node.zcard(keys.time_index("stm")))
