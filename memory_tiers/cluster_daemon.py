@@ -5,7 +5,8 @@ One loop: renew the leases (a lost one's bucket is dropped at once), take free o
 fair share, ceil(B / live daemons), and give back the excess; then read each held bucket's
 own pending and new entries without blocking and handle them (`Ingestor.process`: one
 MULTI/EXEC in the bucket's slot), claiming the entries other consumers left idle past
-claim_idle_ms now and then. With nothing to read it sleeps block_ms. With the leases it
+claim_idle_ms now and then; the new entries of all the buckets on one node are read in one
+pipelined round trip. With nothing to read it waits IDLE_POLL_S. With the leases it
 rewrites its heartbeat (status.py) as the daemon on one Redis does, so `memory-tiers check` sees
 it alive; the heartbeat registry is also how daemons count each other. Every
 consolidate_interval_s it applies each tier's policy to each held bucket (tiers.py), on the
@@ -29,23 +30,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 
 import redis
 
 from .buckets import bucket_keys
 from .constants import TIERS
 from .engine import EmbeddingEngine
-from .errors import MemoryTiersError
+from .errors import MemoryTiersError, StoreError
 from .ignored import IgnoredFields
 from .ingest import Ingestor, IngestStats
 from .leases import BucketLeases, fair_share
 from .settings import Settings
 from .status import HEARTBEATS_PER_TTL, Heartbeat, beat, clear_heartbeat
-from .stream import ReadPosition
+from .stream import ReadPosition, read_ready_together
 from .tiers import consolidate
 from .upkeep import Upkeep, stream_chores
 
 log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.05
+"""How long the loop waits when no held bucket had anything to handle (block_ms if shorter).
+A cluster has no blocking read across slots, so this bounds how long a new entry waits: one
+round trip per node every 50 ms while idle."""
 
 
 class _Bucket:
@@ -143,7 +150,7 @@ class ClusterDaemon:
                     self._consolidate()
                     next_consolidation = time.monotonic() + self.settings.consolidate_interval_s
                 if not self._consume():
-                    self._stop.wait(self.settings.block_ms / 1000)
+                    self._stop.wait(min(self.settings.block_ms / 1000, IDLE_POLL_S))
         finally:
             self.buckets.clear()
             self.leases.release_all()
@@ -178,8 +185,10 @@ class ClusterDaemon:
         return max(1, int(self.cluster.zcount(self.settings.keys.heartbeats, since_ms, "+inf")))
 
     def _consume(self) -> int:
-        """Claims when due, then one batch, in each held bucket; the entries handled. A bucket
-        that fails is opened again on the node that owns its slot now."""
+        """The held buckets' new entries read in one round trip per node, then in each bucket
+        its upkeep and claims when due and one batch; the entries handled. A bucket that fails
+        is opened again on the node that owns its slot now."""
+        self._read_ahead()
         handled = 0
         for number, bucket in list(self.buckets.items()):
             try:
@@ -188,6 +197,23 @@ class ClusterDaemon:
                 log.warning("bucket %d: %s; opening it again on its node", number, e)
                 self._reopen(number)
         return handled
+
+    def _read_ahead(self) -> None:
+        """Read the new entries of every held bucket that reads new ones next with one
+        pipelined XREADGROUP per node (a cluster has no read across slots), as the buckets'
+        next batches. A node that fails is skipped: its buckets then read, and fail, alone."""
+        by_node: dict[int, list[_Bucket]] = defaultdict(list)
+        for bucket in self.buckets.values():
+            if bucket.position.reads_new:
+                by_node[id(bucket.ingestor.reader.client)].append(bucket)
+        for buckets in by_node.values():
+            try:
+                batches = read_ready_together([b.ingestor.reader for b in buckets])
+            except StoreError as e:
+                log.debug("reading %d buckets together failed: %s", len(buckets), e)
+                continue
+            for bucket, batch in zip(buckets, batches, strict=True):
+                bucket.position.read_ahead = batch or []
 
     def _reopen(self, number: int) -> None:
         """Open bucket `number` again where the cluster says its slot is now (after a

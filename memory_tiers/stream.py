@@ -10,7 +10,7 @@ ownership check of its commit, are ingest.py's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -132,6 +132,27 @@ class GroupReader:
         return _stream_messages(reply)
 
 
+def read_ready_together(readers: Sequence[GroupReader]) -> list[list[Message] | None]:
+    """`read_ready` of each of `readers` (of streams on one node, through one client) in one
+    round trip: each one's new entries, or None where its read failed (to be read, and fail,
+    on its own).
+
+    Raises:
+        StoreError: the round trip failed.
+    """
+    pipe = readers[0].client.pipeline(transaction=False)
+    for reader in readers:
+        keys = reader.keys
+        pipe.xreadgroup(
+            keys.group, reader.consumer, {keys.stream: ">"}, count=reader.settings.batch_size
+        )
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except redis.RedisError as e:
+        raise StoreError(f"XREADGROUP of {len(readers)} streams failed: {e}") from e
+    return [None if isinstance(r, Exception) else _stream_messages(r) for r in replies]
+
+
 class ReadPosition:
     """Where a consumer loop reads next: its own pending entries (from id 0: what a previous
     run of the same name, or this one before a failure, read and did not ack), then new ones;
@@ -155,6 +176,12 @@ class ReadPosition:
             self._pending_after = text(messages[-1][0]) if messages else None
             return messages
         return self._reader.read_new() if wait else self._reader.read_ready()
+
+    @property
+    def reads_new(self) -> bool:
+        """Whether the next batch is new entries (nothing read ahead, no own pending entries
+        to re-read first)."""
+        return not self.read_ahead and self._pending_after is None
 
     def restart(self) -> None:
         """Forget the batch read ahead and re-read the own pending entries from the start: after

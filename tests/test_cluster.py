@@ -35,6 +35,7 @@ from memory_tiers.resp import text
 from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.stream import GroupReader, read_ready_together
 from memory_tiers.tiers import consolidate
 
 BUCKETS = 6
@@ -502,3 +503,31 @@ def test_the_async_client_remembers_into_each_agents_bucket(
         stream = bucket_keys(settings.keys, bucket, BUCKETS).stream
         assert cluster_client.xlen(stream) == per_bucket.get(bucket, 0)
     assert cluster_client.exists(settings.keys.stream) == 0  # nothing in the untagged stream
+
+
+def test_the_buckets_on_one_node_are_read_in_one_round_trip(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    settings = Settings(buckets=BUCKETS)
+    by_node: dict[int, list[int]] = {}
+    for bucket in range(BUCKETS):
+        stream = bucket_keys(settings.keys, bucket, BUCKETS).stream
+        by_node.setdefault(cluster_client.get_node_from_key(stream).port, []).append(bucket)
+    first, *others = max(by_node.values(), key=len)
+    assert others, "a node with two buckets or more"
+    node = node_client(cluster_client, bucket_keys(settings.keys, first, BUCKETS).stream)
+    readers = [
+        GroupReader(node, settings, "d", keys=bucket_keys(settings.keys, b, BUCKETS))
+        for b in (first, *others)
+    ]
+    for number, reader in enumerate(readers):
+        if number:  # the first bucket's group is never made: its read fails alone
+            reader.client.xgroup_create(
+                reader.keys.stream, reader.keys.group, id="0", mkstream=True
+            )
+        for step in range(number + 1):
+            node.xadd(reader.keys.stream, {"step": str(step)})
+    batches = read_ready_together(readers)
+    assert batches[0] is None
+    assert [len(b or []) for b in batches[1:]] == [n + 1 for n in range(1, len(readers))]
+    assert read_ready_together(readers)[1:] == [[] for _ in others]  # delivered once
