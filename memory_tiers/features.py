@@ -693,9 +693,9 @@ class _Columns:
         if set(map(type, values)) == {list} and all(values):  # the common case, in C loops
             firsts = list(map(itemgetter(0), values))
             if set(map(type, firsts)) == {list}:
-                shapes = list(zip(map(len, values), map(len, firsts), strict=True))
-                if len(set(shapes)) == 1:
-                    return {shapes[0]: list(range(len(values)))}
+                rows, cols = set(map(len, values)), set(map(len, firsts))  # no tuple per grid
+                if len(rows) == len(cols) == 1:
+                    return {(rows.pop(), cols.pop()): list(range(len(values)))}
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, value in enumerate(values):
             if value is None:
