@@ -724,9 +724,8 @@ class _Columns:
         numbers for the hashed slots, the keys no slot takes. Declines the states holding keys
         or values only the per-state path can judge."""
         known, k = self.layout.known, self.hashed_slots
-        slot_of: dict[str, int] = {}
         rows: list[int] = []
-        slots: list[int] = []
+        keys: list[str] = []
         numbers: list[Any] = []
         unused: list[tuple[int, str]] = []
         for i in self._with_unknown_keys():
@@ -739,18 +738,17 @@ class _Columns:
                     continue
                 kind = type(value)
                 if k and (kind is float or kind is int):
-                    slot = slot_of.get(key)
-                    if slot is None:
-                        slot = slot_of[key] = zlib.crc32(key.encode("utf-8")) % k
                     rows.append(i)
-                    slots.append(i * k + slot)
+                    keys.append(key)
                     numbers.append(value)
                 elif kind in _PLAIN_UNUSED or (not k and kind in _PLAIN_NUMBERS):
                     if value is not None and key not in NOT_FEATURES:
                         unused.append((i, key))
                 else:  # numpy scalars and other types: the per-state path judges them
                     self.declined[i] = True
-        return _UnknownValues(rows, slots, numbers, unused)
+        slot_of = {key: zlib.crc32(key.encode("utf-8")) % k for key in set(keys)}
+        slots = np.fromiter(map(slot_of.__getitem__, keys), np.intp, len(keys))
+        return _UnknownValues(rows, np.array(rows, dtype=np.intp) * k + slots, numbers, unused)
 
     def _with_unknown_keys(self) -> Sequence[int]:
         """The states with keys the schema does not name, leaving out only `NOT_FEATURES`
@@ -771,7 +769,7 @@ class _UnknownValues:
 
     rows: list[int]
     """Per number: its state."""
-    slots: list[int]
+    slots: npt.NDArray[np.intp]
     """Per number: its hashed slot in the flattened (n, hashed slots) block."""
     numbers: list[Any]
     """The values a hashed slot takes, in each state's key order."""
