@@ -34,9 +34,9 @@ Decisions (the design's extractor left these open):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import marshal
 import math
 import reprlib
 import sys
@@ -44,7 +44,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -693,9 +693,9 @@ class _Columns:
         if set(map(type, values)) == {list} and all(values):  # the common case, in C loops
             firsts = list(map(itemgetter(0), values))
             if set(map(type, firsts)) == {list}:
-                shapes = list(zip(map(len, values), map(len, firsts), strict=True))
-                if len(set(shapes)) == 1:
-                    return {shapes[0]: list(range(len(values)))}
+                rows, cols = set(map(len, values)), set(map(len, firsts))  # no tuple per grid
+                if len(rows) == len(cols) == 1:
+                    return {(rows.pop(), cols.pop()): list(range(len(values)))}
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, value in enumerate(values):
             if value is None:
@@ -724,9 +724,8 @@ class _Columns:
         numbers for the hashed slots, the keys no slot takes. Declines the states holding keys
         or values only the per-state path can judge."""
         known, k = self.layout.known, self.hashed_slots
-        slot_of: dict[str, int] = {}
         rows: list[int] = []
-        slots: list[int] = []
+        keys: list[str] = []
         numbers: list[Any] = []
         unused: list[tuple[int, str]] = []
         for i in self._with_unknown_keys():
@@ -739,18 +738,17 @@ class _Columns:
                     continue
                 kind = type(value)
                 if k and (kind is float or kind is int):
-                    slot = slot_of.get(key)
-                    if slot is None:
-                        slot = slot_of[key] = zlib.crc32(key.encode("utf-8")) % k
                     rows.append(i)
-                    slots.append(i * k + slot)
+                    keys.append(key)
                     numbers.append(value)
                 elif kind in _PLAIN_UNUSED or (not k and kind in _PLAIN_NUMBERS):
                     if value is not None and key not in NOT_FEATURES:
                         unused.append((i, key))
                 else:  # numpy scalars and other types: the per-state path judges them
                     self.declined[i] = True
-        return _UnknownValues(rows, slots, numbers, unused)
+        slot_of = {key: zlib.crc32(key.encode("utf-8")) % k for key in set(keys)}
+        slots = np.fromiter(map(slot_of.__getitem__, keys), np.intp, len(keys))
+        return _UnknownValues(rows, np.array(rows, dtype=np.intp) * k + slots, numbers, unused)
 
     def _with_unknown_keys(self) -> Sequence[int]:
         """The states with keys the schema does not name, leaving out only `NOT_FEATURES`
@@ -771,7 +769,7 @@ class _UnknownValues:
 
     rows: list[int]
     """Per number: its state."""
-    slots: list[int]
+    slots: npt.NDArray[np.intp]
     """Per number: its hashed slot in the flattened (n, hashed slots) block."""
     numbers: list[Any]
     """The values a hashed slot takes, in each state's key order."""
@@ -802,14 +800,10 @@ def _floats(values: list[Any]) -> tuple[npt.NDArray[np.float64], list[int]]:
 def _stack_grids(grids: list[list[Any]], cols: int) -> tuple[list[int], npt.NDArray[Any]]:
     """Grids of one row count (lists of rows, the first `cols` long) as one (m, rows, cols)
     array, and the positions of those in it: the grids that the per-state path reads as the
-    same numbers. The common case, cells that are ints 0..255 (codes), is read as bytes."""
-    rows = list(chain.from_iterable(grids))
-    if _all_are(map(type, rows), list) and _all_are(map(len, rows), cols):
-        cells = list(chain.from_iterable(rows))
-        if _all_are(map(type, cells), int):  # not bools, not int-like objects numpy refuses
-            with contextlib.suppress(ValueError):  # a cell outside 0..255
-                codes = np.frombuffer(bytearray(cells), dtype=np.uint8)
-                return list(range(len(grids))), codes.reshape(len(grids), -1, cols)
+    same numbers. The common case, cells that are all ints, is read in bulk (`_int_grids`)."""
+    codes = _int_grids(grids, len(grids[0]), cols)
+    if codes is not None:
+        return list(range(len(grids))), codes
     taken: list[int] = []
     arrays: list[npt.NDArray[np.float64]] = []
     for position, grid in enumerate(grids):
@@ -826,10 +820,36 @@ def _stack_grids(grids: list[list[Any]], cols: int) -> tuple[list[int], npt.NDAr
     return taken, np.stack(arrays) if arrays else np.zeros((0, len(grids[0]), cols))
 
 
-def _all_are(items: Iterable[object], expected: object) -> bool:
-    """Whether every item is `expected` (types, lengths): list.count compares in C."""
-    found = list(items)
-    return found.count(expected) == len(found)
+_MARSHALLED = np.dtype([("tag", "u1"), ("value", "<i4")])
+"""What marshal (version 2) writes for a list's header (tag "[", its length) and for an int
+within int32 (tag "i", its value): 5 bytes each, so nested lists of such ints are a flat array
+of these; other types are written otherwise (a bool as one byte) or refused."""
+
+
+def _int_grids(grids: list[Any], rows: int, cols: int) -> npt.NDArray[np.int32] | None:
+    """`grids` as one (m, rows, cols) array if each is a list of `rows` lists of `cols` ints
+    (exactly these types, each within int32), else None.
+
+    marshal checks every type in one pass in C, cheaper than a Python-level check per cell:
+    the grids' encoding must match that of a grid of zeros repeated, tag for tag and header
+    for header, and the values are then read from it."""
+    try:
+        encoded = marshal.dumps(grids, 2)  # 2: no back-references, a fixed layout
+    except ValueError:  # a type marshal cannot write
+        return None
+    zeros = np.frombuffer(marshal.dumps([[0] * cols] * rows, 2), _MARSHALLED)
+    if len(encoded) != _MARSHALLED.itemsize * (1 + len(grids) * len(zeros)):
+        return None
+    items = np.frombuffer(encoded, _MARSHALLED, offset=_MARSHALLED.itemsize)  # past the list
+    items = items.reshape(len(grids), len(zeros))
+    headers = zeros["tag"] == zeros["tag"][0]
+    if not (items["tag"] == zeros["tag"]).all():
+        return None
+    if not (items["value"][:, headers] == zeros["value"][headers]).all():
+        return None
+    by_row = items[:, 1:].reshape(len(grids), rows, 1 + cols)  # a row: its header, its cells
+    cells: npt.NDArray[np.int32] = by_row["value"][:, :, 1:]
+    return cells
 
 
 def _write_numeric(out: FloatArray, raw: npt.NDArray[np.float64], layout: _Layout) -> None:

@@ -339,6 +339,38 @@ def test_extract_batch_equals_stacked_extract() -> None:
     np.testing.assert_array_equal(S.extract_batch(iter(states)), batch)
 
 
+class _Code(int):
+    """An int subclass, as a cell: numpy reads it as an int, marshal refuses it."""
+
+
+_ODD_CELLS = [2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 10**30]  # int32's ends and beyond
+_ODD_CELLS += [np.int64(2), _Code(3), True, 2.0, "", [], "row"]
+
+
+@pytest.mark.parametrize("odd", _ODD_CELLS)
+def test_batch_reads_grids_with_an_odd_cell_as_extract(odd: Any) -> None:
+    """The batch reads grids of plain ints in bulk; one odd cell among them (beyond int32, a
+    numpy or subclassed int, a bool, a float, a cell as long as an int in marshal's encoding,
+    a row that is a tuple) must read as per state."""
+    states = [full_state() for _ in range(3)]
+    grid = [list(row) for row in states[1]["perception"]]
+    if odd == "row":
+        grid[4] = tuple(grid[4])
+    else:
+        grid[4][7] = odd
+    states[1]["perception"] = grid
+    rows: list[np.ndarray] = []
+    failures: list[str] = []
+    for state in states:
+        try:
+            rows.append(S.extract(state))
+        except FeatureError as e:
+            failures.append(str(e))
+    features, _, errors = S.extract_valid(states)
+    assert [str(e) for e in errors.values()] == failures
+    np.testing.assert_array_equal(features, np.stack(rows))
+
+
 def test_batch_error_names_item_index_and_field() -> None:
     states = [*_batch(), {"energy": "high"}]
     with pytest.raises(FeatureError, match=r"^item 4: field 'energy'.*'high'"):
@@ -540,7 +572,14 @@ _numbers = st.one_of(  # values a declared number or an unknown key takes withou
     st.booleans(),
     st.builds(np.float64, st.floats(-1e3, 1e3)),
 )
-_cells = st.one_of(st.integers(0, 3), st.integers(-3, 300), st.floats(-5, 5), st.booleans())
+_cells = st.one_of(  # beside codes: ints beyond int32 and numpy's, read one grid at a time
+    st.integers(0, 3),
+    st.integers(-3, 300),
+    st.integers(-(2**40), 2**40),
+    st.builds(np.int64, st.integers(-3, 3)),
+    st.floats(-5, 5),
+    st.booleans(),
+)
 _FAULTS: dict[str, st.SearchStrategy[Any]] = {  # one bad value per kind of place
     "number": st.sampled_from([math.nan, -math.inf, 10**400, "1.5", [1]]),
     "category": st.sampled_from([1, True, 2.5, ["x"]]),
