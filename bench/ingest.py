@@ -27,8 +27,12 @@ which makes that round's numbers low), and Redis's time per state in each comman
 commandstats). --repeat R runs raw + ingest R times and prints the median ratio. Keys live
 under the prefixes `mtbench-*`, deleted at the start and the end.
 
+--mix heavy ingests states sampled over the whole schema instead of simulated ones (fields
+left out, unknown numeric and string keys, grids of 5x5 to 18x18, categories outside the
+declared values): with --agents 1000, the issue's second mix.
+
     python bench/ingest.py [--states 50000] [--batch-size 256] [--daemons 1] [--repeat 1]
-                           [--parts raw,ingest,recall]
+                           [--mix sim|heavy] [--agents 50] [--parts raw,ingest,recall]
 """
 
 from __future__ import annotations
@@ -60,8 +64,10 @@ from machine import clean, fill_tiers, machine
 from memory_tiers import TIERS, Keys, Settings
 from memory_tiers.attributes import attribute_values
 from memory_tiers.daemon import frozen_heap
-from memory_tiers.features import default_schema
+from memory_tiers.features import DEFAULT_SCHEMA, default_schema
+from memory_tiers.ingest import UNKNOWN_AGENT_TYPE
 from memory_tiers.protocol import encode_entry
+from memory_tiers.sampling import sample_states
 from memory_tiers.server import redis_url
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import FEATURES_FIELD, STATE_FIELD, VECTOR_FIELD, TierStore
@@ -242,7 +248,7 @@ def raw_commands(
     for i, state in enumerate(states):
         fields = {
             "agent_id": state["agent_id"],
-            "agent_type": state["agent_type"],
+            "agent_type": str(state.get("agent_type", UNKNOWN_AGENT_TYPE)),
             "model_version": MODEL_VERSION,
             "step": i,
             "ts": t0 + i,
@@ -283,14 +289,24 @@ def run_raw(client: redis.Redis, settings: Settings, states: Sequence[Mapping[st
 # -- part 2: the daemons end to end ------------------------------------------------------------
 
 
+def mix_states(mix: str, n: int, agents: int) -> list[dict[str, Any]]:
+    """N states of `agents` agents: simulated (sim), or sampled over the whole schema (heavy:
+    fields left out, unknown keys, grids of 5x5 to 18x18, categories outside the schema's)."""
+    if mix == "heavy":
+        return sample_states(DEFAULT_SCHEMA, n, num_agents=agents, seed=1)
+    return simulate_states(n, num_agents=agents, seed=1)
+
+
 def produce(
-    url: str, prefix: str, n: int, agents: int, batch: int, ready: Any, go: Any, result: Any
-) -> None:
-    """The producer process: simulate and encode N states, wait for `go`, XADD them pipelined.
+    url: str, prefix: str, mix: str, n: int, agents: int, batch: int, ready: Any, go: Any,
+    result: Any,
+) -> None:  # fmt: skip
+    """The producer process: make and encode N states of `mix`, wait for `go`, XADD them
+    pipelined.
 
     Puts (seconds from go to the last XADD reply, CPU seconds of the XADDs) on `result`.
     """
-    states = simulate_states(n, num_agents=agents, seed=1)
+    states = mix_states(mix, n, agents)
     entries = [encode_entry(s["agent_id"], s, step=i // agents) for i, s in enumerate(states)]
     stream = Keys(prefix).stream
     client = redis.Redis.from_url(url)
@@ -375,7 +391,7 @@ def stop_daemons(daemons: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run_ingest(
-    client: redis.Redis, url: str, settings: Settings, n: int, agents: int, k: int
+    client: redis.Redis, url: str, settings: Settings, mix: str, n: int, agents: int, k: int
 ) -> tuple[Rate, float, list[str]]:
     """K daemons consume what one producer process XADDs; returns the rate, the producer's
     XADD rate, and the daemons' last log lines (their totals: prepare and commit seconds)."""
@@ -386,7 +402,8 @@ def run_ingest(
     context = mp.get_context("spawn")
     ready, go, result = context.Event(), context.Event(), context.Queue()
     producer = context.Process(
-        target=produce, args=(url, INGEST, n, agents, settings.batch_size, ready, go, result)
+        target=produce,
+        args=(url, INGEST, mix, n, agents, settings.batch_size, ready, go, result),
     )
     with tempfile.TemporaryDirectory(prefix="mtbench-logs-") as folder:
         logs = Path(folder)
@@ -498,6 +515,9 @@ def main() -> None:
     parser.add_argument("--daemons", type=int, default=1, help="K daemon processes, one group")
     parser.add_argument("--agents", type=int, default=50, help="agents of the ingested states")
     parser.add_argument(
+        "--mix", choices=("sim", "heavy"), default="sim", help="the states (see the doc above)"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="raw + ingest rounds; the median ratio is the result"
     )
     parser.add_argument("--memories", type=int, default=100_000, help="per tier, recall part")
@@ -518,7 +538,8 @@ def main() -> None:
     print(
         f"{machine()}, Python {platform.python_version()}, "
         f"redis-py {redis.__version__}, hiredis {'yes' if _has_hiredis() else 'no'}; "
-        f"N={args.states:,}, batch {args.batch_size}, daemons {args.daemons}",
+        f"N={args.states:,} {args.mix} states of {args.agents:,} agents, batch "
+        f"{args.batch_size}, daemons {args.daemons}",
         flush=True,
     )
     with redis_url(Settings.from_env()) as url:
@@ -547,7 +568,7 @@ def throughput(
     """One round of the raw limit and the daemons end to end, printed; their ratio."""
     raw = ingest = None
     if "raw" in parts:
-        states = simulate_states(args.states, num_agents=args.agents, seed=1)
+        states = mix_states(args.mix, args.states, args.agents)
         raw = run_raw(client, base, states)
         del states
         print(
@@ -557,7 +578,7 @@ def throughput(
         )
     if "ingest" in parts:
         ingest, xadd_rate, summaries = run_ingest(
-            client, url, base, args.states, args.agents, args.daemons
+            client, url, base, args.mix, args.states, args.agents, args.daemons
         )
         print(
             f"daemon ingest:  {ingest.per_s:>9,.0f} states/s  ({ingest.seconds:.2f} s; "
