@@ -50,6 +50,7 @@ from .errors import (
     is_connection_error,
 )
 from .ingest import (
+    STAGES,
     Batch,
     Ingestor,
     IngestStats,
@@ -497,7 +498,12 @@ class Daemon:
 
     def _summary(self, now: IngestStats, before: IngestStats, seconds: float, what: str) -> None:
         """One INFO line of what was stored since `before`; its numbers are JSON fields too."""
-        stored = now.stored - before.stored
+        stored, entries = now.stored - before.stored, now.entries - before.entries
+        stages = {
+            stage: round((now.stage_s[stage] - before.stage_s[stage]) / entries * 1e6, 1)
+            for stage in STAGES
+            if entries
+        }
         fields = {
             "consumer": self.ingestor.consumer if self.ingestor else "-",
             "stored": stored,
@@ -509,13 +515,16 @@ class Daemon:
             "commit_s": round(now.commit_s - before.commit_s, 3),
             "total_stored": now.stored,
             "total_dead_letters": now.dead_letters,
+            "stage_us_per_entry": stages,
         }
+        shown = ", ".join(f"{stage} {us:.0f}" for stage, us in stages.items())
         log.info(
             "ingest %(consumer)s%(what)s: %(stored)d stored, %(dead_letters)d dead letters, "
             "%(claimed)d claimed in %(seconds).1f s (%(states_per_s).0f states/s; prepare "
-            "%(prepare_s).1f s, commit %(commit_s).1f s); totals %(total_stored)d stored, "
+            "%(prepare_s).1f s, commit %(commit_s).1f s; µs per entry: %(stages)s, the last "
+            "waiting on Redis, the others CPU); totals %(total_stored)d stored, "
             "%(total_dead_letters)d dead letters",
-            {**fields, "what": f" {what}" if what else ""},
+            {**fields, "what": f" {what}" if what else "", "stages": shown or "-"},
             extra=fields,
         )
 

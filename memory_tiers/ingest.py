@@ -151,6 +151,8 @@ class Batch:
     sources: Mapping[str, Fields] = field(default_factory=dict)
     """The stream fields of each record's entry, for a dead letter if the store refuses it."""
     prepare_s: float = 0.0
+    stage_cpu_s: Mapping[str, float] = field(default_factory=dict)
+    """This thread's CPU seconds in each of prepare's stages (PREPARE_STAGES)."""
     transaction: Transaction | None = None
     """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
     ignored_fields: int = 0
@@ -182,6 +184,28 @@ class Outcome:
     one held them (they were neither written nor acked here), or XAUTOCLAIM reported them
     deleted."""
     commit_s: float
+    send_cpu_s: float = 0.0
+    """The committing thread's CPU seconds in the commit; the rest of commit_s it waited."""
+
+
+STAGES = ("parse", "featurize", "encode", "pack", "send", "wait")
+"""A batch's stages, as IngestStats times them: CPU of decoding its entries, featurizing the
+states, encoding them (and sampling drift), building its records and packing its MULTI/EXEC
+(`prepare`'s thread); CPU of the commit, and the rest of the commit's time, waiting on Redis
+(the committing thread)."""
+
+
+class _StageClock:
+    """This thread's CPU seconds per stage, each read as its stage ends (`lap`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        now = time.thread_time()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 @dataclass
@@ -196,6 +220,8 @@ class IngestStats:
     prepare_s: float = 0.0
     commit_s: float = 0.0
     ignored_fields: int = 0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    """Seconds per stage (STAGES): CPU, but for `wait`."""
 
     def add(self, batch: Batch, outcome: Outcome) -> None:
         """Count one committed batch."""
@@ -206,6 +232,10 @@ class IngestStats:
         self.dead_letters += outcome.dead_letters
         self.prepare_s += batch.prepare_s
         self.commit_s += outcome.commit_s
+        for stage, seconds in batch.stage_cpu_s.items():
+            self.stage_s[stage] += seconds
+        self.stage_s["send"] += outcome.send_cpu_s
+        self.stage_s["wait"] += max(0.0, outcome.commit_s - outcome.send_cpu_s)
 
 
 class _Decoded(NamedTuple):
@@ -300,10 +330,12 @@ class Ingestor:
 
     def prepare(self, messages: Sequence[Message]) -> Batch:
         """Decode, featurize and encode a batch: its STM records and dead letters. No Redis."""
-        start = time.perf_counter()
+        start, clock = time.perf_counter(), _StageClock()
         split = _split(messages)
+        clock.lap("parse")
         ignored: Counter[str] = Counter()
         features, good, errors = self._featurize([d.state for d, _ in split.good], ignored)
+        clock.lap("featurize")
         if ignored:
             self.ignored.add(ignored)
         for index, error in errors.items():
@@ -317,6 +349,7 @@ class Ingestor:
             vectors = self.engine.encode_features(features, (STM,))[STM]  # (len(good), stm_dim)
             if self.drift is not None:
                 self.drift.sample(features)
+            clock.lap("encode")
             records = [
                 self._record(split.good[i][0], vectors[row], features[row])
                 for row, i in enumerate(good)
@@ -324,7 +357,13 @@ class Ingestor:
         sources = {d.entry.entry_id: fields for d, fields in split.good}
         batch = Batch(split.ids, records, split.dead, sources, ignored_fields=ignored.total())
         transaction = self._transaction(batch) if batch.ids else None
-        return replace(batch, prepare_s=time.perf_counter() - start, transaction=transaction)
+        clock.lap("pack")
+        return replace(
+            batch,
+            prepare_s=time.perf_counter() - start,
+            stage_cpu_s=clock.seconds,
+            transaction=transaction,
+        )
 
     def commit(self, batch: Batch) -> Outcome:
         """Write the batch's records and dead letters and XACK all its ids, in one MULTI/EXEC.
@@ -335,7 +374,7 @@ class Ingestor:
             StoreError: Redis failed otherwise; nothing of the batch may be assumed written or
                 acked.
         """
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         if not batch.ids:
             return Outcome(0, 0, 0, 0.0)
         transaction = batch.transaction or self._transaction(batch)
@@ -346,7 +385,10 @@ class Ingestor:
             raise StoreError(f"{what} failed: {e}") from e
         acked = _check_replies(what, transaction.commands, replies)
         dead = transaction.dead_letters
-        outcome = Outcome(transaction.stored, len(dead), acked, time.perf_counter() - start)
+        outcome = Outcome(
+            transaction.stored, len(dead), acked, time.perf_counter() - start,
+            send_cpu_s=time.thread_time() - cpu,
+        )  # fmt: skip
         self.stats.add(batch, outcome)
         if self.on_commit is not None:
             self.on_commit(batch, outcome)

@@ -24,6 +24,7 @@ from memory_tiers.daemon import Daemon
 from memory_tiers.errors import StoreError
 from memory_tiers.ingest import (
     DELETED_ERROR,
+    STAGES,
     UNKNOWN_AGENT_TYPE,
     Ingestor,
     consumer_client,
@@ -221,6 +222,18 @@ def test_every_state_is_stored_once_and_found_by_its_own_vector(
         hits = store.search("stm", vectors[i], k=3, agent_id=state["agent_id"])
         assert hits[0].distance < 1e-3
         assert ids[i] in {h.entry_id for h in hits if h.distance < 1e-3}
+
+
+def test_each_batch_is_timed_by_stage(redis_client: redis.Redis, ingestor: Ingestor) -> None:
+    xadd_states(redis_client, simulate_states(50, seed=14))
+    batch, outcome = ingestor.process(ingestor.read_new())
+    assert outcome.stored == 50
+    stages = ingestor.stats.stage_s
+    assert list(stages) == list(STAGES)
+    assert all(stages[s] > 0 for s in ("parse", "featurize", "encode", "pack", "send"))
+    prepared = sum(batch.stage_cpu_s.values())  # one thread's CPU: at most its wall time
+    assert 0 < prepared <= batch.prepare_s + 1e-3
+    assert stages["send"] + stages["wait"] == pytest.approx(outcome.commit_s)
 
 
 def test_actions_are_stored_through_their_state_form(
