@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import redis
 
@@ -186,16 +187,18 @@ class ClusterDaemon:
 
     def _consume(self) -> int:
         """The held buckets' new entries read in one round trip per node, then in each bucket
-        its upkeep and claims when due and one batch; the entries handled. A bucket that fails
-        is opened again on the node that owns its slot now."""
+        its upkeep and claims when due and one batch; the entries handled. The buckets that
+        fail are opened again on the nodes that own their slots now."""
         self._read_ahead()
-        handled = 0
+        handled, failed = 0, []
         for number, bucket in list(self.buckets.items()):
             try:
                 handled += bucket.step()
             except (redis.RedisError, MemoryTiersError) as e:
                 log.warning("bucket %d: %s; opening it again on its node", number, e)
-                self._reopen(number)
+                failed.append(number)
+        if failed:
+            self._reopen(failed)
         return handled
 
     def _read_ahead(self) -> None:
@@ -215,17 +218,21 @@ class ClusterDaemon:
             for bucket, batch in zip(buckets, batches, strict=True):
                 bucket.position.read_ahead = batch or []
 
-    def _reopen(self, number: int) -> None:
-        """Open bucket `number` again where the cluster says its slot is now (after a
-        failover or a reshard; else on the same node), re-reading its pending entries; while
-        that fails (a failover not over yet), the bucket stays where it was and re-reads its
-        pending entries there."""
+    def _reopen(self, numbers: Sequence[int]) -> None:
+        """Open the buckets `numbers` again where the cluster's slot map says they are now
+        (asked for once: after a failover or a reshard; else the same nodes), each re-reading
+        its pending entries. One that cannot be opened yet (a failover not over) stays where
+        it was and re-reads its pending entries there, to fail and be reopened again."""
         try:
             self.cluster.nodes_manager.initialize()
-            self.buckets[number] = _Bucket(self, number)
-        except (redis.RedisError, MemoryTiersError) as e:
-            log.warning("bucket %d: its node cannot be reached yet: %s", number, e)
-            self.buckets[number].position.restart()
+        except redis.RedisError as e:
+            log.warning("the cluster's slot map cannot be read yet: %s", e)
+        for number in numbers:
+            try:
+                self.buckets[number] = _Bucket(self, number)
+            except (redis.RedisError, MemoryTiersError) as e:
+                log.warning("bucket %d: its node cannot be reached yet: %s", number, e)
+                self.buckets[number].position.restart()
 
     def _balance(self) -> None:
         """Renew the leases, drop the buckets lost, take or give back up to the fair share,
