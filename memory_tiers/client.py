@@ -54,7 +54,7 @@ from redisvl.query.filter import Tag
 from .attributes import KIND, StateAttribute, state_attributes, where_filter
 from .buckets import agent_keys
 from .constants import TIERS
-from .errors import ConfigError, EntryError, StoreError
+from .errors import ConfigError, EntryError, StoreError, error_chain, is_connection_error
 from .features import feature_distances
 from .protocol import KINDS, check_agent_id, encode_entry
 from .resp import text
@@ -369,14 +369,16 @@ class MemoryClient:
         entries = [_item_fields(i, item) for i, item in enumerate(items)]
         if not entries:
             return []
+        streams = [self.stream_of(text(fields["agent_id"])) for fields in entries]
         pipe = self.redis.pipeline(transaction=False)
-        for fields in entries:
-            pipe.xadd(self.stream_of(text(fields["agent_id"])), fields)  # type: ignore[arg-type]
+        for stream, fields in zip(streams, entries, strict=True):
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
         try:
             ids = pipe.execute()
         except redis.RedisError as e:
             raise StoreError(
-                f"pipelined XADD of {len(entries)} entries to {self.keys.stream} failed: "
+                f"pipelined XADD of {len(entries)} entries to {', '.join(sorted(set(streams)))} "
+                "failed: "
                 f"{failure_text(e, self.keys)}"
             ) from e
         return [text(entry_id) for entry_id in ids]
@@ -727,14 +729,9 @@ def _item_fields(index: int, item: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _node_changed(error: BaseException) -> bool:
-    """Whether `error` (or a cause) says the node asked is gone or no longer owns the slot:
-    a refused connection, or MOVED (not ASK: a slot being moved)."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, (redis.ConnectionError, MovedError)):
-            return True
-        cause = cause.__cause__
-    return False
+    """Whether `error` says the node asked is gone (an outage, `is_connection_error`) or no
+    longer owns the slot (MOVED; not ASK: a slot being moved)."""
+    return is_connection_error(error) or any(isinstance(e, MovedError) for e in error_chain(error))
 
 
 def _check_tiers(tiers: Sequence[str]) -> list[str]:

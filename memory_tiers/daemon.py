@@ -499,10 +499,10 @@ class Daemon:
     def _summary(self, now: IngestStats, before: IngestStats, seconds: float, what: str) -> None:
         """One INFO line of what was stored since `before`; its numbers are JSON fields too."""
         stored, entries = now.stored - before.stored, now.entries - before.entries
+        per_entry = 1e6 / entries if entries else 0.0
         stages = {
-            stage: round((now.stage_s[stage] - before.stage_s[stage]) / entries * 1e6, 1)
+            stage: round((now.stage_s[stage] - before.stage_s[stage]) * per_entry, 1)
             for stage in STAGES
-            if entries
         }
         fields = {
             "consumer": self.ingestor.consumer if self.ingestor else "-",
@@ -524,7 +524,7 @@ class Daemon:
             "%(prepare_s).1f s, commit %(commit_s).1f s; µs per entry: %(stages)s, the last "
             "waiting on Redis, the others CPU); totals %(total_stored)d stored, "
             "%(total_dead_letters)d dead letters",
-            {**fields, "what": f" {what}" if what else "", "stages": shown or "-"},
+            {**fields, "what": f" {what}" if what else "", "stages": shown},
             extra=fields,
         )
 

@@ -66,13 +66,13 @@ def is_connection_error(error: BaseException) -> bool:
     credentials, an ACL that forbids a command, a server certificate we do not trust. Those
     need a fix, so a daemon stops at start instead of retrying them forever.
     """
-    chain = _chain(error)
+    chain = error_chain(error)
     if any(isinstance(e, _REFUSALS) for e in chain):
         return False
     return any(isinstance(e, CONNECTION_ERRORS) for e in chain)
 
 
-def _chain(error: BaseException) -> list[BaseException]:
+def error_chain(error: BaseException) -> list[BaseException]:
     """`error` and the errors it was raised from or while handling, outermost first."""
     chain: list[BaseException] = []
     seen: BaseException | None = error

@@ -152,7 +152,8 @@ class Batch:
     """The stream fields of each record's entry, for a dead letter if the store refuses it."""
     prepare_s: float = 0.0
     stage_cpu_s: Mapping[str, float] = field(default_factory=dict)
-    """This thread's CPU seconds in each of prepare's stages (PREPARE_STAGES)."""
+    """This thread's CPU seconds in each of prepare's stages (parse, featurize, encode, pack:
+    the first four of STAGES)."""
     transaction: Transaction | None = None
     """The commit's MULTI/EXEC, packed by `prepare`; None: `commit` builds it."""
     ignored_fields: int = 0
