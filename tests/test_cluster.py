@@ -39,6 +39,10 @@ from memory_tiers.stream import GroupReader, read_ready_together
 from memory_tiers.tiers import consolidate
 
 BUCKETS = 6
+DAEMON_SETTINGS = Settings(
+    buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000, consumer_max_idle_s=60
+)
+"""A cluster daemon's settings for tests: quick to lease, claim and notice a dead daemon."""
 AGENTS = [f"agent-{i}" for i in range(24)]
 PER_AGENT = 20
 T0 = 1_700_000_000_000
@@ -352,10 +356,7 @@ def test_a_client_with_buckets_remembers_into_and_recalls_from_each_agents_bucke
 def test_daemons_share_the_buckets_and_one_takes_over_when_the_other_stops(
     embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
 ) -> None:
-    settings = Settings(
-        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
-        consumer_max_idle_s=60,
-    )  # fmt: skip
+    settings = DAEMON_SETTINGS
     memory = MemoryClient(cluster_client, settings, engine)
     states = simulate_states(360, num_agents=12, seed=8)
 
@@ -397,10 +398,7 @@ def test_daemons_share_the_buckets_and_one_takes_over_when_the_other_stops(
 def test_a_dead_daemons_buckets_and_unacked_entries_are_taken_over(
     embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
 ) -> None:
-    settings = Settings(
-        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
-        consumer_max_idle_s=60,
-    )  # fmt: skip
+    settings = DAEMON_SETTINGS
     memory = MemoryClient(cluster_client, settings, engine)
     states = simulate_states(180, num_agents=12, seed=9)
     memory.remember_many({"agent_id": s["agent_id"], "state": s} for s in states)
@@ -433,9 +431,8 @@ def test_a_dead_daemons_buckets_and_unacked_entries_are_taken_over(
 def test_a_daemon_consolidates_the_buckets_it_holds(
     embedded_cluster: EmbeddedCluster, cluster_client: redis.RedisCluster, engine: EmbeddingEngine
 ) -> None:
-    settings = Settings(
-        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000,
-        consumer_max_idle_s=60, consolidate_interval_s=0.3,
+    settings = dataclasses.replace(
+        DAEMON_SETTINGS, consolidate_interval_s=0.3,
         stm_max_age_s=None, stm_max_per_agent=5, im_max_age_s=None, im_max_per_agent=None,
     )  # fmt: skip
     memory = MemoryClient(cluster_client, settings, engine)

@@ -19,7 +19,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from redis.crc import key_slot
-from test_cluster import reshard
+from test_cluster import BUCKETS, DAEMON_SETTINGS, reshard
 from test_ingest import wait_for
 
 from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
@@ -32,12 +32,6 @@ from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.status import Heartbeat, beat, heartbeats
 from memory_tiers.store import TierStore
-
-BUCKETS = 6
-DAEMON_SETTINGS = Settings(
-    buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=1.5, claim_idle_ms=1000, consumer_max_idle_s=60
-)
-"""A cluster daemon's settings for tests: quick to lease, claim and notice a dead daemon."""
 
 
 def run(url: str, *args: str, **env: str) -> Result:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 from redis.crc import key_slot
-from test_cluster import master_port, node_client, port_of, reshard
+from test_cluster import BUCKETS, DAEMON_SETTINGS, master_port, node_client, port_of, reshard
 from test_cluster_commands import consuming
 from test_ingest import wait_for
 
@@ -26,16 +26,11 @@ from memory_tiers.server import EmbeddedCluster
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 
-BUCKETS = 6
-
 
 def fault_settings() -> Settings:
     """Short waits, so a fault is noticed and got over within seconds; small batches, so a
     fault finds the daemon in the middle of its work."""
-    return Settings(
-        buckets=BUCKETS, block_ms=50, heartbeat_ttl_s=3.0, claim_idle_ms=1000,
-        consumer_max_idle_s=60, batch_size=16,
-    )  # fmt: skip
+    return replace(DAEMON_SETTINGS, heartbeat_ttl_s=3.0, batch_size=16)
 
 
 def stored_steps(memory: MemoryClient, agents: Sequence[str]) -> list[tuple[str, int]]:
