@@ -45,8 +45,10 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 """How long stop() waits for a graceful shutdown before it kills the process."""
 
 _MODULE_NAMES = ("redisearch.so", "rejson.so")
-MAX_CLUSTER_PORT = 55535
-"""Highest port of a cluster node: its cluster bus listens on the port + 10000."""
+CLUSTER_BUS_OFFSET = 10000
+"""A cluster node's bus listens on its port + this."""
+MAX_CLUSTER_PORT = 65535 - CLUSTER_BUS_OFFSET
+"""Highest port of a cluster node."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -95,14 +97,27 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def free_port(below: int | None = None) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, at most `below` if given."""
+def free_port(*, cluster_node: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now; for a cluster node, one whose
+    bus port (+ CLUSTER_BUS_OFFSET) is free too (a node started earlier may listen on either)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
-        if below is None or port <= below:
+        if not cluster_node:
             return port
+        if port <= MAX_CLUSTER_PORT and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing listens on `port` of 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _die_with_parent() -> None:
@@ -167,9 +182,7 @@ class EmbeddedRedis:
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="memory-tiers-redis-"))
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port(
-            below=MAX_CLUSTER_PORT if self._cluster_node_timeout_ms is not None else None
-        )
+        self.port = self.port or free_port(cluster_node=self._cluster_node_timeout_ms is not None)
         command += ["--port", str(self.port), "--dir", str(self._data_dir)]
         log_path = self._data_dir / "redis.log"
         with open(log_path, "ab") as log_file:
