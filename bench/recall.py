@@ -30,6 +30,7 @@ from machine import fill_tiers, machine
 from redisvl.query.filter import Tag
 
 from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
+from memory_tiers.client import connect
 from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
@@ -58,7 +59,7 @@ def worker(
 ) -> list[float]:
     """One client process: `kind` recalls in a loop from `start` for `seconds`; latencies."""
     torch.set_num_threads(1)
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = connect(settings)  # as MemoryClient.from_settings connects: RESP2
     engine = _engine(settings)
     if kind == "raw":
         vectors = engine.encode_states(probes)["stm"]
@@ -103,7 +104,7 @@ def rate(
 
 def search_floor(settings: Settings, probes: Sequence[Mapping[str, Any]]) -> str:
     """Per-tier KNN through TierStore.search against the raw KNN, one process, p99 ratio."""
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = connect(settings)  # as MemoryClient.from_settings connects: RESP2
     engine = _engine(settings)
     store = TierStore(client, settings, engine.schema)
     vectors = engine.encode_states(probes)["stm"]

@@ -44,7 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .auth import ApiKey, ApiKeys
-from .client import MemoryClient
+from .client import MemoryClient, connect
 from .constants import TIERS
 from .entries import ENTRY_ID_PATTERN
 from .errors import (
@@ -661,10 +661,8 @@ def build_gateway(settings: Settings) -> MemoryGateway:
     Raises:
         ModelError: the model cannot be loaded.
     """
-    connection = redis.Redis.from_url(
-        settings.redis_url or "",
-        socket_timeout=settings.api_timeout_s,
-        socket_connect_timeout=settings.api_timeout_s,
+    connection = connect(
+        settings, timeout_s=settings.api_timeout_s, connect_timeout_s=settings.api_timeout_s
     )
     client = MemoryClient(connection, settings)
     client.engine  # noqa: B018 -- load (or refuse) the model before taking requests
