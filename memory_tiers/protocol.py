@@ -233,19 +233,31 @@ def _state(raw: str | None) -> dict[str, Any]:
 
 
 def _loads(raw: str) -> Any:
-    """The parsed JSON: orjson where it agrees with json, else json (and json's errors)."""
-    shape = raw.encode("utf-8", "surrogatepass").translate(_FAST_CHECK_TABLE)
+    """The parsed state JSON (`read_json`), its errors as EntryErrors."""
+    try:
+        return read_json(raw)
+    except json.JSONDecodeError as e:
+        raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
+    except RecursionError as e:
+        raise EntryError("state is nested too deep to be read (JSON arrays or objects)") from e
+
+
+def read_json(raw: str | bytes) -> Any:
+    """The parsed JSON: orjson where it agrees with json, else json (and json's errors).
+
+    Raises:
+        json.JSONDecodeError: not JSON.
+        EntryError: it holds NaN or an infinity.
+        RecursionError: nested too deep for json.
+    """
+    encoded = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    shape = encoded.translate(_FAST_CHECK_TABLE)
     if _LONG_DIGIT_RUN not in shape and shape.count(b"[") <= _MAX_FAST_BRACKETS:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # NaN, a BOM, a lone surrogate...: json decides, and words the error
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as e:
-        raise EntryError(f"state is not valid JSON ({e.msg} at {e.pos}): {raw[:60]!r}") from e
-    except RecursionError as e:
-        raise EntryError("state is nested too deep to be read (JSON arrays or objects)") from e
+    return json.loads(raw, parse_constant=_refuse_constant)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -24,7 +24,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -48,7 +47,7 @@ from .attributes import KIND_ATTRIBUTE, StateAttribute, state_attributes
 from .constants import TIERS, Keys
 from .errors import MISSING_INDEX_ERRORS, ConfigError, StoreError
 from .features import FeatureSchema
-from .protocol import integer_problem, tag_problem
+from .protocol import integer_problem, read_json, tag_problem
 from .resp import Command, Conversation, text, zadd
 from .settings import Settings, TierSettings, env_var
 
@@ -628,8 +627,15 @@ class TierStore:
         rows = self._search({tier: command}, f"KNN on {self.keys.index(tier)} ({where})")[tier]
         if agent_id is not None:
             rows = _own(agent_id, rows)
-        docs = sorted(map(_document, rows), key=lambda doc: float(doc[_DISTANCE]))
-        return [_decode_hit(settings, self.keys, doc) for doc in docs]
+        try:
+            distances = [float(fields[_DISTANCE_NAME]) for _, fields in rows]
+        except (KeyError, ValueError) as e:
+            raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
+        order = sorted(range(len(rows)), key=distances.__getitem__)
+        return [
+            _decode_hit(settings, self.keys, text(rows[i][0]), rows[i][1], distances[i])
+            for i in order
+        ]
 
     def recall_round(
         self,
@@ -1237,8 +1243,8 @@ def parsed_state(raw: bytes | str | None) -> Any:
     """A stored state JSON parsed; None (which featurizing refuses) if absent or it does not
     parse."""
     try:
-        return json.loads(text(raw) if raw is not None else "")
-    except ValueError:
+        return None if raw is None else read_json(raw)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -1247,27 +1253,31 @@ def _hits_of(
 ) -> list[Hit]:
     """The chosen candidates' full hits from their records' `rows`, in the candidates' order,
     each at its KNN distance; a record gone since the search is left out."""
-    docs = {text(key): _document((key, fields)) for key, fields in rows}
+    found = {text(key): fields for key, fields in rows}
     return [
-        _decode_hit(tier, keys, {**docs[c.key], _DISTANCE: c.distance})
-        for c in chosen
-        if c.key in docs
+        _decode_hit(tier, keys, c.key, found[c.key], c.distance) for c in chosen if c.key in found
     ]
 
 
-def _decode_hit(tier: TierSettings, keys: Keys, doc: Mapping[str, Any]) -> Hit:
-    """A KNN document as a Hit, read through the record codec (`_decode_fields`)."""
-    key = text(doc["id"])
+_HIT_NAMES = tuple(name.encode() for name in RECORD_FIELDS[:_VECTOR])
+_VECTOR_NAME, _STATE_NAME = VECTOR_FIELD.encode(), STATE_FIELD.encode()
+
+
+def _decode_hit(
+    tier: TierSettings, keys: Keys, key: str, fields: Mapping[bytes, Any], distance: float
+) -> Hit:
+    """A record's returned `fields` (HIT_FIELDS, some maybe absent) as a Hit at `distance`,
+    read through the record codec (`_decode_fields`)."""
     try:
-        raw_vector, state = doc.get(VECTOR_FIELD), doc.get(STATE_FIELD)
+        raw_vector, state = fields.get(_VECTOR_NAME), fields.get(_STATE_NAME)
         return Hit(
             tier=tier.name,
             key=key,
             entry_id=key[len(keys.record_prefix(tier.name)) :],
-            **_decode_fields([doc.get(name) for name in RECORD_FIELDS[:_VECTOR]]),
-            distance=float(doc[_DISTANCE]),
+            **_decode_fields([fields.get(name) for name in _HIT_NAMES]),
+            distance=distance,
             vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
-            state=None if state is None else json.loads(text(state)),
+            state=None if state is None else read_json(state),
         )
     except (KeyError, ValueError) as e:
         raise StoreError(f"search hit {key} is incomplete or corrupt: {e!r}") from e
