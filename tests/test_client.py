@@ -20,6 +20,7 @@ import redis
 from click.testing import CliRunner
 from redisvl.query.filter import Num
 
+import memory_tiers.store as store_module
 from memory_tiers import TIERS, EmbeddingEngine, EntryError, Keys, ModelError, Settings, StoreError
 from memory_tiers.cli import main
 from memory_tiers.client import MemoryClient, MemoryItem, MergedHit, Recall
@@ -431,6 +432,27 @@ def test_hostile_agent_ids_get_only_their_own_memories(
         own = {store.key(t, r.entry_id) for t, recs in written[agent].items() for r in recs}
         assert keys == own, agent
         assert recall.by_tier["stm"][0].key == store.key("stm", written[agent]["stm"][1].entry_id)
+
+
+def test_a_search_filter_that_widened_still_returns_only_the_agents_own_memories(
+    client: MemoryClient,
+    engine: EmbeddingEngine,
+    store: TierStore,
+    states: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mine = seed_tiers(engine, store, AGENT, states)
+    seed_tiers(engine, store, OTHER, states, first_id=1000)  # identical states, nearer ties
+    monkeypatch.setattr(store_module, "_filter", lambda agent_id, step_range, extra: None)
+
+    recall = client.recall(AGENT, states[2], k=30)
+
+    own = {store.key(t, r.entry_id) for t, records in mine.items() for r in records}
+    assert {h.agent_id for h in all_hits(recall)} == {AGENT}
+    assert {h.key for h in all_hits(recall)} <= own
+    assert recall.by_tier["stm"], "the agent's own nearest memories are still found"
+    assert "returned other agents' keys" in caplog.text
 
 
 def test_step_range_and_filters_narrow_the_search(
