@@ -90,6 +90,9 @@ default is 1,024). A cluster holds B small indexes per tier, each with at least 
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 _DISTANCE = "vector_distance"
 _DISTANCE_NAME = _DISTANCE.encode()
+_VECTOR_NAME, _STATE_NAME, _FEATURES_NAME = (
+    name.encode() for name in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD)
+)
 _T = TypeVar("_T")
 _Row = tuple[bytes, Mapping[bytes, Any]]
 """One FT.SEARCH document: its key and its returned fields, names and values as bytes."""
@@ -1199,11 +1202,10 @@ def _decode_candidates(
     dtype = _DTYPES[tier.datatype]
     size = tier.dim * np.dtype(dtype).itemsize
     trusted = None if version is None else version.encode()
-    vector_name, features_name = VECTOR_FIELD.encode(), FEATURES_FIELD.encode()
     try:
         keys = [text(key) for key, _ in rows]
         distances = [float(fields[_DISTANCE_NAME]) for _, fields in rows]
-        raw_vectors = [fields.get(vector_name) for _, fields in rows]
+        raw_vectors = [fields.get(_VECTOR_NAME) for _, fields in rows]
         present = [raw for raw in raw_vectors if raw is not None]
         bad = next(
             (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
@@ -1216,9 +1218,9 @@ def _decode_candidates(
             .astype(np.float32)
         )
         features = [
-            np.frombuffer(fields[features_name], dtype=np.float32)
+            np.frombuffer(fields[_FEATURES_NAME], dtype=np.float32)
             if trusted is not None
-            and fields.get(features_name)
+            and fields.get(_FEATURES_NAME)
             and fields.get(b"model_version") == trusted
             else None
             for _, fields in rows
@@ -1265,7 +1267,6 @@ def _hits_of(
 
 
 _HIT_NAMES = tuple(name.encode() for name in RECORD_FIELDS[:_VECTOR])
-_VECTOR_NAME, _STATE_NAME = VECTOR_FIELD.encode(), STATE_FIELD.encode()
 
 
 def _decode_hit(
