@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -153,16 +153,23 @@ class StateAutoencoder(nn.Module):
         return self.decode_from_stm(stm), stm
 
 
-class SmallBatchModel:
-    """The autoencoder's forward passes for the small batches of a recall, on CPU.
+class FoldedModel:
+    """The autoencoder's forward passes on CPU, as fused ops on folded weights.
 
     At a recall's sizes (one query, 50 candidates a tier) the modules' call machinery costs
-    more than the arithmetic. Here each layer is one fused torch op (addmm) on a snapshot of
-    the weights, and linear maps that meet with no nonlinearity between them are folded into
-    one: an IM vector reaches the decoder's first hidden layer through one 128 x 256 matrix
-    (im_to_stm then decoder[0]), an LTM vector through one 32 x 256. Torch, not numpy: numpy's
-    BLAS threads ignore the service's thread setting (MT_TORCH_THREADS) and, with several
-    processes on two cores, made a 51-row decode take 17 ms instead of 1 ms.
+    more than the arithmetic. Here each layer is one fused op on a snapshot of the weights,
+    and linear maps that meet with no nonlinearity between them are folded into one: an IM
+    vector reaches the decoder's first hidden layer through one 128 x 256 matrix (im_to_stm
+    then decoder[0]), an LTM vector through one 32 x 256, so decoding takes fewer
+    multiplications at any batch size.
+
+    One row (a recall's query) goes through numpy, whose product of one row costs half of
+    torch's (a query encodes in 0.09 ms against 0.18, 2-core EPYC); more rows through torch
+    (addmm), whose threads follow the service's setting (MT_TORCH_THREADS): numpy's BLAS
+    threads ignore it and, with several processes on two cores, made a 51-row decode take
+    17 ms instead of 1 ms. OpenBLAS runs a one-row product on the calling thread while in x out
+    < 2**18 (measured: 1.00 CPU second per wall second at 512 x 512, 1.98 at 2048 x 256), so a
+    model with a larger layer runs every size through torch.
     Build a new one after training the model further.
     """
 
@@ -171,45 +178,132 @@ class SmallBatchModel:
         into_im = _chained(_affine(model.im_to_stm), into_stm)
         into_decoder = {"stm": into_stm, "im": into_im}
         into_decoder["ltm"] = _chained(_affine(model.ltm_to_im), into_im)
-        self._into_decoder = {tier: _tensors(layer) for tier, layer in into_decoder.items()}
-        self._decoder = [_tensors(_affine(model.decoder[i])) for i in (2, 4)]
-        self._encoder = [_tensors(_affine(model.encoder[i])) for i in (0, 2)]
+        self._into_decoder = {tier: _layer(affine) for tier, affine in into_decoder.items()}
+        self._decoder = [_layer(_affine(model.decoder[i])) for i in (2, 4)]
+        self._encoder = [_layer(_affine(model.encoder[i])) for i in (0, 2)]
         self._bottlenecks = {
-            tier: _tensors(_affine(layer))
+            tier: _layer(_affine(layer))
             for tier, layer in (
                 ("stm", model.stm_bottleneck),
                 ("im", model.im_bottleneck),
                 ("ltm", model.ltm_bottleneck),
             )
         }
+        layers = [*self._into_decoder.values(), *self._decoder, *self._encoder]
+        layers += self._bottlenecks.values()
+        self._one_row_in_numpy = all(layer.weight.size < ONE_THREAD_PRODUCT for layer in layers)
 
     @torch.no_grad()
     def encode(self, features: np.ndarray, down_to: str) -> dict[str, np.ndarray]:
         """Feature rows (N, input_dim) to {tier: (N, dim)}, from STM down to tier `down_to`."""
-        hidden = _tensor(features)
-        for weight, bias in self._encoder:
-            hidden = torch.addmm(bias, hidden, weight).relu_()
-        vectors = {}
-        for tier, (weight, bias) in self._bottlenecks.items():
-            hidden = torch.addmm(bias, hidden, weight)
-            vectors[tier] = hidden.numpy()
-            if tier == down_to:
-                break
-        return vectors
+        if len(features) == 1 and self._one_row_in_numpy:
+            return self._encode(_NumpyOps(), features, down_to)
+        return self._encode(_TorchOps(), features, down_to)
 
     @torch.no_grad()
     def decode(self, vectors: np.ndarray, tier: str) -> np.ndarray:
         """A tier's embeddings (N, dim) to feature rows (N, input_dim)."""
-        into_w, into_b = self._into_decoder[tier]
-        hidden = torch.addmm(into_b, _tensor(vectors), into_w).relu_()
-        (middle_w, middle_b), (out_w, out_b) = self._decoder
-        hidden = torch.addmm(middle_b, hidden, middle_w).relu_()
-        decoded: np.ndarray = torch.addmm(out_b, hidden, out_w).sigmoid_().numpy()
-        return decoded
+        if len(vectors) == 1 and self._one_row_in_numpy:
+            return self._decode(_NumpyOps(), vectors, tier)
+        return self._decode(_TorchOps(), vectors, tier)
+
+    def _encode(
+        self, ops: _Ops[_Rows], features: np.ndarray, down_to: str
+    ) -> dict[str, np.ndarray]:
+        hidden = ops.rows(features)
+        for layer in self._encoder:
+            hidden = ops.relu(ops.affine(layer, hidden))
+        vectors = {}
+        for tier, layer in self._bottlenecks.items():
+            hidden = ops.affine(layer, hidden)
+            vectors[tier] = ops.array(hidden)
+            if tier == down_to:
+                break
+        return vectors
+
+    def _decode(self, ops: _Ops[_Rows], vectors: np.ndarray, tier: str) -> np.ndarray:
+        hidden = ops.relu(ops.affine(self._into_decoder[tier], ops.rows(vectors)))
+        middle, out = self._decoder
+        hidden = ops.relu(ops.affine(middle, hidden))
+        return ops.array(ops.sigmoid(ops.affine(out, hidden)))
+
+
+ONE_THREAD_PRODUCT = 2**18
+"""in x out of a layer below which OpenBLAS multiplies one row on the calling thread."""
+
+
+class _Layer(NamedTuple):
+    """One folded affine map, rows @ weight + bias, in float32: numpy arrays and torch tensors
+    over the same memory."""
+
+    weight: np.ndarray  # (in, out)
+    bias: np.ndarray  # (out,)
+    weight_tensor: Tensor
+    bias_tensor: Tensor
+
+
+_Rows = TypeVar("_Rows", np.ndarray, Tensor)
+
+
+class _Ops(Protocol[_Rows]):
+    """FoldedModel's steps on one kind of rows: each step may reuse its input's memory."""
+
+    def rows(self, rows: np.ndarray) -> _Rows: ...
+    def affine(self, layer: _Layer, rows: _Rows) -> _Rows: ...
+    def relu(self, rows: _Rows) -> _Rows: ...
+    def sigmoid(self, rows: _Rows) -> _Rows: ...
+    def array(self, rows: _Rows) -> np.ndarray: ...
+
+
+class _NumpyOps:
+    """The steps on numpy arrays."""
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows, dtype=np.float32)
+
+    def affine(self, layer: _Layer, rows: np.ndarray) -> np.ndarray:
+        product: np.ndarray = rows @ layer.weight
+        product += layer.bias
+        return product
+
+    def relu(self, rows: np.ndarray) -> np.ndarray:
+        np.maximum(rows, 0, out=rows)
+        return rows
+
+    def sigmoid(self, rows: np.ndarray) -> np.ndarray:
+        # 1 / (1 + e^-x) as (1 + tanh(x / 2)) / 2: the same value, and no overflow
+        rows *= 0.5
+        np.tanh(rows, out=rows)
+        rows += 1
+        rows *= 0.5
+        return rows
+
+    def array(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+
+class _TorchOps:
+    """The steps on CPU tensors (addmm: one fused op a layer)."""
+
+    def rows(self, rows: np.ndarray) -> Tensor:
+        return _tensor(rows)
+
+    def affine(self, layer: _Layer, rows: Tensor) -> Tensor:
+        return torch.addmm(layer.bias_tensor, rows, layer.weight_tensor)
+
+    def relu(self, rows: Tensor) -> Tensor:
+        return rows.relu_()
+
+    def sigmoid(self, rows: Tensor) -> Tensor:
+        return rows.sigmoid_()
+
+    def array(self, rows: Tensor) -> np.ndarray:
+        array: np.ndarray = rows.numpy()
+        return array
 
 
 _Affine = tuple[np.ndarray, np.ndarray]
-"""(weight (in, out), bias (out,)): rows @ weight + bias."""
+"""(weight (in, out), bias (out,)): rows @ weight + bias, in float64."""
 
 
 def _affine(layer: nn.Module) -> _Affine:
@@ -225,10 +319,10 @@ def _chained(first: _Affine, then: _Affine) -> _Affine:
     return w1 @ w2, b1 @ w2 + b2
 
 
-def _tensors(layer: _Affine) -> tuple[Tensor, Tensor]:
-    """A folded map as float32 tensors, for addmm."""
-    weight, bias = layer
-    return _tensor(weight), _tensor(bias)
+def _layer(affine: _Affine) -> _Layer:
+    """A folded map in float32, for both FoldedModel paths."""
+    weight, bias = (np.ascontiguousarray(part, dtype=np.float32) for part in affine)
+    return _Layer(weight, bias, torch.from_numpy(weight), torch.from_numpy(bias))
 
 
 def _tensor(rows: np.ndarray) -> Tensor:

@@ -35,12 +35,12 @@ def test_state_embedding_has_the_designs_three_vectors(engine: EmbeddingEngine) 
         np.testing.assert_allclose(batch[name][3], vector, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 100, SMALL_BATCH, SMALL_BATCH + 1])
-def test_small_batches_in_numpy_give_torchs_vectors_and_reconstructions(
+@pytest.mark.parametrize("rows", [1, 100, SMALL_BATCH, SMALL_BATCH + 1, 1000])
+def test_folded_weights_give_the_models_vectors_and_reconstructions(
     default_engine: EmbeddingEngine, rows: int
 ) -> None:
-    # Up to SMALL_BATCH rows the CPU engine runs numpy on folded weights; more run in torch.
-    # Both must give the model's own numbers, tier by tier.
+    # A CPU engine encodes up to SMALL_BATCH rows on folded weights, more through the model's
+    # modules, and decodes on folded weights at any size: all must give the model's numbers.
     features = default_engine.schema.extract_batch(simulate_states(rows, seed=rows))
     model = default_engine.model
     with torch.no_grad():
