@@ -48,6 +48,7 @@ from memory_tiers.buckets import bucket_keys
 from memory_tiers.server import EmbeddedCluster, EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import BUCKET_BLOCK_SIZE, MemoryRecord, TierStore
+from memory_tiers.tiers import reconstructions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,22 +154,27 @@ def lower_tiers(target: Target, engine: EmbeddingEngine, states: Sequence[Any]) 
     lines = []
     for tier in ("im", "ltm"):
         before = target.used_memory()
+        rebuilt = reconstructions(engine, tier, vectors[tier])
         for agent, rows in by_agent.items():
-            target.memory.in_bucket(agent, write_rows(tier, states, vectors[tier], rows))
+            target.memory.in_bucket(agent, write_rows(tier, states, vectors[tier], rebuilt, rows))
         per_memory = (target.used_memory() - before) / len(states)
         lines.append(f"  {tier.upper()}: {per_memory:,.0f} B per memory")
     return lines
 
 
 def write_rows(
-    tier: str, states: Sequence[Any], vectors: np.ndarray, rows: Sequence[int]
+    tier: str,
+    states: Sequence[Any],
+    vectors: np.ndarray,
+    rebuilt: Sequence[np.ndarray | None],
+    rows: Sequence[int],
 ) -> Callable[[TierStore], None]:
     def write(store: TierStore) -> None:
         store.write(tier, [
             MemoryRecord(
                 entry_id=f"{1_700_000_000_000 + i}-0", agent_id=states[i]["agent_id"],
                 agent_type=states[i]["agent_type"], step=i, ts=1_700_000_000_000 + i,
-                model_version="bench", vector=vectors[i],
+                model_version="bench", vector=vectors[i], reconstruction=rebuilt[i],
                 attributes=attribute_values(store.state_attributes, states[i]),
             )
             for i in rows

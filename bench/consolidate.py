@@ -7,7 +7,8 @@ and moves them "raw": the same selection, batch size and transaction shape (pipe
 read; one MULTI/EXEC of HSET destination + ZADD both time indexes + SADD agent set + DEL source
 + ZREM both time indexes), on the same wire path (resp.py: HGETALLs in one round trip, each
 MULTI/EXEC packed with hiredis), with no model (the vector bytes just truncated to the
-destination dim) and no Python record objects; once as one unwatched MULTI/EXEC per batch
+destination dim, the reconstruction input_dim bytes cut from them) and no Python record
+objects; once as one unwatched MULTI/EXEC per batch
 (the limit: "raw") and once with the pass's guard, the batch WATCHed and committed in chunks
 of WATCH_CHUNK keys ("raw+watch", with --guard-baseline: tells the guard's cost from the
 rest).
@@ -47,7 +48,7 @@ from memory_tiers.resp import (
     zadd,
 )
 from memory_tiers.server import redis_url
-from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.store import RECONSTRUCTION_FIELD, MemoryRecord, TierStore
 from memory_tiers.tiers import WATCH_CHUNK, consolidate, epoch_ms
 
 PREFIX = "mtbench"
@@ -87,9 +88,12 @@ def fill_stm(store: TierStore, records: list[MemoryRecord], batch: int) -> float
     return len(records) / (time.perf_counter() - started)
 
 
-def raw_move(client: redis.Redis, source: str, dest: str, dim: int, batch: int, watch: bool) -> int:
+def raw_move(
+    client: redis.Redis, source: str, dest: str, sizes: tuple[int, int], batch: int, watch: bool
+) -> int:
     """The same moves without the model, on the same wire path (resp.py): read, write
-    truncated vectors, delete.
+    truncated vectors (and reconstructions), delete; `sizes`: the destination's vector dim
+    and reconstruction bytes.
 
     watch=False: one MULTI/EXEC per batch, nothing watched (the limit). watch=True: the pass's
     guard shape, WATCH_CHUNK keys watched and committed per connection.
@@ -111,15 +115,18 @@ def raw_move(client: redis.Redis, source: str, dest: str, dim: int, batch: int, 
             hashes = iter(round_trip(client, [("HGETALL", key) for key in keys]))
             for connection, chunk in zip(connections, chunks, strict=True):
                 rows = [next(hashes) for _ in chunk]
-                commands = raw_move_commands(source, dest, dim, chunk, rows)
+                commands = raw_move_commands(source, dest, sizes, chunk, rows)
                 first_error(execute_transaction(connection, commands) or [])
         moved += len(keys)
 
 
 def raw_move_commands(
-    source: str, dest: str, dim: int, keys: list[Any], hashes: list[Any]
+    source: str, dest: str, sizes: tuple[int, int], keys: list[Any], hashes: list[Any]
 ) -> list[Command]:
-    """HSET destination + ZADD both its time indexes + SADD agents; DEL + ZREM the sources."""
+    """HSET destination + ZADD both its time indexes + SADD agents; DEL + ZREM the sources.
+    The destination record gets the source's vector truncated to `sizes[0]` floats and a
+    reconstruction of `sizes[1]` bytes (cut from the vector's), as consolidation writes."""
+    dim, rebuilt = sizes
     src_prefix, dst_prefix = KEYS.record_prefix(source), KEYS.record_prefix(dest)
     commands: list[Command] = []
     scores: dict[str, int] = {}
@@ -132,6 +139,7 @@ def raw_move_commands(
         pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
         fields = dict(pairs)
         fields[b"vec"] = fields[b"vec"][: dim * 4]
+        fields[RECONSTRUCTION_FIELD.encode()] = fields[b"vec"][:rebuilt]
         fields.pop(b"state", None)
         commands.append(("HSET", dest_key, *(part for pair in fields.items() for part in pair)))
         agent = fields[b"agent_id"].decode()
@@ -159,11 +167,14 @@ def run_model(
     return rates
 
 
-def run_raw(client: redis.Redis, settings: Settings, batch: int, watch: bool) -> dict[str, float]:
+def run_raw(
+    client: redis.Redis, settings: Settings, input_dim: int, batch: int, watch: bool
+) -> dict[str, float]:
     rates = {}
     for source, dest in (("stm", "im"), ("im", "ltm")):
         started = time.perf_counter()
-        moved = raw_move(client, source, dest, settings.tier(dest).dim, batch, watch)
+        sizes = (settings.tier(dest).dim, input_dim)
+        moved = raw_move(client, source, dest, sizes, batch, watch)
         rates[source] = moved / (time.perf_counter() - started)
     return rates
 
@@ -204,7 +215,13 @@ def main() -> None:
                     if mode == "model":
                         rates = run_model(client, store, engine, settings)
                     else:
-                        rates = run_raw(client, settings, args.batch, mode == GUARD_MODE)
+                        rates = run_raw(
+                            client,
+                            settings,
+                            engine.schema.input_dim,
+                            args.batch,
+                            mode == GUARD_MODE,
+                        )
                     for source, rate in rates.items():  # best of the rounds
                         results[mode][source] = max(results[mode][source], rate)
                     left = [store.count(tier) for tier in ("stm", "im", "ltm")]

@@ -16,6 +16,7 @@ import redis
 from memory_tiers import TIERS, EmbeddingEngine, Keys
 from memory_tiers.attributes import attribute_values
 from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.tiers import reconstructions
 
 
 def cpu_name() -> str:
@@ -56,7 +57,8 @@ def fill_tiers(
     chunk: int = 1000,
 ) -> None:
     """Write every state into every tier as ingest and consolidation leave it: STM keeps the
-    state and its features, IM and LTM their vectors; all carry the state's attributes.
+    state and its features, IM and LTM their vectors and reconstructions; all carry the
+    state's attributes.
     Entry ids count up from now minus len(states) ms, one per state; step is i // agents."""
     store.ensure_indexes()
     t0 = int(time.time() * 1000) - len(states)
@@ -65,6 +67,7 @@ def fill_tiers(
         features = engine.schema.extract_batch(part)
         vectors = engine.encode_features(features)
         for tier in TIERS:
+            rebuilt = reconstructions(engine, tier, vectors[tier])
             store.write(tier, [
                 MemoryRecord(
                     entry_id=f"{t0 + i + j}-0", agent_id=s["agent_id"], agent_type=s["agent_type"],
@@ -72,6 +75,7 @@ def fill_tiers(
                     vector=vectors[tier][j],
                     state_json=json.dumps(s) if tier == "stm" else None,
                     features=features[j] if tier == "stm" else None,
+                    reconstruction=rebuilt[j],
                     attributes=attribute_values(store.state_attributes, s),
                 )
                 for j, s in enumerate(part)

@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
@@ -140,19 +140,23 @@ class _Query:
     tier: str | None
     reference: FloatArray  # (input_dim,)
     vectors: dict[str, FloatArray]  # tier -> (dim,)
+    references: dict[str, FloatArray] = field(default_factory=dict)
+    """tier -> `reconstructed_reference`, once computed."""
 
-    def reference_at(self, decoded: FloatArray) -> FloatArray:
-        """(input_dim,) what a tier's reconstructed memories are measured against, given
-        `decoded`, the query's own vector at that tier decoded.
+    def reconstructed_reference(self, engine: EmbeddingEngine, tier: str) -> FloatArray:
+        """(input_dim,) what a tier's reconstructed memories are measured against (decoded
+        once per tier).
 
         A vector query: itself as the tier reconstructs it (its memory is at 0). A state query:
         halfway between its features and that reconstruction; the sum of squared distances to
         both ranks as the distance to the midpoint, and ranked better than either alone.
         """
-        if self.tier is not None:
-            return decoded
-        midpoint: FloatArray = ((decoded + self.reference) / 2).astype(np.float32)
-        return midpoint
+        if tier not in self.references:
+            decoded = engine.decode(self.vectors[tier][None, :], tier)[0]
+            if self.tier is None:
+                decoded = ((decoded + self.reference) / 2).astype(np.float32)
+            self.references[tier] = decoded
+        return self.references[tier]
 
 
 class MemoryClient:
@@ -486,16 +490,24 @@ class MemoryClient:
             kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
             chosen = {}
 
+            exact = [t for t in searched if t in kept] if prepared.tier is None else []
+
             def choose(tier: str, found: list[Candidate]) -> list[Candidate]:
                 chosen[tier] = self._rerank(prepared, tier, found, k)
                 return [c for c, _, _ in chosen[tier]]
+
+            def meanwhile() -> None:
+                for tier in searched:
+                    if tier not in exact:
+                        prepared.reconstructed_reference(self.engine, tier)
 
             hits = store.recall_round(
                 {tier: prepared.vectors[tier] for tier in searched},
                 self.settings.candidates(k),
                 choose,
+                meanwhile=meanwhile,
                 agent_id=agent_id,
-                exact=[t for t in searched if t in kept] if prepared.tier is None else [],
+                exact=exact,
                 version=self.engine.version,
                 step_range=step_range,
                 filters=filters,
@@ -585,7 +597,8 @@ class MemoryClient:
             # Approximate: the decoded features, encoded again into the higher tiers.
             encoded = engine.encode_features(features[None, :])
             vectors.update({t: encoded[t][0] for t in TIERS[:level]})
-        return _Query(tier, features.astype(np.float32), vectors)
+        features = features.astype(np.float32)
+        return _Query(tier, features, vectors, references={tier: features})
 
     def _vector_tier(self, query: npt.ArrayLike) -> tuple[FloatArray, str]:
         """`query` as a float32 vector, and the tier its length belongs to."""
@@ -613,8 +626,9 @@ class MemoryClient:
         nearest first (ties: KNN distance).
 
         A candidate with its state's features (or a state, extracted here) is measured
-        exactly; one with a vector by its reconstruction, all decoded in one pass. Anything
-        else (a stored state the schema now refuses) ranks last.
+        exactly; any other by its reconstruction: the one its record stores, or else its
+        vector's, decoded here. Anything else (a stored state the schema now refuses) ranks
+        last.
         """
         engine = self.engine
         width = engine.schema.input_dim
@@ -632,11 +646,23 @@ class MemoryClient:
             measured = list(rows)
             distances[measured] = feature_distances(query.reference, np.stack(list(rows.values())))
             exact[measured] = True
-        stored = {i: c.vector for i, c in enumerate(candidates) if c.vector is not None}
+        rebuilt = {
+            i: c.reconstruction
+            for i, c in enumerate(candidates)
+            if c.reconstruction is not None and c.reconstruction.shape == (width,) and i not in rows
+        }
+        stored = {
+            i: c.vector
+            for i, c in enumerate(candidates)
+            if c.vector is not None and i not in rows and i not in rebuilt
+        }
         if stored:
-            decoded = engine.decode(np.stack([query.vectors[tier], *stored.values()]), tier)
-            reference = query.reference_at(decoded[0])
-            distances[list(stored)] = feature_distances(reference, decoded[1:])
+            decoded = engine.decode(np.stack(list(stored.values())), tier)
+            rebuilt.update(zip(stored, decoded, strict=True))
+        if rebuilt:
+            distances[list(rebuilt)] = feature_distances(
+                query.reconstructed_reference(engine, tier), np.stack(list(rebuilt.values()))
+            )
         knn = np.fromiter((c.distance for c in candidates), float, len(candidates))
         order = np.lexsort((knn, distances))[:k]
         return [(candidates[i], float(distances[i]), bool(exact[i])) for i in order.tolist()]

@@ -333,6 +333,7 @@ def _store_everywhere(
 ) -> list[str]:
     """Write the trial's stored states into every tier; their entry ids, in order."""
     from .store import MemoryRecord  # redisvl loads only where Redis is used
+    from .tiers import reconstructions
 
     engine = client.engine
     vectors = engine.encode_features(features)
@@ -340,6 +341,7 @@ def _store_everywhere(
     entry_ids = [f"{first_ts + i}-0" for i in range(len(trial.stored))]
     for tier in TIERS:
         keep = tier == "stm" or client.settings.keep_state_after_stm
+        rebuilt = reconstructions(engine, tier, vectors[tier])
         records = [
             MemoryRecord(
                 entry_id=entry_id,
@@ -351,6 +353,7 @@ def _store_everywhere(
                 vector=vectors[tier][i],
                 state_json=json.dumps(state) if keep else None,
                 features=features[i] if keep else None,  # as ingest and consolidation write
+                reconstruction=rebuilt[i],
                 attributes=attribute_values(attributes, state),
             )
             for i, (entry_id, state) in enumerate(zip(entry_ids, trial.stored, strict=True))

@@ -28,7 +28,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache, reduce
 from typing import Any, NamedTuple, TypeVar
 
@@ -64,6 +64,17 @@ FEATURES_FIELD = "features"
 exact re-sort reads 50 of them in microseconds, where parsing and featurizing 50 states
 takes milliseconds. Stored, not indexed; valid under the schema of `model_version`'s model."""
 
+RECONSTRUCTION_FIELD = "recon"
+"""Hash field holding the record's reconstruction: its vector decoded by the model that
+wrote the vector, one byte per feature (features lie in [0, 1]: round(x * 255), off by at
+most 1/510). Recall re-sorts IM and LTM candidates by it rather than decode 100 vectors a
+recall, for input_dim bytes a record (152 at the default schema); after a retrain it still
+approximates the memory, where the new model's decoder would misread the old vector. Stored,
+not indexed."""
+
+RECONSTRUCTED_TIERS = frozenset({"im", "ltm"})
+"""Tiers whose records carry their reconstruction: those that keep no raw state by default."""
+
 DISTANCE_METRIC = "L2"
 """Vector distance of every tier index; RediSearch reports it squared."""
 
@@ -90,8 +101,8 @@ default is 1,024). A cluster holds B small indexes per tier, each with at least 
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 _DISTANCE = "vector_distance"
 _DISTANCE_NAME = _DISTANCE.encode()
-_VECTOR_NAME, _STATE_NAME, _FEATURES_NAME = (
-    name.encode() for name in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD)
+_VECTOR_NAME, _STATE_NAME, _FEATURES_NAME, _RECONSTRUCTION_NAME = (
+    name.encode() for name in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD, RECONSTRUCTION_FIELD)
 )
 _T = TypeVar("_T")
 _Row = tuple[bytes, Mapping[bytes, Any]]
@@ -103,11 +114,14 @@ RECORD_FIELDS: tuple[str, ...] = (
     VECTOR_FIELD,
     STATE_FIELD,
     FEATURES_FIELD,
+    RECONSTRUCTION_FIELD,
 )
 """A record hash's own fields, in the order the codec writes and reads them (its attributes
-follow). Every record has those before the state; the state and its features are optional."""
-_VECTOR, _STATE, _FEATURES = (
-    RECORD_FIELDS.index(f) for f in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD)
+follow). Every record has those before the state; the state, its features and the
+reconstruction are optional."""
+_VECTOR, _STATE, _FEATURES, _RECONSTRUCTION = (
+    RECORD_FIELDS.index(f)
+    for f in (VECTOR_FIELD, STATE_FIELD, FEATURES_FIELD, RECONSTRUCTION_FIELD)
 )
 
 Vector = npt.NDArray[np.float32]
@@ -133,15 +147,27 @@ class MemoryRecord:
     features: Vector | None = None
     """(input_dim,) float32 features of the raw state under the schema of `model_version`'s
     model; written only with the state."""
+    reconstruction: Vector | None = None
+    """(input_dim,) float32 in [0, 1]: `vector` decoded by the model that wrote it
+    (RECONSTRUCTION_FIELD); written in RECONSTRUCTED_TIERS."""
     attributes: Mapping[str, float | str] = field(default_factory=dict)
     """State attributes (attributes.py): attribute name -> the state's value."""
 
-    def with_vector(self, vector: Vector, *, keep_state: bool = True) -> MemoryRecord:
-        """This memory with another vector (the next tier's, or a new model's), for the move
-        that writes it; its raw state and features only if `keep_state`."""
-        if keep_state:
-            return replace(self, vector=vector)
-        return replace(self, vector=vector, state_json=None, features=None)
+    def with_vector(
+        self, vector: Vector, *, reconstruction: Vector | None = None, keep_state: bool = True
+    ) -> MemoryRecord:
+        """This memory with another vector (the next tier's, or a new model's) and that
+        vector's `reconstruction`, for the move that writes it; its raw state and features
+        only if `keep_state`.
+
+        A field-by-field copy: dataclasses.replace runs the frozen __init__ again, 4-5 us a
+        record, and consolidation makes 1,000 a batch."""
+        changes: dict[str, Any] = {"vector": vector, "reconstruction": reconstruction}
+        if not keep_state:
+            changes.update(state_json=None, features=None)
+        moved = object.__new__(MemoryRecord)
+        moved.__dict__.update(self.__dict__, **changes)
+        return moved
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -167,8 +193,8 @@ class Hit:
 
 class Candidate(NamedTuple):
     """A KNN result with only what re-sorting it needs: its state's features (or, where the
-    record has none that the serving model wrote, its parsed state), or else its vector.
-    A tuple: a recall makes 150 of them."""
+    record has none that the serving model wrote, its parsed state), or else its
+    reconstruction, or else its vector. A tuple: a recall makes 150 of them."""
 
     key: str
     distance: float
@@ -176,6 +202,7 @@ class Candidate(NamedTuple):
     features: Vector | None = None
     state: Any = None
     vector: Vector | None = None
+    reconstruction: Vector | None = None
 
 
 @dataclass(frozen=True)
@@ -419,15 +446,19 @@ class TierStore:
         settings = self._tier(tier)
         name, prefix = settings.name, self.keys.record_prefix(settings.name)
         vectors = _batch_vector_bytes(settings, records)
+        rebuilt = _batch_reconstruction_bytes(records)
         good_tags: set[str] = set()
         hsets: list[Command] = []
         refused: dict[str, str] = {}
         scores: dict[str, int] = {}
         by_agent: defaultdict[str, dict[str, int]] = defaultdict(dict)
         for i, record in enumerate(records):
-            vector = None if vectors is None else vectors[i]
+            converted = (
+                None if vectors is None else vectors[i],
+                None if rebuilt is None else rebuilt[i],
+            )
             try:
-                command = _hset_command(prefix, settings, record, vector, good_tags)
+                command = _hset_command(prefix, settings, record, converted, good_tags)
             except ValueError as e:
                 refused[record.entry_id] = str(e)
                 continue
@@ -550,11 +581,12 @@ class TierStore:
             .astype(np.float32)
         )
         start = len(self.keys.record_prefix(settings.name))
+        rebuilt = _reconstructions([row[_RECONSTRUCTION] for _, row in whole])
         records: list[MemoryRecord] = []
         decoded: list[int] = []
         for i, (key, row) in enumerate(whole):
             try:
-                records.append(_decode_row(key[start:], row, matrix[i], names))
+                records.append(_decode_row(key[start:], row, (matrix[i], rebuilt[i]), names))
             except ValueError as e:
                 problems[key] = f"corrupt: {e}"
             else:
@@ -646,6 +678,7 @@ class TierStore:
         n: int,
         choose: Callable[[str, list[Candidate]], list[Candidate]],
         *,
+        meanwhile: Callable[[], object] | None = None,
         agent_id: str,
         exact: Collection[str] = (),
         version: str = "",
@@ -658,11 +691,14 @@ class TierStore:
 
         One connection, Redis and Python working at once: every tier's KNN is sent at once,
         each tier's candidates are chosen as its reply arrives (while Redis still answers the
-        next tier's), and each tier's hits are asked for as soon as chosen.
+        next tier's), and each tier's hits are asked for as soon as chosen. `meanwhile()`
+        runs once the KNNs are sent, before a reply is read: work of the caller's that needs
+        none (it may run again if the round is retried).
 
         A candidate of a tier in `exact` carries its state's features if the model `version`
-        wrote them; failing that its parsed state, or, with no state, its vector (read on
-        the way). Candidates of the other tiers carry their vectors.
+        wrote them; one of a tier in RECONSTRUCTED_TIERS its stored reconstruction (written
+        by the model of its vector, whichever that was); failing that, its parsed state, or,
+        with no state, its vector (read on the way). Other candidates carry their vectors.
 
         Candidates are not read with their agent_id (that field cost Redis ~170 us per tier of
         50); the hits are, and one of another agent (were the TAG filter ever to widen) is
@@ -676,11 +712,16 @@ class TierStore:
         label = f"KNN ({where})"
         commands: dict[str, tuple[Any, ...]] = {}
         for tier, vector in vectors.items():
-            lean = (FEATURES_FIELD, "model_version") if tier in exact else (VECTOR_FIELD,)
+            if tier in exact:
+                lean: tuple[str, ...] = (FEATURES_FIELD, "model_version")
+            else:
+                lean = (RECONSTRUCTION_FIELD,) if tier in RECONSTRUCTED_TIERS else (VECTOR_FIELD,)
             commands[tier] = self._knn_command(self._tier(tier), vector, n, where, lean)
 
         def talk(conversation: Conversation) -> dict[str, list[Hit]]:
             knn = dict(zip(commands, conversation.send(list(commands.values())), strict=True))
+            if meanwhile is not None:
+                meanwhile()
             chosen: dict[str, list[Candidate]] = {}
             reads: dict[str, int] = {}
             for tier, ticket in knn.items():
@@ -711,10 +752,11 @@ class TierStore:
     def _measurable(
         self, tier: TierSettings, found: list[Candidate], conversation: Conversation
     ) -> list[Candidate]:
-        """`found`, each candidate with something to measure: those with neither features
-        nor a vector get their record's parsed state, or else its vector (one more read; a
-        record gone meanwhile is left out)."""
-        unmeasured = [c.key for c in found if c.features is None and c.vector is None]
+        """`found`, each candidate with something to measure: those with no features,
+        reconstruction or vector (records stored before reconstructions were) get their
+        record's parsed state, or else its vector (one more read; a record gone meanwhile is
+        left out)."""
+        unmeasured = [c.key for c in found if not _measured(c)]
         if not unmeasured:
             return found
         [ticket] = conversation.send(
@@ -723,9 +765,9 @@ class TierStore:
         rows = _search_rows(self._ok(conversation.reply(ticket), "reading records"))
         records = {text(key): _document((key, fields)) for key, fields in rows}
         return [
-            c if c.features is not None or c.vector is not None else _with_state(tier, c, records)
+            c if _measured(c) else _with_state(tier, c, records)
             for c in found
-            if c.features is not None or c.vector is not None or c.key in records
+            if _measured(c) or c.key in records
         ]
 
     def attribute_rows(
@@ -1004,14 +1046,15 @@ def _hset_command(
     prefix: str,
     tier: TierSettings,
     record: MemoryRecord,
-    vector: bytes | None,
+    converted: tuple[bytes | None, bytes | None],
     good_tags: set[str],
 ) -> Command:
     """The record's flat `HSET key field value ...` (RECORD_FIELDS, then its attributes).
 
     Args:
-        vector: the record's vector as stored, when the batch's were converted together
-            (`_batch_vector_bytes`); None: convert and check it here.
+        converted: the record's vector and reconstruction as stored, where the batch's were
+            converted together (`_batch_vector_bytes`, `_batch_reconstruction_bytes`); each
+            None: convert and check it here.
         good_tags: TAG values already checked in this batch; the record's good ones join them,
             so each distinct value is checked once per batch.
 
@@ -1031,6 +1074,7 @@ def _hset_command(
     if problem:
         # Redis would round it, fail to index it, or fail the time index's ZADD.
         raise ValueError(f"record {entry_id!r}: {problem}")
+    vector, rebuilt = converted
     if vector is None:
         vector = _vector_bytes(tier, record.vector, f"record {entry_id!r} vector")
     # RECORD_FIELDS up to the state, spelled out: 10x faster than zipping names and values.
@@ -1044,6 +1088,8 @@ def _hset_command(
         command += (STATE_FIELD, record.state_json)
         if record.features is not None:
             command += (FEATURES_FIELD, _features_bytes(record))
+    if record.reconstruction is not None:
+        command += (RECONSTRUCTION_FIELD, rebuilt or _reconstruction_bytes(record))
     for name, value in record.attributes.items():
         command += (name, value)
     return command
@@ -1079,6 +1125,63 @@ def _features_bytes(record: MemoryRecord) -> bytes:
     return features.tobytes()
 
 
+def _reconstruction_bytes(record: MemoryRecord) -> bytes:
+    """A record's reconstruction as stored: one byte per feature, round(x * 255).
+
+    Raises:
+        ValueError: it is not a finite 1-D vector, naming the record.
+    """
+    row = np.asarray(record.reconstruction, dtype=np.float32)
+    if row.ndim != 1 or not np.isfinite(row).all():
+        raise ValueError(
+            f"record {record.entry_id!r}: reconstruction must be a finite 1-D vector, "
+            f"got shape {row.shape}"
+        )
+    return _quantized(row).tobytes()
+
+
+def _batch_reconstruction_bytes(records: Sequence[MemoryRecord]) -> list[bytes | None] | None:
+    """Every record's reconstruction as `_reconstruction_bytes` makes it (None for a record
+    without one), converted together; None if one is not finite or they do not stack."""
+    present = [i for i, record in enumerate(records) if record.reconstruction is not None]
+    stored: list[bytes | None] = [None] * len(records)
+    if not present:
+        return stored
+    try:
+        rows = np.asarray([records[i].reconstruction for i in present], dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    if rows.ndim != 2 or not np.isfinite(rows).all():
+        return None
+    quantized = _quantized(rows)
+    for row, i in enumerate(present):
+        stored[i] = quantized[row].tobytes()
+    return stored
+
+
+def _quantized(rows: Vector) -> npt.NDArray[np.uint8]:
+    """Features in [0, 1] as stored in RECONSTRUCTION_FIELD: round(x * 255), as uint8."""
+    scaled = np.clip(rows, 0.0, 1.0) * np.float32(255)
+    quantized: npt.NDArray[np.uint8] = np.rint(scaled, out=scaled).astype(np.uint8)
+    return quantized
+
+
+def _reconstructions(raws: Sequence[bytes | None]) -> list[Vector | None]:
+    """Stored reconstructions as float32 features in [0, 1] (None for an absent or empty
+    one), those of one width converted together."""
+    rows: list[Vector | None] = [None] * len(raws)
+    by_width: defaultdict[int, dict[int, bytes]] = defaultdict(dict)
+    for i, raw in enumerate(raws):
+        if raw:
+            by_width[len(raw)][i] = raw
+    for width, same in by_width.items():
+        blob = np.frombuffer(b"".join(same.values()), dtype=np.uint8)
+        matrix = np.divide(blob, np.float32(255), dtype=np.float32).reshape(-1, width)
+        for i, row in zip(same, matrix, strict=True):
+            rows[i] = row
+    return rows
+
+
 def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> list[bytes] | None:
     """Every record's vector as `_vector_bytes` makes it, converted together; None if any is
     not a finite (dim,) vector (or the vectors do not stack)."""
@@ -1105,21 +1208,27 @@ def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
 
 
 def _decode_row(
-    entry_id: str, row: Sequence[Any], vector: Vector, attributes: Sequence[str] = ()
+    entry_id: str,
+    row: Sequence[Any],
+    decoded: tuple[Vector, Vector | None],
+    attributes: Sequence[str] = (),
 ) -> MemoryRecord:
     """A record from its hash's values (RECORD_FIELDS, then the `attributes`; bytes, None where
-    absent) and its vector, which the caller decodes (a batch's together).
+    absent), its vector and its reconstruction (`decoded`: the caller decodes a batch's
+    together).
 
     Raises:
         ValueError: a field every record has is missing, or a number is not one.
     """
     state, features = row[_STATE], row[_FEATURES]
+    vector, reconstruction = decoded
     return MemoryRecord(
         entry_id=entry_id,
         **_decode_fields(row),
         vector=vector,
         state_json=None if state is None else text(state),
         features=np.frombuffer(features, dtype=np.float32) if features else None,
+        reconstruction=reconstruction,
         attributes={
             name: text(value)
             for name, value in zip(attributes, row[len(RECORD_FIELDS) :], strict=True)
@@ -1197,8 +1306,9 @@ def _own(agent_id: str, rows: list[_Row]) -> list[_Row]:
 def _decode_candidates(
     tier: TierSettings, rows: Sequence[_Row], version: str | None
 ) -> list[Candidate]:
-    """Lean KNN rows as Candidates, their vectors converted together (a recall reads 150); a
-    record's features only if the model `version` wrote them."""
+    """Lean KNN rows as Candidates (a recall reads 150), with what each row carries: its
+    record's features if the model `version` wrote them, its reconstruction, its vector (a
+    tier's vectors converted together)."""
     dtype = _DTYPES[tier.datatype]
     size = tier.dim * np.dtype(dtype).itemsize
     trusted = None if version is None else version.encode()
@@ -1225,14 +1335,28 @@ def _decode_candidates(
             else None
             for _, fields in rows
         ]
+        rebuilt = _reconstructions([fields.get(_RECONSTRUCTION_NAME) for _, fields in rows])
     except (KeyError, ValueError) as e:
         raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
     return [
-        Candidate(key, distance, row_features, vector=None if raw is None else next(vectors))
-        for key, distance, row_features, raw in zip(
-            keys, distances, features, raw_vectors, strict=True
+        Candidate(
+            key,
+            distance,
+            row_features,
+            vector=None if raw is None else next(vectors),
+            reconstruction=row_rebuilt,
+        )
+        for key, distance, row_features, raw, row_rebuilt in zip(
+            keys, distances, features, raw_vectors, rebuilt, strict=True
         )
     ]
+
+
+def _measured(candidate: Candidate) -> bool:
+    """Whether the candidate carries features, a reconstruction or a vector to measure."""
+    return not (
+        candidate.features is None and candidate.reconstruction is None and candidate.vector is None
+    )
 
 
 def _with_state(tier: TierSettings, candidate: Candidate, docs: Mapping[str, Any]) -> Candidate:

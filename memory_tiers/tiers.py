@@ -58,7 +58,7 @@ from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
 from .resp import Command, execute_transaction, first_error, text, watching
 from .settings import Settings
-from .store import MemoryRecord, TierStore, Vector, parsed_state
+from .store import RECONSTRUCTED_TIERS, MemoryRecord, TierStore, Vector, parsed_state
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,15 @@ def reencode(
         result.conflicts, result.batches, result.seconds,
     )  # fmt: skip
     return result
+
+
+def reconstructions(engine: EmbeddingEngine, tier: str, vectors: Vector) -> list[Vector | None]:
+    """What records of `tier` with these vectors (N, dim), written by `engine`'s model, store
+    as their reconstructions (MemoryRecord.reconstruction): in RECONSTRUCTED_TIERS the
+    vectors decoded, in one batch; elsewhere none."""
+    if tier not in RECONSTRUCTED_TIERS or not len(vectors):
+        return [None] * len(vectors)
+    return list(engine.decode(vectors, tier))
 
 
 def _clock(value: int | None) -> int:
@@ -534,9 +543,10 @@ class _Mover:
             self._skip([self.store.key(self.source, r.entry_id) for r in bad], "non-finite")
             records = [r for r, ok in zip(records, finite, strict=True) if ok]
             compressed = compressed[finite]
+        rebuilt = reconstructions(self.engine, destination, compressed)
         moved = [
-            r.with_vector(v, keep_state=self.keep_state)
-            for r, v in zip(records, compressed, strict=True)
+            r.with_vector(v, reconstruction=x, keep_state=self.keep_state)
+            for r, v, x in zip(records, compressed, rebuilt, strict=True)
         ]
         return moved, encoded.reencoded
 
@@ -546,7 +556,12 @@ class _Mover:
         """The records encoded again from their raw state, with their new vectors and version."""
         encoded = self._encode_again(records, vectors, self.source)
         again = [i for i, r in enumerate(encoded.records) if r.entry_id in encoded.reencoded]
-        rewritten = [encoded.records[i].with_vector(encoded.vectors[i]) for i in again]
+        vectors = encoded.vectors[again]
+        rebuilt = reconstructions(self.engine, self.source, vectors)
+        rewritten = [
+            encoded.records[i].with_vector(v, reconstruction=x)
+            for i, v, x in zip(again, vectors, rebuilt, strict=True)
+        ]
         return rewritten, encoded.reencoded
 
     def _encode_again(

@@ -1,7 +1,8 @@
 """MemoryClient against the embedded Redis: stream writes, per-agent handles, recall, the CLI.
 
 Tiers are filled the way the daemon and consolidation will: STM records hold the engine's
-STM vectors and the raw state; IM and LTM records hold those vectors compressed.
+STM vectors and the raw state; IM and LTM records hold those vectors compressed, and their
+reconstructions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from memory_tiers.protocol import encode_entry
 from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.store import Hit, MemoryRecord, TierStore
+from memory_tiers.tiers import reconstructions
 
 T0 = 1_732_600_000_000
 AGENT = "agent-7"
@@ -72,6 +74,7 @@ def seed_tiers(
     }
     written: dict[str, list[MemoryRecord]] = {}
     for tier, indices in parts.items():
+        rebuilt = reconstructions(engine, tier, vectors[tier])
         written[tier] = [
             MemoryRecord(
                 entry_id=f"{T0 + first_id + i}-0",
@@ -83,11 +86,21 @@ def seed_tiers(
                 vector=vectors[tier][i],
                 state_json=json.dumps(states[i]) if tier == "stm" else None,
                 features=features[i] if tier == "stm" else None,
+                reconstruction=rebuilt[i],
             )
             for i in indices
         ]
         store.write(tier, written[tier])
     return written
+
+
+def stored(features: np.ndarray) -> np.ndarray:
+    """Features as a record's reconstruction keeps them: a byte each, steps of 1/255."""
+    return np.round(np.clip(features, 0, 1) * 255) / 255
+
+
+QUANTIZATION = (1 / 510) ** 2
+"""The most a stored reconstruction moves a mean squared feature distance to itself."""
 
 
 def stream_entries(redis_client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
@@ -244,7 +257,7 @@ def expected_distance(engine: EmbeddingEngine, query: Mapping[str, Any], item: M
         features = engine.schema.extract(query)
         query_vector = engine.encode_features(features[None, :])[item.tier]
         midpoint = (engine.decode(query_vector, item.tier) + features) / 2
-        diff = engine.decode(item.hit.vector, item.tier) - midpoint
+        diff = stored(engine.decode(item.hit.vector, item.tier)) - midpoint
     return float(np.mean(diff.astype(np.float64) ** 2))
 
 
@@ -267,7 +280,8 @@ def test_a_state_query_ranks_states_exactly_and_vectors_by_their_reconstruction(
     own = next(m for m in recall.merged if m.hit.step == 14)
     assert own.hit.vector is not None
     error = engine.decode(own.hit.vector, "im")[0] - engine.schema.extract(states[14])
-    assert own.feature_distance == pytest.approx(float(np.mean(error**2)) / 4, rel=1e-5)
+    # (Its reconstruction stored a byte a feature moves that by well under 1%.)
+    assert own.feature_distance == pytest.approx(float(np.mean(error**2)) / 4, rel=0.01)
 
 
 def test_stored_features_are_read_only_where_the_serving_model_wrote_them(
@@ -303,6 +317,46 @@ def test_stored_features_are_read_only_where_the_serving_model_wrote_them(
     assert all(m.exact for m in recall.merged)
 
 
+def test_lower_tiers_rank_by_the_reconstruction_each_record_stores(
+    client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
+) -> None:
+    # Three IM memories with one vector: one stores the query's own reference as its
+    # reconstruction, one a reconstruction of all 1s, one none (stored before records kept
+    # them: its vector is decoded at recall).
+    query = states[5]
+    features = engine.schema.extract(query)
+    query_im = engine.encode_features(features[None, :])["im"]
+    reference = (engine.decode(query_im, "im")[0] + features) / 2
+    vector = engine.encode_states([states[9]])["im"][0]
+    kinds = {"reference": reference, "ones": np.ones_like(reference), "none": None}
+    store.write(
+        "im",
+        [
+            MemoryRecord(
+                entry_id=f"{T0 + i}-0", agent_id=AGENT, agent_type="explorer", step=i,
+                ts=T0 + i, model_version=engine.version, vector=vector, reconstruction=rebuilt,
+            )
+            for i, rebuilt in enumerate(kinds.values())
+        ],
+    )  # fmt: skip
+
+    recall = client.recall(AGENT, query, k=3, tiers="im")
+
+    measured = {list(kinds)[m.hit.step]: m.feature_distance for m in recall.merged}
+    decoded = engine.decode(vector[None, :], "im")[0]
+    assert measured == pytest.approx(
+        {
+            "reference": float(np.mean((stored(reference) - reference) ** 2)),
+            "ones": float(np.mean((1 - reference) ** 2)),
+            "none": float(np.mean((decoded - reference) ** 2)),
+        },
+        rel=1e-4,
+    )
+    assert measured["reference"] <= QUANTIZATION
+    assert recall.merged[0].hit.step == 0
+    assert not any(m.exact for m in recall.merged)
+
+
 def test_a_vector_query_ranks_every_tier_by_reconstruction(
     client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
 ) -> None:
@@ -317,9 +371,11 @@ def test_a_vector_query_ranks_every_tier_by_reconstruction(
     for item in recall.merged:
         assert item.hit.vector is not None
         query = engine.decode(stm_vector[None, :], "stm")
+        rebuilt = engine.decode(item.hit.vector, item.tier)
         if item.tier != "stm":
             query = engine.decode(recall_vector(engine, stm_vector, item.tier), item.tier)
-        diff = engine.decode(item.hit.vector, item.tier) - query
+            rebuilt = stored(rebuilt)
+        diff = rebuilt - query
         assert item.feature_distance == pytest.approx(float(np.mean(diff**2)), rel=1e-5, abs=1e-9)
 
 
@@ -503,9 +559,10 @@ def test_vector_queries_of_each_tier_size(
     np.testing.assert_allclose(
         recall.reference, engine.decode(target.vector[None, :], tier)[0], rtol=1e-6
     )
-    # Its own hit decodes to exactly the query features: first in the merged list too.
-    assert recall.merged[0].hit.key == hits[0].key
-    assert recall.merged[0].feature_distance == pytest.approx(0.0, abs=1e-9)
+    # Its own memory decodes to exactly the query features (IM and LTM: to their stored bytes).
+    alone = client.recall(AGENT, target.vector, k=10, tiers=(tier,))
+    own = next(m for m in alone.merged if m.hit.key == hits[0].key)
+    assert own.feature_distance == pytest.approx(0.0, abs=QUANTIZATION if tier != "stm" else 1e-9)
 
 
 def test_an_stm_vector_reaches_its_consolidated_copies_exactly(

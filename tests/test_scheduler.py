@@ -9,12 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
+from engine_helpers import hooked
 from redis.exceptions import LockNotOwnedError
 from test_ingest import daemon as make_daemon
 from test_ingest import running
@@ -87,23 +88,9 @@ def placement(client: redis.Redis, records: Sequence[MemoryRecord]) -> dict[str,
     return counts
 
 
-class SlowEngine:
-    """An engine whose every compress takes `delay_s` longer: passes last long enough to race."""
-
-    def __init__(self, engine: EmbeddingEngine, delay_s: float) -> None:
-        self.engine = engine
-        self.delay_s = delay_s
-        self.dims = engine.dims
-        self.version = engine.version
-        self.schema = engine.schema
-
-    def compress(self, vectors: np.ndarray, from_tier: str) -> np.ndarray:
-        time.sleep(self.delay_s)
-        return self.engine.compress(vectors, from_tier)
-
-
 def slow(engine: EmbeddingEngine, delay_s: float) -> EmbeddingEngine:
-    return cast(EmbeddingEngine, SlowEngine(engine, delay_s))
+    """An engine whose every compress takes `delay_s` longer: passes last long enough to race."""
+    return hooked(engine, lambda _: time.sleep(delay_s))
 
 
 def moving(settings: Settings, **changes: Any) -> Settings:

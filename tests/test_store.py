@@ -182,6 +182,54 @@ def test_read_round_trips_fields_and_vectors(store: TierStore) -> None:
         np.testing.assert_array_equal(got.vector, want.vector)
 
 
+def test_reconstructions_are_stored_a_byte_a_feature_and_read_back(
+    redis_client: redis.Redis, store: TierStore
+) -> None:
+    rng = np.random.default_rng(3)
+    rebuilt = rng.random((4, 152)).astype(np.float32)
+    rebuilt[0, :3] = [0.0, 1.0, 0.5]
+    rebuilt[1, :2] = [-0.25, 1.5]  # outside [0, 1]: clipped
+    records = [
+        MemoryRecord(**{**vars(r), "reconstruction": rebuilt[i] if i != 2 else None})
+        for i, r in enumerate(make_records(128, ["a"], 4, with_state=False))
+    ]
+    store.write("im", records)
+    keys = [store.key("im", r.entry_id) for r in records]
+
+    read = store.read("im", keys)
+
+    assert redis_client.hstrlen(keys[0], "recon") == 152
+    assert redis_client.hexists(keys[2], "recon") == 0
+    assert read[2].reconstruction is None
+    for i in (0, 1, 3):
+        got = read[i].reconstruction
+        assert got is not None and got.dtype == np.float32
+        np.testing.assert_allclose(got, np.clip(rebuilt[i], 0, 1), atol=1 / 510 + 1e-7)
+        np.testing.assert_allclose(got * 255, np.round(got * 255), atol=1e-4)  # steps of 1/255
+    np.testing.assert_array_equal(read[0].reconstruction[:3], [0.0, 1.0, np.float32(128 / 255)])  # type: ignore[index]
+    np.testing.assert_array_equal(read[1].reconstruction[:2], [0.0, 1.0])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "reconstruction",
+    [np.full(152, np.nan, np.float32), np.zeros((2, 152), np.float32), np.float32(0.5)],
+)
+def test_a_reconstruction_that_is_no_finite_row_is_refused(
+    store: TierStore, reconstruction: Any
+) -> None:
+    good, bad = make_records(128, ["a"], 2, with_state=False)
+    bad = MemoryRecord(**{**vars(bad), "reconstruction": reconstruction})
+    good = MemoryRecord(**{**vars(good), "reconstruction": np.zeros(152, np.float32)})
+
+    commands, refused = store.encode_records("im", [good, bad])
+
+    assert refused == {
+        bad.entry_id: f"record {bad.entry_id!r}: reconstruction must be a finite 1-D vector, "
+        f"got shape {np.shape(reconstruction)}"
+    }
+    assert commands[0][:2] == ("HSET", store.key("im", good.entry_id))
+
+
 def test_read_batch_reports_what_is_not_a_record_and_skips_what_is_gone(
     redis_client: redis.Redis, store: TierStore
 ) -> None:

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
+from engine_helpers import hooked
 
 from memory_tiers import TIERS, ConfigError, EmbeddingEngine, Keys, Settings, tiers
 from memory_tiers.cli import main
@@ -109,26 +110,6 @@ def run(
     **kwargs: Any,
 ) -> PassResult:
     return consolidate(client, store, engine, settings, tier, now_ms=NOW, **kwargs)
-
-
-class WrappedEngine:
-    """An engine whose compress calls `hook(call number)` first (to fail, sleep, or race)."""
-
-    def __init__(self, engine: EmbeddingEngine, hook: Callable[[int], None]) -> None:
-        self.engine = engine
-        self.hook = hook
-        self.calls = 0
-        self.dims = engine.dims
-        self.version = engine.version
-
-    def compress(self, vectors: np.ndarray, from_tier: str) -> np.ndarray:
-        self.calls += 1
-        self.hook(self.calls)
-        return self.engine.compress(vectors, from_tier)
-
-
-def wrapped(engine: EmbeddingEngine, hook: Callable[[int], None]) -> EmbeddingEngine:
-    return cast(EmbeddingEngine, WrappedEngine(engine, hook))
 
 
 # -- policy ------------------------------------------------------------------------------------
@@ -265,6 +246,7 @@ def test_moved_vectors_equal_encoding_the_state_at_each_tier_and_knn_finds_them_
     assert run(redis_client, store, engine, settings, "stm").moved == 12
     im = store.read("im", [store.key("im", r.entry_id) for r in records])
     np.testing.assert_allclose(np.stack([r.vector for r in im]), expected["im"], atol=1e-4)
+    assert_reconstructions(engine, "im", im)
     for source, moved in zip(records, im, strict=True):
         carried = ("entry_id", "agent_id", "agent_type", "step", "ts", "model_version")
         assert [getattr(moved, f) for f in carried] == [getattr(source, f) for f in carried]
@@ -277,11 +259,22 @@ def test_moved_vectors_equal_encoding_the_state_at_each_tier_and_knn_finds_them_
     assert run(redis_client, store, engine, settings, "im").moved == 12
     ltm = store.read("ltm", [store.key("ltm", r.entry_id) for r in records])
     np.testing.assert_allclose(np.stack([r.vector for r in ltm]), expected["ltm"], atol=1e-4)
+    assert_reconstructions(engine, "ltm", ltm)
     for i in (0, 6, 11):
         hits = store.search("ltm", expected["ltm"][i], k=3, agent_id=records[i].agent_id)
         assert hits[0].entry_id == records[i].entry_id
         assert hits[0].distance == pytest.approx(0.0, abs=1e-6)
     assert set(tiers_of(redis_client, records).values()) == {"ltm"}
+
+
+def assert_reconstructions(
+    engine: EmbeddingEngine, tier: str, records: Sequence[MemoryRecord]
+) -> None:
+    """Each record stores its vector decoded by `engine`, a byte a feature (1/510 at most off)."""
+    rebuilt = [r.reconstruction for r in records]
+    assert all(r is not None for r in rebuilt), "a record has no reconstruction"
+    decoded = engine.decode(np.stack([r.vector for r in records]), tier)
+    np.testing.assert_allclose(np.stack(rebuilt), decoded, atol=1 / 510 + 1e-6)  # type: ignore[arg-type]
 
 
 def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
@@ -309,6 +302,7 @@ def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
     np.testing.assert_allclose(np.stack([r.vector for r in im[:3]]), expected["im"], atol=1e-4)
     np.testing.assert_allclose(im[3].vector, engine.compress(noise[3:], "stm")[0], atol=1e-5)
     assert [r.model_version for r in im] == [engine.version] * 3 + ["old-model"]
+    assert_reconstructions(engine, "im", im)  # the last through this model's bottleneck
     assert "stm->im: 1 memories of another model have no usable raw state" in caplog.text
 
     # IM keeps no raw state (keep_state_after_stm off): those of another model move as they are.
@@ -321,6 +315,7 @@ def test_memories_of_another_model_are_encoded_again_from_their_raw_state(
         atol=1e-5,
     )
     assert [r.model_version for r in ltm] == [r.model_version for r in im]
+    assert_reconstructions(engine, "ltm", ltm)
 
 
 def old_model_records(
@@ -370,6 +365,30 @@ def test_reencode_rewrites_other_models_memories_from_their_state_in_place(
 
     again = tiers.reencode(redis_client, store, engine, settings, "stm")
     assert (again.reencoded, again.without_state) == (0, 1)
+
+
+def test_reencode_of_a_lower_tier_rewrites_the_reconstructions_it_encodes_again(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    # IM memories kept with their state (keep_state_after_stm), another model's, with that
+    # model's reconstructions; one has no state to encode again.
+    old = [
+        dataclasses.replace(
+            r, vector=engine.compress(r.vector[None, :], "stm")[0], reconstruction=np.ones(152)
+        )
+        for r in old_model_records(engine, aged("a", [4, 3, 2]), seed=14)
+    ]
+    old[2] = dataclasses.replace(old[2], state_json=None, features=None)
+    store.write("im", old)
+
+    result = tiers.reencode(redis_client, store, engine, settings, "im")
+
+    assert (result.reencoded, result.without_state) == (2, 1)
+    after = store.read("im", [store.key("im", r.entry_id) for r in old])
+    expected = engine.encode_states([json.loads(r.state_json or "") for r in old[:2]])["im"]
+    np.testing.assert_allclose(np.stack([r.vector for r in after[:2]]), expected, atol=1e-5)
+    assert_reconstructions(engine, "im", after[:2])
+    np.testing.assert_array_equal(after[2].reconstruction, np.ones(152))  # left as it was
 
 
 def test_reencode_and_a_consolidation_at_once_keep_every_memory_in_one_tier(
@@ -493,7 +512,7 @@ def test_failure_between_batches_then_rerun_loses_and_duplicates_nothing(
             raise RuntimeError("injected: model failed")
 
     with pytest.raises(RuntimeError, match="injected"):
-        run(redis_client, store, wrapped(engine, fail_second), settings, "stm")
+        run(redis_client, store, hooked(engine, fail_second), settings, "stm")
     assert Counter(tiers_of(redis_client, records).values()) == {"im": 5, "stm": 15}
     assert_indexes_match(redis_client, store, 20)
 
@@ -532,7 +551,7 @@ def test_a_source_moved_away_during_a_batch_is_not_resurrected(
             racer.write("ltm", [dataclasses.replace(gone, vector=np.zeros(32, np.float32))])
             racer.write("stm", [rewritten])  # a replay re-wrote it
 
-    result = run(redis_client, store, wrapped(engine, race), settings, "stm")
+    result = run(redis_client, store, hooked(engine, race), settings, "stm")
     racer.client.close()
 
     assert result.conflicts == conflicts
