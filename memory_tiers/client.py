@@ -640,8 +640,10 @@ class MemoryClient:
             if c.features is not None and c.features.shape == (width,)
         }
         with_state = [i for i, c in enumerate(candidates) if c.state and i not in rows]
-        extracted, good, _ = engine.schema.extract_valid([candidates[i].state for i in with_state])
-        rows.update({with_state[j]: row for j, row in zip(good, extracted, strict=True)})
+        if with_state:
+            states = [candidates[i].state for i in with_state]
+            extracted, good, _ = engine.schema.extract_valid(states)
+            rows.update({with_state[j]: row for j, row in zip(good, extracted, strict=True)})
         if rows:
             measured = list(rows)
             distances[measured] = feature_distances(query.reference, np.stack(list(rows.values())))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, reduce
 from typing import Any, NamedTuple, TypeVar
@@ -1309,24 +1309,12 @@ def _decode_candidates(
     """Lean KNN rows as Candidates (a recall reads 150), with what each row carries: its
     record's features if the model `version` wrote them, its reconstruction, its vector (a
     tier's vectors converted together)."""
-    dtype = _DTYPES[tier.datatype]
-    size = tier.dim * np.dtype(dtype).itemsize
     trusted = None if version is None else version.encode()
     try:
         keys = [text(key) for key, _ in rows]
         distances = [float(fields[_DISTANCE_NAME]) for _, fields in rows]
         raw_vectors = [fields.get(_VECTOR_NAME) for _, fields in rows]
-        present = [raw for raw in raw_vectors if raw is not None]
-        bad = next(
-            (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
-        )
-        if bad is not None:
-            raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
-        vectors = iter(
-            np.frombuffer(b"".join(present), dtype=dtype)
-            .reshape(len(present), tier.dim)
-            .astype(np.float32)
-        )
+        vectors = _vectors_of(tier, keys, raw_vectors)
         features = [
             np.frombuffer(fields[_FEATURES_NAME], dtype=np.float32)
             if trusted is not None
@@ -1350,6 +1338,29 @@ def _decode_candidates(
             keys, distances, features, raw_vectors, rebuilt, strict=True
         )
     ]
+
+
+def _vectors_of(
+    tier: TierSettings, keys: Sequence[str], raw_vectors: Sequence[bytes | None]
+) -> Iterator[Vector]:
+    """The vectors present among `raw_vectors` (the rows of `keys`), converted together, in
+    order.
+
+    Raises:
+        ValueError: one is not the tier's size, naming its key.
+    """
+    present = [raw for raw in raw_vectors if raw is not None]
+    if not present:
+        return iter(())
+    dtype = _DTYPES[tier.datatype]
+    size = tier.dim * np.dtype(dtype).itemsize
+    bad = next(
+        (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
+    )
+    if bad is not None:
+        raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
+    matrix = np.frombuffer(b"".join(present), dtype=dtype).reshape(len(present), tier.dim)
+    return iter(matrix.astype(np.float32))
 
 
 def _measured(candidate: Candidate) -> bool:
