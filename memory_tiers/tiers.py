@@ -58,7 +58,14 @@ from .engine import EmbeddingEngine
 from .errors import ConfigError, StoreError
 from .resp import Command, execute_transaction, first_error, text, watching
 from .settings import Settings
-from .store import RECONSTRUCTED_TIERS, MemoryRecord, TierStore, Vector, parsed_state
+from .store import (
+    RECONSTRUCTED_TIERS,
+    RECONSTRUCTION_FIELD,
+    MemoryRecord,
+    TierStore,
+    Vector,
+    parsed_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +150,9 @@ class PassResult:
     without_state: int = 0
     """Memories of another model version with no usable raw state: a consolidation pass moved
     them through the bottleneck as they were, a re-encoding pass left them as they are."""
+    reconstructed: int = 0
+    """IM and LTM memories stored without a reconstruction (before records kept one) that a
+    re-encoding pass gave theirs, their vectors decoded by the serving model."""
 
 
 def scheduled_tiers(settings: Settings) -> list[str]:
@@ -217,8 +227,10 @@ def reencode(
     After a retrain: each record whose model_version is not the engine's and that keeps its
     raw state (STM always; IM and LTM with keep_state_after_stm) gets the vector this engine
     gives its state, and the engine's version. Those without a usable raw state stay as they
-    are (`PassResult.without_state`). Records are rewritten under the same WATCH guard as
-    consolidation, so a pass running meanwhile moves each memory exactly once.
+    are (`PassResult.without_state`). IM and LTM records stored without a reconstruction
+    (before records kept one) get theirs: their vectors decoded by this engine, as recall
+    would decode them (`PassResult.reconstructed`). Records are rewritten under the same
+    WATCH guard as consolidation, so a pass running meanwhile moves each memory exactly once.
 
     Raises:
         ConfigError: the engine's dimension for `tier` is not the index's.
@@ -232,13 +244,13 @@ def reencode(
     started = time.perf_counter()
     route = (tier, tier, f"{tier} re-encode")
     select, mover = _pass(client, store, engine, settings, route, max_batches, keep_going)
-    _run(mover, select.other_version(engine.version), f"re-encoding {tier}", "re-encoded")
+    _run(mover, select.to_reencode(engine.version), f"re-encoding {tier}", "re-encoded")
     result = mover.tally.result(time.perf_counter() - started)
     log.info(
         "re-encode %s with model %s: %d re-encoded, %d without a usable raw state left as they "
-        "are, skipped %d, conflicts %d, %d batches in %.3f s",
-        tier, engine.version, result.reencoded, result.without_state, result.skipped,
-        result.conflicts, result.batches, result.seconds,
+        "are, %d given their reconstruction, skipped %d, conflicts %d, %d batches in %.3f s",
+        tier, engine.version, result.reencoded, result.without_state, result.reconstructed,
+        result.skipped, result.conflicts, result.batches, result.seconds,
     )  # fmt: skip
     return result
 
@@ -284,6 +296,8 @@ class _Tally:
     """Time index members dropped because their hash was gone."""
     reencoded: int = 0
     """Records written with a vector encoded from their raw state (another model's)."""
+    reconstructed: int = 0
+    """Records written with the reconstruction they were stored without."""
     without_state: set[str] = field(default_factory=set)
     """Entry ids of other model versions with no usable raw state."""
     skipped: set[str] = field(default_factory=set)
@@ -294,7 +308,7 @@ class _Tally:
     def result(self, seconds: float, moved: int = 0, deleted: int = 0) -> PassResult:
         return PassResult(
             moved, deleted, self.batches, seconds, len(self.skipped), self.conflicts,
-            self.reencoded, len(self.without_state),
+            self.reencoded, len(self.without_state), self.reconstructed,
         )  # fmt: skip
 
 
@@ -369,9 +383,9 @@ class _Selector:
             for key in skipped.intersection(owners):
                 offsets[owners[key]] = offsets.get(owners[key], 0) + 1
 
-    def other_version(self, version: str) -> Iterator[_Batch]:
-        """Batches of the tier's records another model version encoded, by rank in the time
-        index.
+    def to_reencode(self, version: str) -> Iterator[_Batch]:
+        """Batches of the tier's records another model version encoded, and in
+        RECONSTRUCTED_TIERS those stored without a reconstruction, by rank in the time index.
 
         Rewrites keep each record's score, so ranks hold still; a record a concurrent pass
         moves away meanwhile shifts the ranks after it, and a later record may be missed:
@@ -386,17 +400,22 @@ class _Selector:
             if not members:
                 return
             start += len(members)
+            reconstructed = self.tier in RECONSTRUCTED_TIERS
             pipe = self.client.pipeline(transaction=False)
             for key in members:
                 pipe.hget(key, "model_version")
-            versions = pipe.execute()
-            other = [
+                if reconstructed:
+                    pipe.hexists(key, RECONSTRUCTION_FIELD)
+            replies = pipe.execute()
+            versions = replies[:: 2 if reconstructed else 1]
+            rebuilt = replies[1::2] if reconstructed else [True] * len(members)
+            chosen = [
                 key
-                for key, found in zip(members, versions, strict=True)
-                if found is not None and text(found) != version
+                for key, found, has in zip(members, versions, rebuilt, strict=True)
+                if found is not None and (text(found) != version or not has)
             ]
-            if other:
-                yield other, {}
+            if chosen:
+                yield chosen, {}
 
     def _agents_over(self, limit: int) -> Iterator[tuple[str, int]]:
         """(agent, records above `limit`) for each agent of the tier's agent set; prunes empties."""
@@ -506,7 +525,10 @@ class _Mover:
                     failed.extend(chunk)
                 else:
                     done, stale = done + len(written), stale + len(gone)
-                    self.tally.reencoded += sum(1 for r in written if r.entry_id in reencoded)
+                    again = sum(1 for r in written if r.entry_id in reencoded)
+                    self.tally.reencoded += again
+                    if self.target == self.source:  # the rest of a re-encoding's: backfilled
+                        self.tally.reconstructed += len(written) - again
         return failed, done, stale
 
     def _replacements(
@@ -553,9 +575,15 @@ class _Mover:
     def _encoded_in_place(
         self, records: list[MemoryRecord], vectors: Vector
     ) -> tuple[list[MemoryRecord], set[str]]:
-        """The records encoded again from their raw state, with their new vectors and version."""
+        """The records encoded again from their raw state, with their new vectors and version;
+        and in RECONSTRUCTED_TIERS those stored without a reconstruction, with theirs."""
         encoded = self._encode_again(records, vectors, self.source)
-        again = [i for i, r in enumerate(encoded.records) if r.entry_id in encoded.reencoded]
+        lacking = self.source in RECONSTRUCTED_TIERS
+        again = [
+            i
+            for i, r in enumerate(encoded.records)
+            if r.entry_id in encoded.reencoded or (lacking and r.reconstruction is None)
+        ]
         vectors = encoded.vectors[again]
         rebuilt = reconstructions(self.engine, self.source, vectors)
         rewritten = [

@@ -391,6 +391,38 @@ def test_reencode_of_a_lower_tier_rewrites_the_reconstructions_it_encodes_again(
     np.testing.assert_array_equal(after[2].reconstruction, np.ones(152))  # left as it was
 
 
+def lower_records(
+    engine: EmbeddingEngine, tier: str, placed: Sequence[tuple[str, int]], seed: int
+) -> list[MemoryRecord]:
+    """`tier` records as versions before stored reconstructions wrote them: none, no state."""
+    records = stm_records(engine, placed, seed=seed)
+    vectors = engine.encode_states([json.loads(r.state_json or "") for r in records])[tier]
+    return [
+        dataclasses.replace(r, vector=v, state_json=None, features=None)
+        for r, v in zip(records, vectors, strict=True)
+    ]
+
+
+def test_reencode_gives_memories_stored_without_a_reconstruction_theirs(
+    redis_client: redis.Redis, store: TierStore, settings: Settings, engine: EmbeddingEngine
+) -> None:
+    legacy = lower_records(engine, "ltm", aged("a", [5, 4, 3, 2]), seed=17)
+    legacy[2] = dataclasses.replace(legacy[2], model_version="old-model")  # no state either
+    legacy[3] = dataclasses.replace(legacy[3], reconstruction=np.ones(152))  # has its own
+    store.write("ltm", legacy)
+
+    result = tiers.reencode(redis_client, store, engine, settings, "ltm")
+
+    assert (result.reconstructed, result.reencoded, result.without_state) == (3, 0, 1)
+    after = store.read("ltm", [store.key("ltm", r.entry_id) for r in legacy])
+    assert_reconstructions(engine, "ltm", after[:3])
+    np.testing.assert_array_equal(np.stack([r.vector for r in after]), [r.vector for r in legacy])
+    assert [r.model_version for r in after] == [r.model_version for r in legacy]
+    np.testing.assert_array_equal(after[3].reconstruction, np.ones(152))
+    again = tiers.reencode(redis_client, store, engine, settings, "ltm")
+    assert (again.reconstructed, again.without_state) == (0, 1)
+
+
 def test_reencode_and_a_consolidation_at_once_keep_every_memory_in_one_tier(
     redis_client: redis.Redis,
     redis_server: EmbeddedRedis,
@@ -429,6 +461,7 @@ def test_reencode_command_prints_what_it_did(
     model_path: Path,
 ) -> None:
     store.write("stm", old_model_records(engine, aged("a", [2, 1]), seed=15))
+    store.write("ltm", lower_records(engine, "ltm", aged("b", [3]), seed=16))
     assert settings.redis_url
     result = CliRunner().invoke(
         main,
@@ -438,10 +471,10 @@ def test_reencode_command_prints_what_it_did(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"model {engine.version}"
-    assert [line.split()[:4] for line in lines[1:]] == [
-        ["tier", "re-encoded", "without", "state"],
-        ["stm", "2", "0", "0"],
-        ["ltm", "0", "0", "0"],
+    assert [line.split()[:5] for line in lines[1:]] == [
+        ["tier", "re-encoded", "without", "state", "reconstructed"],
+        ["stm", "2", "0", "0", "0"],  # re-encoded, without state, reconstructed, skipped
+        ["ltm", "0", "0", "1", "0"],
     ]
 
 

@@ -164,7 +164,9 @@ def reencode_command(settings: Settings, tiers: str, force: bool) -> None:
 
     Each memory whose raw state is stored (STM always; IM and LTM with
     MT_KEEP_STATE_AFTER_STM) gets the vector the current model gives its state. Those without
-    a raw state stay as they are ("without state"). Safe while daemons run.
+    a raw state stay as they are ("without state"). IM and LTM memories stored without a
+    reconstruction (by versions before records kept one) get theirs ("reconstructed"), so
+    recall stops decoding them. Safe while daemons run.
 
     Restart the daemons on the new model first: while live daemons serve another one, they
     keep encoding new states with it and their consolidation encodes moved memories back, so
@@ -189,7 +191,7 @@ def reencode_command(settings: Settings, tiers: str, force: bool) -> None:
         raise click.ClickException(str(e)) from e
     rows = [reencode_row(tier, result) for tier, result in results.items()]
     click.echo(f"model {engine.version}")
-    click.echo(table(REENCODE_COLUMNS, rows, numeric=range(1, 5)))
+    click.echo(table(REENCODE_COLUMNS, rows, numeric=range(1, 6)))
 
 
 def _check_served(settings: Settings, url: str, version: str, force: bool) -> None:

@@ -42,7 +42,7 @@ EVALUATE_COLUMNS = (
 CONSOLIDATE_COLUMNS = ("job", "moved", "deleted", "skipped", "seconds")
 """Columns of the `consolidate --now` table, one row per job."""
 
-REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "skipped", "seconds")
+REENCODE_COLUMNS = ("tier", "re-encoded", "without state", "reconstructed", "skipped", "seconds")
 """Columns of the `reencode` table, one row per tier."""
 
 TIER_COLUMNS = ("tier", "memories", "agents", "indexed", "indexing failures")
@@ -134,8 +134,10 @@ def consolidate_row(job: str, result: PassResult) -> Row:
 
 
 def reencode_row(tier: str, result: PassResult) -> Row:
-    """One `reencode` row: what a tier's pass encoded again and what it could not."""
-    return _pass_row(tier, (result.reencoded, result.without_state, result.skipped), result.seconds)
+    """One `reencode` row: what a tier's pass encoded again, what it could not, and the
+    reconstructions it wrote."""
+    counts = (result.reencoded, result.without_state, result.reconstructed, result.skipped)
+    return _pass_row(tier, counts, result.seconds)
 
 
 def _pass_row(label: str, counts: Sequence[int], seconds: float) -> Row:
