@@ -6,7 +6,7 @@ event loop, a batch in one pipelined round trip.
 
 Recall runs `MemoryClient.recall` itself in a worker thread (asyncio.to_thread) on a sync
 connection of its own: the same query encoding, KNN, re-sort and merge, not a copy of them.
-Most of a recall's time is CPU (featurize, encode, decode candidates: torch and numpy), which
+Most of a recall's time is CPU (featurize and encode the query, re-sort candidates: numpy), which
 would stall the loop as much as a blocking socket; in a thread it stalls neither. A native
 redis.asyncio recall would need TierStore to hand out its queries and reply parsers apart
 from its sync I/O.
