@@ -667,10 +667,9 @@ class TierStore:
         except (KeyError, ValueError) as e:
             raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
         order = sorted(range(len(rows)), key=distances.__getitem__)
-        return [
-            _decode_hit(settings, self.keys, text(rows[i][0]), rows[i][1], distances[i])
-            for i in order
-        ]
+        return _decoded_hits(
+            settings, self.keys, [(text(rows[i][0]), rows[i][1], distances[i]) for i in order]
+        )
 
     def recall_round(
         self,
@@ -1355,7 +1354,12 @@ def _vectors_of(
     dtype = _DTYPES[tier.datatype]
     size = tier.dim * np.dtype(dtype).itemsize
     bad = next(
-        (k for k, raw in zip(keys, raw_vectors, strict=True) if raw and len(raw) != size), None
+        (
+            k
+            for k, raw in zip(keys, raw_vectors, strict=True)
+            if raw is not None and len(raw) != size
+        ),
+        None,
     )
     if bad is not None:
         raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
@@ -1396,28 +1400,49 @@ def _hits_of(
     """The chosen candidates' full hits from their records' `rows`, in the candidates' order,
     each at its KNN distance; a record gone since the search is left out."""
     found = {text(key): fields for key, fields in rows}
-    return [
-        _decode_hit(tier, keys, c.key, found[c.key], c.distance) for c in chosen if c.key in found
-    ]
+    return _decoded_hits(
+        tier, keys, [(c.key, found[c.key], c.distance) for c in chosen if c.key in found]
+    )
 
 
 _HIT_NAMES = tuple(name.encode() for name in RECORD_FIELDS[:_VECTOR])
 
 
-def _decode_hit(
-    tier: TierSettings, keys: Keys, key: str, fields: Mapping[bytes, Any], distance: float
-) -> Hit:
-    """A record's returned `fields` (HIT_FIELDS, some maybe absent) as a Hit at `distance`,
-    read through the record codec (`_decode_fields`)."""
+def _decoded_hits(
+    tier: TierSettings, keys: Keys, found: Sequence[tuple[str, Mapping[bytes, Any], float]]
+) -> list[Hit]:
+    """Each (key, returned fields, distance) of `found` as a Hit (`_decode_hit`), their
+    vectors converted together."""
+    raw_vectors = [fields.get(_VECTOR_NAME) for _, fields, _ in found]
     try:
-        raw_vector, state = fields.get(_VECTOR_NAME), fields.get(_STATE_NAME)
+        vectors = _vectors_of(tier, [key for key, _, _ in found], raw_vectors)
+    except ValueError as e:
+        raise StoreError(f"search hits are incomplete or corrupt: {e}") from e
+    return [
+        _decode_hit(tier, keys, key, fields, distance, None if raw is None else next(vectors))
+        for (key, fields, distance), raw in zip(found, raw_vectors, strict=True)
+    ]
+
+
+def _decode_hit(
+    tier: TierSettings,
+    keys: Keys,
+    key: str,
+    fields: Mapping[bytes, Any],
+    distance: float,
+    vector: Vector | None,
+) -> Hit:
+    """A record's returned `fields` (HIT_FIELDS, some maybe absent) and its decoded `vector`
+    as a Hit at `distance`, read through the record codec (`_decode_fields`)."""
+    try:
+        state = fields.get(_STATE_NAME)
         return Hit(
             tier=tier.name,
             key=key,
             entry_id=key[len(keys.record_prefix(tier.name)) :],
             **_decode_fields([fields.get(name) for name in _HIT_NAMES]),
             distance=distance,
-            vector=None if raw_vector is None else _decode_vector(tier, raw_vector, key),
+            vector=vector,
             state=None if state is None else read_json(state),
         )
     except (KeyError, ValueError) as e:
