@@ -488,9 +488,8 @@ class MemoryClient:
             prepared = self._prepare(query, searched)
             query_tier, reference = prepared.tier, prepared.reference
             kept = TIERS if self.settings.keep_state_after_stm else ("stm",)
-            chosen = {}
-
             exact = [t for t in searched if t in kept] if prepared.tier is None else []
+            chosen = {}
 
             def choose(tier: str, found: list[Candidate]) -> list[Candidate]:
                 chosen[tier] = self._rerank(prepared, tier, found, k)
@@ -627,8 +626,8 @@ class MemoryClient:
 
         A candidate with its state's features (or a state, extracted here) is measured
         exactly; any other by its reconstruction: the one its record stores, or else its
-        vector's, decoded here. Anything else (a stored state the schema now refuses) ranks
-        last.
+        vector's, decoded here. Anything else (a stored state the schema now refuses, a
+        stored reconstruction of another schema's width) ranks last.
         """
         engine = self.engine
         width = engine.schema.input_dim

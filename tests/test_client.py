@@ -320,15 +320,18 @@ def test_stored_features_are_read_only_where_the_serving_model_wrote_them(
 def test_lower_tiers_rank_by_the_reconstruction_each_record_stores(
     client: MemoryClient, engine: EmbeddingEngine, store: TierStore, states: list[Any]
 ) -> None:
-    # Three IM memories with one vector: one stores the query's own reference as its
+    # Four IM memories with one vector: one stores the query's own reference as its
     # reconstruction, one a reconstruction of all 1s, one none (stored before records kept
-    # them: its vector is decoded at recall).
+    # them: its vector is decoded at recall), one a reconstruction of another schema's width.
     query = states[5]
     features = engine.schema.extract(query)
     query_im = engine.encode_features(features[None, :])["im"]
     reference = (engine.decode(query_im, "im")[0] + features) / 2
     vector = engine.encode_states([states[9]])["im"][0]
-    kinds = {"reference": reference, "ones": np.ones_like(reference), "none": None}
+    kinds = {
+        "reference": reference, "ones": np.ones_like(reference), "none": None,
+        "other width": np.ones(100, np.float32),
+    }  # fmt: skip
     store.write(
         "im",
         [
@@ -340,7 +343,7 @@ def test_lower_tiers_rank_by_the_reconstruction_each_record_stores(
         ],
     )  # fmt: skip
 
-    recall = client.recall(AGENT, query, k=3, tiers="im")
+    recall = client.recall(AGENT, query, k=4, tiers="im")
 
     measured = {list(kinds)[m.hit.step]: m.feature_distance for m in recall.merged}
     decoded = engine.decode(vector[None, :], "im")[0]
@@ -349,11 +352,12 @@ def test_lower_tiers_rank_by_the_reconstruction_each_record_stores(
             "reference": float(np.mean((stored(reference) - reference) ** 2)),
             "ones": float(np.mean((1 - reference) ** 2)),
             "none": float(np.mean((decoded - reference) ** 2)),
+            "other width": math.inf,
         },
         rel=1e-4,
     )
     assert measured["reference"] <= QUANTIZATION
-    assert recall.merged[0].hit.step == 0
+    assert [m.hit.step for m in recall.merged][::3] == [0, 3]  # first, and last
     assert not any(m.exact for m in recall.merged)
 
 
