@@ -573,13 +573,7 @@ class TierStore:
                     problems[key] = problem
                 continue  # else vanished: the hash is gone
             whole.append((key, row))
-        # (N * dim,) of the tier's datatype -> (N, dim) float32, one copy
-        blob = b"".join(row[_VECTOR] for _, row in whole)
-        matrix = (
-            np.frombuffer(blob, dtype=settings.datatype)
-            .reshape(-1, settings.dim)
-            .astype(np.float32)
-        )
+        matrix = _vector_matrix(settings, [row[_VECTOR] for _, row in whole])
         start = len(self.keys.record_prefix(settings.name))
         rebuilt = _reconstructions([row[_RECONSTRUCTION] for _, row in whole])
         records: list[MemoryRecord] = []
@@ -1363,8 +1357,14 @@ def _vectors_of(
     )
     if bad is not None:
         raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
-    matrix = np.frombuffer(b"".join(present), dtype=dtype).reshape(len(present), tier.dim)
-    return iter(matrix.astype(np.float32))
+    return iter(_vector_matrix(tier, present))
+
+
+def _vector_matrix(tier: TierSettings, raws: Sequence[bytes]) -> npt.NDArray[np.float32]:
+    """Stored vectors of the tier's datatype and dim, each of the right size, as one
+    (N, dim) float32 matrix: (N * dim,) joined, converted in one copy."""
+    joined = np.frombuffer(b"".join(raws), dtype=_DTYPES[tier.datatype])
+    return joined.reshape(len(raws), tier.dim).astype(np.float32)
 
 
 def _measured(candidate: Candidate) -> bool:

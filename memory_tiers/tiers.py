@@ -392,6 +392,7 @@ class _Selector:
         consolidation re-encodes it when it moves, or a second run does.
         """
         index = self.keys.time_index(self.tier)
+        reconstructed = self.tier in RECONSTRUCTED_TIERS
         start = 0
         while self.budget.another_batch():
             members = [
@@ -400,7 +401,6 @@ class _Selector:
             if not members:
                 return
             start += len(members)
-            reconstructed = self.tier in RECONSTRUCTED_TIERS
             pipe = self.client.pipeline(transaction=False)
             for key in members:
                 pipe.hget(key, "model_version")
