@@ -682,11 +682,16 @@ class TierStore:
         Candidates; `choose(tier, candidates)` picks and orders the ones to return; their full
         hits (`hits`), in that order.
 
-        One connection, Redis and Python working at once: every tier's KNN is sent at once,
-        each tier's candidates are chosen as its reply arrives (while Redis still answers the
-        next tier's), and each tier's hits are asked for as soon as chosen. `meanwhile()`
-        runs once the KNNs are sent, before a reply is read: work of the caller's that needs
-        none (it may run again if the round is retried).
+        One connection, Redis and Python working at once: each tier's candidates are chosen
+        as its reply arrives, while Redis answers the next tier's KNN, and each tier's hits
+        are asked for as soon as chosen. The KNNs go one write apart, never all at once:
+        Redis writes the replies of the commands it read together only after running them
+        all, so three KNNs sent together answer the first after all three ran (measured,
+        100k records a tier: first reply 1.7-1.8 ms after sending, 0.7-0.85 ms when sent
+        alone). The first goes alone; `meanwhile()` (work of the caller's that needs no
+        reply; it may run again if the round is retried) runs while Redis answers it; the
+        second follows, and each later one as a reply comes in, so one KNN always waits
+        queued behind the one Redis runs, in a read of its own.
 
         A candidate of a tier in `exact` carries its state's features if the model `version`
         wrote them; one of a tier in RECONSTRUCTED_TIERS its stored reconstruction (written
@@ -712,14 +717,25 @@ class TierStore:
             commands[tier] = self._knn_command(self._tier(tier), vector, n, where, lean)
 
         def talk(conversation: Conversation) -> dict[str, list[Hit]]:
-            knn = dict(zip(commands, conversation.send(list(commands.values())), strict=True))
+            unsent = list(commands)
+            knn: dict[str, int] = {}
+
+            def send_next() -> None:
+                if unsent:
+                    tier = unsent.pop(0)
+                    [knn[tier]] = conversation.send([commands[tier]])
+
+            send_next()
             if meanwhile is not None:
                 meanwhile()
+            send_next()
             chosen: dict[str, list[Candidate]] = {}
             reads: dict[str, int] = {}
-            for tier, ticket in knn.items():
+            for tier in commands:
+                reply = conversation.reply(knn[tier])
+                send_next()
                 settings = self._tier(tier)
-                rows = _search_rows(self._ok(conversation.reply(ticket), label))
+                rows = _search_rows(self._ok(reply, label))
                 found = _decode_candidates(settings, rows, version if tier in exact else None)
                 chosen[tier] = choose(tier, self._measurable(settings, found, conversation))
                 keys = [c.key for c in chosen[tier]]
