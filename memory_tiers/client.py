@@ -59,7 +59,7 @@ from .features import feature_distances
 from .protocol import KINDS, check_agent_id, encode_entry
 from .resp import text
 from .settings import Settings, env_var, redact_url
-from .store import Candidate, Hit, TierStore, failure_text
+from .store import Candidate, Candidates, Hit, Rows, TierStore, failure_text
 
 if TYPE_CHECKING:  # torch loads with the first recall, not with the client
     from .engine import EmbeddingEngine, Reconstruction
@@ -491,7 +491,7 @@ class MemoryClient:
             exact = [t for t in searched if t in kept] if prepared.tier is None else []
             chosen = {}
 
-            def choose(tier: str, found: list[Candidate]) -> list[Candidate]:
+            def choose(tier: str, found: Candidates) -> list[Candidate]:
                 chosen[tier] = self._rerank(prepared, tier, found, k)
                 return [c for c, _, _ in chosen[tier]]
 
@@ -619,7 +619,7 @@ class MemoryClient:
         return vector, tier
 
     def _rerank(
-        self, query: _Query, tier: str, candidates: Sequence[Candidate], k: int
+        self, query: _Query, tier: str, candidates: Candidates, k: int
     ) -> list[tuple[Candidate, float, bool]]:
         """The k nearest of one tier's candidates as (candidate, feature distance, exact),
         nearest first (ties: KNN distance).
@@ -633,40 +633,27 @@ class MemoryClient:
         width = engine.schema.input_dim
         distances = np.full(len(candidates), np.inf)
         exact = np.zeros(len(candidates), dtype=bool)
-        rows = {
-            i: c.features
-            for i, c in enumerate(candidates)
-            if c.features is not None and c.features.shape == (width,)
-        }
-        with_state = [i for i, c in enumerate(candidates) if c.state and i not in rows]
-        if with_state:
-            states = [candidates[i].state for i in with_state]
+        measured = [rows for rows in candidates.features if rows.values.shape[1] == width]
+        if candidates.states:
+            positions = list(candidates.states)
+            states = [candidates.states[i] for i in positions]
             extracted, good, _ = engine.schema.extract_valid(states)
-            rows.update({with_state[j]: row for j, row in zip(good, extracted, strict=True)})
-        if rows:
-            measured = list(rows)
-            distances[measured] = feature_distances(query.reference, np.stack(list(rows.values())))
-            exact[measured] = True
-        rebuilt = {
-            i: c.reconstruction
-            for i, c in enumerate(candidates)
-            if c.reconstruction is not None and c.reconstruction.shape == (width,) and i not in rows
-        }
-        stored = {
-            i: c.vector
-            for i, c in enumerate(candidates)
-            if c.vector is not None and i not in rows and i not in rebuilt
-        }
-        if stored:
-            decoded = engine.decode(np.stack(list(stored.values())), tier)
-            rebuilt.update(zip(stored, decoded, strict=True))
-        if rebuilt:
-            distances[list(rebuilt)] = feature_distances(
-                query.reconstructed_reference(engine, tier), np.stack(list(rebuilt.values()))
-            )
-        knn = np.fromiter((c.distance for c in candidates), float, len(candidates))
-        order = np.lexsort((knn, distances))[:k]
-        return [(candidates[i], float(distances[i]), bool(exact[i])) for i in order.tolist()]
+            measured.append(Rows([positions[j] for j in good], extracted))
+        for rows in measured:
+            distances[rows.positions] = feature_distances(query.reference, rows.values)
+            exact[rows.positions] = True
+        rebuilt = [rows for rows in candidates.reconstructions if rows.values.shape[1] == width]
+        rebuilt += [
+            Rows(rows.positions, engine.decode(rows.values, tier)) for rows in candidates.vectors
+        ]
+        for rows in rebuilt:
+            reference = query.reconstructed_reference(engine, tier)
+            distances[rows.positions] = feature_distances(reference, rows.values)
+        order = np.lexsort((candidates.distances, distances))[:k].tolist()
+        return [
+            (candidate, float(distances[i]), bool(exact[i]))
+            for candidate, i in zip(candidates.chosen(order), order, strict=True)
+        ]
 
 
 class AgentMemory:

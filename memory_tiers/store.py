@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache, reduce
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import reduce
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -192,17 +192,54 @@ class Hit:
 
 
 class Candidate(NamedTuple):
-    """A KNN result with only what re-sorting it needs: its state's features (or, where the
-    record has none that the serving model wrote, its parsed state), or else its
-    reconstruction, or else its vector. A tuple: a recall makes 150 of them."""
+    """A chosen KNN result: its record's key and its distance to the query vector."""
 
     key: str
     distance: float
     """Squared Euclidean distance to the query vector (RediSearch's L2)."""
-    features: Vector | None = None
-    state: Any = None
-    vector: Vector | None = None
-    reconstruction: Vector | None = None
+
+
+class Rows(NamedTuple):
+    """One column of some of a tier's candidates, one row each, all of one width: which
+    candidates (`positions`) and their rows (`values`, (len(positions), width) float32)."""
+
+    positions: list[int]
+    values: Vector
+
+
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """One tier's KNN results with only what re-sorting them needs, as columns: a recall reads
+    three tiers of 50, and a tuple and an array per candidate cost more than the re-sort.
+
+    Candidate i is the record `keys[i]` at `distances[i]` (squared L2 to the query vector),
+    measured by at most one of: its state's features, where the serving model wrote them
+    (`features`); its stored reconstruction (`reconstructions`); its parsed state (`states`,
+    read for a record that has neither); its vector (`vectors`). Features and
+    reconstructions come as one Rows per width: one, unless the schema changed under some
+    records. A candidate with none (a record gone since the search) ranks last.
+    """
+
+    keys: list[bytes]
+    distances: npt.NDArray[np.float64]
+    features: list[Rows] = field(default_factory=list)
+    reconstructions: list[Rows] = field(default_factory=list)
+    vectors: list[Rows] = field(default_factory=list)
+    states: dict[int, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def chosen(self, positions: Iterable[int]) -> list[Candidate]:
+        """The candidates at `positions`, in that order."""
+        return [Candidate(text(self.keys[i]), float(self.distances[i])) for i in positions]
+
+    def unmeasured(self) -> list[int]:
+        """Positions of the candidates with nothing to measure them by."""
+        measured = set(self.states)
+        for rows in (*self.features, *self.reconstructions, *self.vectors):
+            measured.update(rows.positions)
+        return [i for i in range(len(self.keys)) if i not in measured]
 
 
 @dataclass(frozen=True)
@@ -669,7 +706,7 @@ class TierStore:
         self,
         vectors: Mapping[str, npt.ArrayLike],
         n: int,
-        choose: Callable[[str, list[Candidate]], list[Candidate]],
+        choose: Callable[[str, Candidates], list[Candidate]],
         *,
         meanwhile: Callable[[], object] | None = None,
         agent_id: str,
@@ -697,6 +734,7 @@ class TierStore:
         wrote them; one of a tier in RECONSTRUCTED_TIERS its stored reconstruction (written
         by the model of its vector, whichever that was); failing that, its parsed state, or,
         with no state, its vector (read on the way). Other candidates carry their vectors.
+        `choose` gets a tier's candidates as columns (`Candidates`).
 
         Candidates are not read with their agent_id (that field cost Redis ~170 us per tier of
         50); the hits are, and one of another agent (were the TAG filter ever to widen) is
@@ -709,11 +747,16 @@ class TierStore:
         where = _filter(agent_id, step_range, filters)
         label = f"KNN ({where})"
         commands: dict[str, tuple[Any, ...]] = {}
+        measures: dict[str, str] = {}
         for tier, vector in vectors.items():
             if tier in exact:
+                measures[tier] = FEATURES_FIELD
                 lean: tuple[str, ...] = (FEATURES_FIELD, "model_version")
             else:
-                lean = (RECONSTRUCTION_FIELD,) if tier in RECONSTRUCTED_TIERS else (VECTOR_FIELD,)
+                measures[tier] = (
+                    RECONSTRUCTION_FIELD if tier in RECONSTRUCTED_TIERS else VECTOR_FIELD
+                )
+                lean = (measures[tier],)
             commands[tier] = self._knn_command(self._tier(tier), vector, n, where, lean)
 
         def talk(conversation: Conversation) -> dict[str, list[Hit]]:
@@ -736,7 +779,7 @@ class TierStore:
                 send_next()
                 settings = self._tier(tier)
                 rows = _search_rows(self._ok(reply, label))
-                found = _decode_candidates(settings, rows, version if tier in exact else None)
+                found = _decode_candidates(settings, rows, measures[tier], version)
                 chosen[tier] = choose(tier, self._measurable(settings, found, conversation))
                 keys = [c.key for c in chosen[tier]]
                 if keys:
@@ -759,25 +802,42 @@ class TierStore:
         return self._converse(talk, label)
 
     def _measurable(
-        self, tier: TierSettings, found: list[Candidate], conversation: Conversation
-    ) -> list[Candidate]:
+        self, tier: TierSettings, found: Candidates, conversation: Conversation
+    ) -> Candidates:
         """`found`, each candidate with something to measure: those with no features,
         reconstruction or vector (records stored before reconstructions were) get their
-        record's parsed state, or else its vector (one more read; a record gone meanwhile is
-        left out)."""
-        unmeasured = [c.key for c in found if not _measured(c)]
+        record's parsed state, or else its vector (one more read; a record gone meanwhile
+        stays without).
+
+        Raises:
+            StoreError: a record has neither state nor vector.
+        """
+        unmeasured = found.unmeasured()
         if not unmeasured:
             return found
+        keys = [text(found.keys[i]) for i in unmeasured]
         [ticket] = conversation.send(
-            [self._read_command(tier.name, unmeasured, [STATE_FIELD, VECTOR_FIELD])]
+            [self._read_command(tier.name, keys, [STATE_FIELD, VECTOR_FIELD])]
         )
         rows = _search_rows(self._ok(conversation.reply(ticket), "reading records"))
-        records = {text(key): _document((key, fields)) for key, fields in rows}
-        return [
-            c if _measured(c) else _with_state(tier, c, records)
-            for c in found
-            if _measured(c) or c.key in records
-        ]
+        records = {text(key): fields for key, fields in rows}
+        states: dict[int, Any] = {}
+        raw_vectors: list[bytes | None] = [None] * len(found)
+        for i, key in zip(unmeasured, keys, strict=True):
+            if key not in records:
+                continue
+            fields = records[key]
+            if fields.get(_STATE_NAME) is not None:
+                states[i] = parsed_state(fields[_STATE_NAME])
+            elif fields.get(_VECTOR_NAME) is not None:
+                raw_vectors[i] = fields[_VECTOR_NAME]
+            else:
+                raise StoreError(f"search hit {key} is incomplete: no {VECTOR_FIELD}")
+        try:
+            vectors = _vector_rows(tier, found.keys, raw_vectors)
+        except ValueError as e:
+            raise StoreError(f"search hits are incomplete or corrupt: {e}") from e
+        return replace(found, states=states, vectors=[*found.vectors, *vectors])
 
     def attribute_rows(
         self,
@@ -1178,17 +1238,11 @@ def _quantized(rows: Vector) -> npt.NDArray[np.uint8]:
 def _reconstructions(raws: Sequence[bytes | None]) -> list[Vector | None]:
     """Stored reconstructions as float32 features in [0, 1] (None for an absent or empty
     one), those of one width converted together."""
-    rows: list[Vector | None] = [None] * len(raws)
-    by_width: defaultdict[int, dict[int, bytes]] = defaultdict(dict)
-    for i, raw in enumerate(raws):
-        if raw:
-            by_width[len(raw)][i] = raw
-    for width, same in by_width.items():
-        blob = np.frombuffer(b"".join(same.values()), dtype=np.uint8)
-        matrix = np.divide(blob, np.float32(255), dtype=np.float32).reshape(-1, width)
-        for i, row in zip(same, matrix, strict=True):
-            rows[i] = row
-    return rows
+    rebuilt: list[Vector | None] = [None] * len(raws)
+    for rows in _reconstruction_rows(raws):
+        for i, row in zip(rows.positions, rows.values, strict=True):
+            rebuilt[i] = row
+    return rebuilt
 
 
 def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> list[bytes] | None:
@@ -1207,13 +1261,6 @@ def _batch_vector_bytes(tier: TierSettings, records: Sequence[MemoryRecord]) -> 
     if not np.isfinite(stored).all():
         return None
     return [row.tobytes() for row in stored]
-
-
-def _decode_vector(tier: TierSettings, raw: bytes, key: str) -> Vector:
-    dtype = _DTYPES[tier.datatype]
-    if len(raw) != tier.dim * np.dtype(dtype).itemsize:
-        raise StoreError(f"{key}: vec has {len(raw)} bytes, {tier.dim} x {tier.datatype} expected")
-    return np.frombuffer(raw, dtype=dtype).astype(np.float32)
 
 
 def _decode_row(
@@ -1289,18 +1336,6 @@ def _search_rows(reply: Any) -> list[_Row]:
     return [(key, dict(zip(fields[::2], fields[1::2], strict=True))) for key, fields in pairs]
 
 
-def _document(row: _Row) -> dict[str, Any]:
-    """A row as {"id": key, field name (str): value}, for decoding a whole record."""
-    key, fields = row
-    return {"id": key, **{_name(name): value for name, value in fields.items()}}
-
-
-@lru_cache(maxsize=1024)
-def _name(raw: bytes | str) -> str:
-    """A reply's field name as str; cached, as a recall reads the same few names 1,000 times."""
-    return text(raw)
-
-
 def _own(agent_id: str, rows: list[_Row]) -> list[_Row]:
     """`rows` of `agent_id` alone: never hand one agent another's memories, even if the TAG
     filter were to widen."""
@@ -1313,67 +1348,89 @@ def _own(agent_id: str, rows: list[_Row]) -> list[_Row]:
 
 
 def _decode_candidates(
-    tier: TierSettings, rows: Sequence[_Row], version: str | None
-) -> list[Candidate]:
-    """Lean KNN rows as Candidates (a recall reads 150), with what each row carries: its
-    record's features if the model `version` wrote them, its reconstruction, its vector (a
-    tier's vectors converted together)."""
-    trusted = None if version is None else version.encode()
+    tier: TierSettings, rows: Sequence[_Row], measure: str, version: str
+) -> Candidates:
+    """Lean KNN rows as Candidates, with the field `measure` names where a row has it
+    (FEATURES_FIELD: only features the model `version` wrote), converted together.
+
+    Raises:
+        StoreError: a row has no distance, or a field of the wrong size.
+    """
     try:
-        keys = [text(key) for key, _ in rows]
-        distances = [float(fields[_DISTANCE_NAME]) for _, fields in rows]
-        raw_vectors = [fields.get(_VECTOR_NAME) for _, fields in rows]
-        vectors = _vectors_of(tier, keys, raw_vectors)
-        features = [
-            np.frombuffer(fields[_FEATURES_NAME], dtype=np.float32)
-            if trusted is not None
-            and fields.get(_FEATURES_NAME)
-            and fields.get(b"model_version") == trusted
-            else None
-            for _, fields in rows
-        ]
-        rebuilt = _reconstructions([fields.get(_RECONSTRUCTION_NAME) for _, fields in rows])
+        keys = [key for key, _ in rows]
+        distances = np.array([float(fields[_DISTANCE_NAME]) for _, fields in rows])
+        raws = [fields.get(measure.encode()) for _, fields in rows]
+        if measure == FEATURES_FIELD:
+            trusted = version.encode()
+            raws = [
+                raw if fields.get(b"model_version") == trusted else None
+                for raw, (_, fields) in zip(raws, rows, strict=True)
+            ]
+            return Candidates(keys, distances, features=_feature_rows(raws))
+        if measure == RECONSTRUCTION_FIELD:
+            return Candidates(keys, distances, reconstructions=_reconstruction_rows(raws))
+        return Candidates(keys, distances, vectors=_vector_rows(tier, keys, raws))
     except (KeyError, ValueError) as e:
         raise StoreError(f"search hits are incomplete or corrupt: {e!r}") from e
+
+
+def _rows_by_length(
+    raws: Sequence[bytes | None], convert: Callable[[bytes, int], Vector]
+) -> list[Rows]:
+    """The non-empty `raws` as Rows, one per byte length: `convert(joined bytes, count)`
+    gives the matrix of those rows."""
+    positions: defaultdict[int, list[int]] = defaultdict(list)
+    values: defaultdict[int, list[bytes]] = defaultdict(list)
+    for i, raw in enumerate(raws):
+        if raw:
+            positions[len(raw)].append(i)
+            values[len(raw)].append(raw)
     return [
-        Candidate(
-            key,
-            distance,
-            row_features,
-            vector=None if raw is None else next(vectors),
-            reconstruction=row_rebuilt,
-        )
-        for key, distance, row_features, raw, row_rebuilt in zip(
-            keys, distances, features, raw_vectors, rebuilt, strict=True
-        )
+        Rows(positions[length], convert(b"".join(same), len(same)))
+        for length, same in values.items()
     ]
 
 
-def _vectors_of(
-    tier: TierSettings, keys: Sequence[str], raw_vectors: Sequence[bytes | None]
-) -> Iterator[Vector]:
-    """The vectors present among `raw_vectors` (the rows of `keys`), converted together, in
-    order.
+def _feature_rows(raws: Sequence[bytes | None]) -> list[Rows]:
+    """Stored features (float32 bytes) as Rows.
 
     Raises:
-        ValueError: one is not the tier's size, naming its key.
+        ValueError: one is not whole float32s.
     """
-    present = [raw for raw in raw_vectors if raw is not None]
-    if not present:
-        return iter(())
-    dtype = _DTYPES[tier.datatype]
-    size = tier.dim * np.dtype(dtype).itemsize
-    bad = next(
-        (
-            k
-            for k, raw in zip(keys, raw_vectors, strict=True)
-            if raw is not None and len(raw) != size
-        ),
-        None,
+    return _rows_by_length(
+        raws, lambda joined, count: np.frombuffer(joined, dtype=np.float32).reshape(count, -1)
     )
+
+
+def _reconstruction_rows(raws: Sequence[bytes | None]) -> list[Rows]:
+    """Stored reconstructions as Rows of float32 features in [0, 1]."""
+
+    def dequantized(joined: bytes, count: int) -> Vector:
+        quantized = np.frombuffer(joined, dtype=np.uint8).reshape(count, -1)
+        rows: Vector = np.divide(quantized, np.float32(255), dtype=np.float32)
+        return rows
+
+    return _rows_by_length(raws, dequantized)
+
+
+def _vector_rows(
+    tier: TierSettings, keys: Sequence[bytes | str], raw_vectors: Sequence[bytes | None]
+) -> list[Rows]:
+    """The vectors present among `raw_vectors` (the rows of `keys`) as Rows, converted
+    together; [] if none is.
+
+    Raises:
+        ValueError: one (an empty one too) is not the tier's size, naming its key.
+    """
+    present = [(i, raw) for i, raw in enumerate(raw_vectors) if raw is not None]
+    if not present:
+        return []
+    size = tier.dim * np.dtype(_DTYPES[tier.datatype]).itemsize
+    bad = next((i for i, raw in present if len(raw) != size), None)
     if bad is not None:
-        raise ValueError(f"{bad}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
-    return iter(_vector_matrix(tier, present))
+        raise ValueError(f"{text(keys[bad])}: {VECTOR_FIELD} is not {tier.dim} x {tier.datatype}")
+    matrix = _vector_matrix(tier, [raw for _, raw in present])
+    return [Rows([i for i, _ in present], matrix)]
 
 
 def _vector_matrix(tier: TierSettings, raws: Sequence[bytes]) -> npt.NDArray[np.float32]:
@@ -1381,24 +1438,6 @@ def _vector_matrix(tier: TierSettings, raws: Sequence[bytes]) -> npt.NDArray[np.
     (N, dim) float32 matrix: (N * dim,) joined, converted in one copy."""
     joined = np.frombuffer(b"".join(raws), dtype=_DTYPES[tier.datatype])
     return joined.reshape(len(raws), tier.dim).astype(np.float32)
-
-
-def _measured(candidate: Candidate) -> bool:
-    """Whether the candidate carries features, a reconstruction or a vector to measure."""
-    return not (
-        candidate.features is None and candidate.reconstruction is None and candidate.vector is None
-    )
-
-
-def _with_state(tier: TierSettings, candidate: Candidate, docs: Mapping[str, Any]) -> Candidate:
-    """`candidate` with its record's parsed state from `docs`, or its vector if it has none."""
-    doc = docs[candidate.key]
-    state, raw_vector = doc.get(STATE_FIELD), doc.get(VECTOR_FIELD)
-    if state is not None:
-        return candidate._replace(state=parsed_state(state))
-    if raw_vector is None:
-        raise StoreError(f"search hit {candidate.key} is incomplete: no {VECTOR_FIELD}")
-    return candidate._replace(vector=_decode_vector(tier, raw_vector, candidate.key))
 
 
 def parsed_state(raw: bytes | str | None) -> Any:
@@ -1431,12 +1470,16 @@ def _decoded_hits(
     vectors converted together."""
     raw_vectors = [fields.get(_VECTOR_NAME) for _, fields, _ in found]
     try:
-        vectors = _vectors_of(tier, [key for key, _, _ in found], raw_vectors)
+        vectors: dict[int, Vector] = {
+            i: row
+            for rows in _vector_rows(tier, [key for key, _, _ in found], raw_vectors)
+            for i, row in zip(rows.positions, rows.values, strict=True)
+        }
     except ValueError as e:
         raise StoreError(f"search hits are incomplete or corrupt: {e}") from e
     return [
-        _decode_hit(tier, keys, key, fields, distance, None if raw is None else next(vectors))
-        for (key, fields, distance), raw in zip(found, raw_vectors, strict=True)
+        _decode_hit(tier, keys, key, fields, distance, vectors.get(i))
+        for i, (key, fields, distance) in enumerate(found)
     ]
 
 

@@ -37,7 +37,7 @@ from memory_tiers.scheduler import ConsolidationScheduler
 from memory_tiers.server import EmbeddedRedis
 from memory_tiers.sim import simulate_states
 from memory_tiers.status import Heartbeat, beat
-from memory_tiers.store import Candidate, MemoryRecord, TierStore, index_states
+from memory_tiers.store import Candidate, Candidates, MemoryRecord, TierStore, index_states
 
 HOSTILE_NUMBERS: list[tuple[dict[str, str], str]] = [
     ({"step": "9" * 400}, "step="),
@@ -263,7 +263,7 @@ def test_a_recall_abandoned_midway_leaves_no_unread_reply_behind(
         )  # fmt: skip
         store.write(tier, [record])
 
-    def give_up(tier: str, found: list[Candidate]) -> list[Candidate]:
+    def give_up(tier: str, found: Candidates) -> list[Candidate]:
         raise RuntimeError(f"stopped at {tier}")
 
     query = {tier: vectors[tier][0] for tier in ("stm", "im", "ltm")}
