@@ -720,15 +720,15 @@ class TierStore:
         hits (`hits`), in that order.
 
         One connection, Redis and Python working at once: each tier's candidates are chosen
-        as its reply arrives, while Redis answers the next tier's KNN, and each tier's hits
-        are asked for as soon as chosen. The KNNs go one write apart, never all at once:
-        Redis writes the replies of the commands it read together only after running them
-        all, so three KNNs sent together answer the first after all three ran (measured,
-        100k records a tier: first reply 1.7-1.8 ms after sending, 0.7-0.85 ms when sent
-        alone). The first goes alone; `meanwhile()` (work of the caller's that needs no
-        reply; it may run again if the round is retried) runs while Redis answers it; the
-        second follows, and each later one as a reply comes in, so one KNN always waits
-        queued behind the one Redis runs, in a read of its own.
+        as its reply arrives, while Redis answers the next tier's KNN. Redis writes the
+        replies of the commands it read together only after running them all (three KNNs
+        sent together answered the first 1.7-1.8 ms after sending, one sent alone 0.7-0.85
+        ms; 100k records a tier), so the KNNs go one write apart: the first alone, then
+        `meanwhile()` (work of the caller's that needs no reply; it may run again if the
+        round is retried) while Redis answers it, then the second, and each later one as a
+        reply comes in; one KNN always waits queued behind the one Redis runs. For the same
+        reason the chosen hits are asked for once every KNN has answered (those chosen so
+        far while the last tier is chosen): sent sooner, they would hold back a KNN's reply.
 
         A candidate of a tier in `exact` carries its state's features if the model `version`
         wrote them; one of a tier in RECONSTRUCTED_TIERS its stored reconstruction (written
@@ -746,18 +746,17 @@ class TierStore:
         """
         where = _filter(agent_id, step_range, filters)
         label = f"KNN ({where})"
-        commands: dict[str, tuple[Any, ...]] = {}
-        measures: dict[str, str] = {}
-        for tier, vector in vectors.items():
-            if tier in exact:
-                measures[tier] = FEATURES_FIELD
-                lean: tuple[str, ...] = (FEATURES_FIELD, "model_version")
-            else:
-                measures[tier] = (
-                    RECONSTRUCTION_FIELD if tier in RECONSTRUCTED_TIERS else VECTOR_FIELD
-                )
-                lean = (measures[tier],)
-            commands[tier] = self._knn_command(self._tier(tier), vector, n, where, lean)
+        measures = {tier: _measure(tier, tier in exact) for tier in vectors}
+        commands = {
+            tier: self._knn_command(
+                self._tier(tier),
+                vector,
+                n,
+                where,
+                (FEATURES_FIELD, "model_version") if tier in exact else (measures[tier],),
+            )
+            for tier, vector in vectors.items()
+        }
 
         def talk(conversation: Conversation) -> dict[str, list[Hit]]:
             unsent = list(commands)
@@ -768,22 +767,32 @@ class TierStore:
                     tier = unsent.pop(0)
                     [knn[tier]] = conversation.send([commands[tier]])
 
+            due: dict[str, Command] = {}
+            reads: dict[str, int] = {}
+
+            def send_reads() -> None:
+                reads.update(zip(due, conversation.send(list(due.values())), strict=True))
+                due.clear()
+
             send_next()
             if meanwhile is not None:
                 meanwhile()
             send_next()
             chosen: dict[str, list[Candidate]] = {}
-            reads: dict[str, int] = {}
+            last = list(commands)[-1]
             for tier in commands:
                 reply = conversation.reply(knn[tier])
                 send_next()
+                if tier == last:
+                    send_reads()
                 settings = self._tier(tier)
                 rows = _search_rows(self._ok(reply, label))
                 found = _decode_candidates(settings, rows, measures[tier], version)
                 chosen[tier] = choose(tier, self._measurable(settings, found, conversation))
                 keys = [c.key for c in chosen[tier]]
                 if keys:
-                    [reads[tier]] = conversation.send([self._read_command(tier, keys, HIT_FIELDS)])
+                    due[tier] = self._read_command(tier, keys, HIT_FIELDS)
+            send_reads()
             return {
                 tier: _hits_of(
                     self._tier(tier),
@@ -1345,6 +1354,14 @@ def _own(agent_id: str, rows: list[_Row]) -> list[_Row]:
     leaked = [text(key) for key, fields in rows if fields.get(b"agent_id") != own]
     log.error("KNN for agent %r returned other agents' keys %s", agent_id, leaked[:5])
     return [(key, fields) for key, fields in rows if fields.get(b"agent_id") == own]
+
+
+def _measure(tier: str, exact: bool) -> str:
+    """The field recall measures a tier's candidates by: their states' features where `exact`,
+    else their stored reconstructions where the tier keeps them, else their vectors."""
+    if exact:
+        return FEATURES_FIELD
+    return RECONSTRUCTION_FIELD if tier in RECONSTRUCTED_TIERS else VECTOR_FIELD
 
 
 def _decode_candidates(
