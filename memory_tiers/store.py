@@ -779,7 +779,7 @@ class TierStore:
                 meanwhile()
             send_next()
             chosen: dict[str, list[Candidate]] = {}
-            last = list(commands)[-1]
+            last = next(reversed(commands), None)
             for tier in commands:
                 reply = conversation.reply(knn[tier])
                 send_next()

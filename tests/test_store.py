@@ -14,7 +14,7 @@ from redisvl.query.filter import Tag
 
 from memory_tiers import TIERS, ConfigError, Keys, Settings, StoreError
 from memory_tiers.server import EmbeddedRedis
-from memory_tiers.store import MemoryRecord, TierStore
+from memory_tiers.store import Candidate, Candidates, MemoryRecord, TierStore
 
 T0 = 1_732_600_000_000
 HOSTILE_AGENTS = ("a}|@x:{", "a", "A", "a b-c", "a,b", "a*", "-a", "@agent_id:{a}")
@@ -417,6 +417,46 @@ def test_a_records_own_vector_finds_it_first_at_distance_zero(
             record.step, record.ts, record.model_version,
         )  # fmt: skip
         assert hits[0].state == json.loads(record.state_json or "")
+
+
+def test_a_recall_round_hands_each_tier_its_candidates_and_reads_back_what_is_chosen(
+    store: TierStore, populated: list[MemoryRecord]
+) -> None:
+    query = np.random.default_rng(12).standard_normal(384).astype(np.float32)
+    own = sorted(
+        (r for r in populated if r.agent_id == "bob"),
+        key=lambda r: float(np.sum((r.vector - query) ** 2)),
+    )
+    ran: list[str] = []
+    seen: dict[str, Candidates] = {}
+
+    def choose(tier: str, found: Candidates) -> list[Candidate]:
+        ran.append(tier)
+        seen[tier] = found
+        return found.chosen(np.argsort(found.distances)[2::-1].tolist())  # 3rd, 2nd, 1st
+
+    hits = store.recall_round(
+        {"stm": query, "im": np.zeros(128, np.float32)}, 10, choose,
+        meanwhile=lambda: ran.append("meanwhile"), agent_id="bob",
+    )  # fmt: skip
+
+    assert ran == ["meanwhile", "stm", "im"]
+    stm = seen["stm"]
+    order = np.argsort(stm.distances)
+    assert [stm.keys[i].decode() for i in order] == [f"mt:stm:{r.entry_id}" for r in own[:10]]
+    np.testing.assert_allclose(
+        stm.distances[order], [np.sum((r.vector - query) ** 2) for r in own[:10]], rtol=1e-4
+    )
+    [vectors] = stm.vectors  # an STM tier not measured exactly: by its vectors
+    np.testing.assert_array_equal(
+        vectors.values[np.argsort(stm.distances[vectors.positions])], [r.vector for r in own[:10]]
+    )
+    assert len(seen["im"]) == 0
+    assert [h.entry_id for h in hits["stm"]] == [r.entry_id for r in own[2::-1]]
+    assert [h.state for h in hits["stm"]] == [json.loads(r.state_json or "") for r in own[2::-1]]
+    assert hits["im"] == []
+    assert store.recall_round({}, 10, choose, agent_id="bob") == {}
+    assert ran == ["meanwhile", "stm", "im"]
 
 
 def test_step_range_and_extra_filters(store: TierStore, populated: list[MemoryRecord]) -> None:
