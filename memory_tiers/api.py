@@ -56,7 +56,7 @@ from .errors import (
     StoreError,
 )
 from .gateway import MAX_K, AccessDenied, MemoryGateway, NotFound, RecallFilter
-from .protocol import MAX_AGENT_ID_LENGTH, tag_problem
+from .protocol import KINDS, MAX_AGENT_ID_LENGTH, tag_problem
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ AgentId = Annotated[
 ]  # fmt: skip
 Tier = Literal["stm", "im", "ltm"]
 assert get_args(Tier) == TIERS, "the API's tier names follow constants.TIERS"
+Kind = Literal["state", "action"]
+assert get_args(Kind) == KINDS, "the API's kinds follow protocol.KINDS"
 
 
 def _all_tiers() -> list[Tier]:
@@ -123,7 +125,7 @@ class Memory(BaseModel):
     ts: int | None = Field(
         None, description="Milliseconds since the epoch; default: when Redis took the entry."
     )
-    kind: Literal["state", "action"] = Field("state", description="What `state` holds.")
+    kind: Kind = Field("state", description="What `state` holds.")
     importance: float | None = Field(None, description="A finite number, kept for filters.")
 
 
@@ -161,6 +163,12 @@ class Filters(BaseModel):
     agent_type: list[str] | None = Field(None, description="One of these agent types.")
     importance: Range | None = None
     ts: Range | None = Field(None, description="Epoch milliseconds.")
+    kind: list[Kind] | None = Field(
+        None,
+        min_length=1,
+        description='Only memories of these kinds: ["state"] keeps actions out. Memories '
+        "stored before kinds were recorded match neither.",
+    )
     where: dict[str, list[float | None] | list[str] | str] | None = Field(
         None,
         description=(
@@ -178,6 +186,7 @@ class Filters(BaseModel):
                                                                self.importance.max),
             ts=None if self.ts is None else (_int(self.ts.min), _int(self.ts.max)),
             where=self.where,
+            kinds=tuple(self.kind) if self.kind else None,
         )  # fmt: skip
 
 

@@ -172,12 +172,15 @@ class AsyncMemoryClient:
         tiers: Sequence[str] = TIERS,
         step_range: tuple[int, int] | None = None,
         filters: Any = None,
+        where: Mapping[str, Any] | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> Recall:
         """The memories of `agent_id` nearest to `query`, per tier and merged: exactly
         MemoryClient.recall (same arguments, same errors), in a worker thread."""
         return await asyncio.to_thread(
-            self.recall_client.recall, agent_id, query, k, tiers, step_range, filters
-        )
+            self.recall_client.recall,
+            agent_id, query, k, tiers, step_range, filters, where=where, kinds=kinds,
+        )  # fmt: skip
 
     async def reconstruct(self, hit: Hit | MergedHit) -> Reconstruction:
         """An approximate readable state of a hit; see MemoryClient.reconstruct."""

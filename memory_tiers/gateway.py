@@ -61,6 +61,8 @@ class RecallFilter:
     """Only memories with ts (epoch ms) in [low, high]."""
     where: Mapping[str, Any] | None = None
     """Conditions on state fields, as `MemoryClient.recall(where=...)` takes them."""
+    kinds: tuple[str, ...] | None = None
+    """Only memories of these kinds, as `MemoryClient.recall(kinds=...)` takes them."""
 
 
 def filter_expression(spec: RecallFilter | None) -> FilterExpression | None:
@@ -176,6 +178,7 @@ class MemoryGateway:
         found = self.client.recall(
             agent_id, target, k, tiers, step_range, filter_expression(spec),
             where=None if spec is None else spec.where,
+            kinds=None if spec is None else spec.kinds,
         )  # fmt: skip
         return recall_json(found, with_vectors)
 

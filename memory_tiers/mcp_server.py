@@ -12,7 +12,7 @@ an agent-limited key reaches only its agents: the tools read the key from the re
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from mcp.server import MCPServer
@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 
 from .auth import ApiKey, ApiKeys
 from .errors import MemoryTiersError
-from .gateway import MemoryGateway
+from .gateway import MemoryGateway, RecallFilter
 
 MCP_PATH = "/mcp"
 """Where the streamable HTTP transport listens."""
@@ -101,6 +101,19 @@ def create_server(gateway: MemoryGateway, keys: ApiKeys | None = None) -> MCPSer
             list[str] | None,
             Field(description="Search only these of 'stm', 'im', 'ltm' (default: all)."),
         ] = None,
+        where: Annotated[
+            dict[str, Any] | None,
+            Field(
+                description="Only memories whose state matches every condition: a numeric "
+                "field -> [low, high] (inclusive, null for open), a categorical one -> a value "
+                'or a list of values, e.g. {"health": [null, 20], "status": "idle"}. A memory '
+                "whose state left the field out never matches."
+            ),
+        ] = None,
+        kinds: Annotated[
+            list[Literal["state", "action"]] | None,
+            Field(description="Only memories of these kinds (default: both)."),
+        ] = None,
     ) -> dict[str, Any]:
         """Find the agent's remembered states most similar to `state`, nearest first, across
         short-term (stm), intermediate (im) and long-term (ltm) memory. Each memory has its
@@ -108,9 +121,10 @@ def create_server(gateway: MemoryGateway, keys: ApiKeys | None = None) -> MCPSer
         approximate. `feature_distance` is 0 for an identical state and grows with difference."""
         key = caller(ctx)
         searched = tuple(tiers) if tiers else ("stm", "im", "ltm")
+        spec = RecallFilter(where=where, kinds=tuple(kinds) if kinds else None)
 
         def work() -> dict[str, Any]:
-            found = gateway.recall(key, agent_id, state, k, searched, with_vectors=True)
+            found = gateway.recall(key, agent_id, state, k, searched, spec=spec, with_vectors=True)
             return {"memories": [_memory(gateway, hit) for hit in found["merged"]]}
 
         return await _run(work)

@@ -143,6 +143,29 @@ def test_recall_by_vector_with_filters_and_vectors(
     ]
 
 
+def test_recall_keeps_to_the_kinds_asked_for(api: httpx.Client, with_daemon: None) -> None:
+    states = states_of("bot-2", 4, seed=6)
+    state_ids = remember_all(api, "bot-2", states)
+    action = {"action_type": "gather", "action_params": {"amount": 5}}
+    reply = api.post(
+        "/v1/memories", json={"agent_id": "bot-2", "state": action, "kind": "action", "step": 9}
+    )
+    assert reply.status_code == 201, reply.text
+    action_id = reply.json()["entry_id"]
+    wait_for(lambda: stored(api, action_id), 30, "the action stored")
+
+    def recalled(filters: dict[str, Any]) -> list[str]:
+        body = {"agent_id": "bot-2", "state": states[0], "k": 10, "tiers": ["stm"]}
+        reply = api.post("/v1/recall", json={**body, "filters": filters})
+        assert reply.status_code == 200, reply.text
+        return sorted(hit["entry_id"] for hit in reply.json()["merged"])
+
+    assert recalled({"kind": ["action"]}) == [action_id]
+    assert recalled({"kind": ["state"]}) == sorted(state_ids)
+    everything = sorted([*state_ids, action_id])
+    assert recalled({"kind": ["state", "action"]}) == recalled({}) == everything
+
+
 def test_entry_status_tells_pending_dead_lettered_and_unknown(
     api: httpx.Client, api_settings: Settings, engine: EmbeddingEngine, redis_client: redis.Redis
 ) -> None:
@@ -282,6 +305,10 @@ def test_keys_never_reach_the_settings_repr(tmp_path: Path) -> None:
          422, "filters.where.mood"),
         ("/v1/recall", {"agent_id": "bot-1", "state": {},
                         "filters": {"where": {"health": [5, 1]}}}, 422, "filters.where.health"),
+        ("/v1/recall", {"agent_id": "bot-1", "state": {}, "filters": {"kind": []}}, 422,
+         "filters.kind"),
+        ("/v1/recall", {"agent_id": "bot-1", "state": {}, "filters": {"kind": ["thought"]}},
+         422, "filters.kind.0"),
         ("/v1/memories", {"agent_id": "bot-1", "state": {}, "step": 2**60}, 422, "step"),
         ("/v1/memories", {"agent_id": "bot-1", "state": [1]}, 422, "state"),
         ("/v1/memories", {"agent_id": "bot-1", "state": {}, "colour": 1}, 422, "colour"),

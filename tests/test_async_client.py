@@ -85,12 +85,14 @@ def test_recall_is_memory_client_recall(
             recalls = await asyncio.gather(
                 memory.recall("a-1", query, k=4),
                 memory.recall("a-1", query, k=2, tiers=("stm",), step_range=(3, 7)),
+                memory.recall("a-1", query, k=8, where={"health": (None, 70)}, kinds=["state"]),
+                memory.recall("a-1", query, k=8, kinds=["action"]),
             )
             rebuilt = await memory.reconstruct(recalls[0].merged[0])
             return [*recalls, rebuilt]
 
     with running(daemon(settings, engine, "async-test", consolidate=False)):
-        full, narrow, rebuilt = asyncio.run(remember_then_recall())
+        full, narrow, unhealthy, actions, rebuilt = asyncio.run(remember_then_recall())
     sync = MemoryClient(redis.Redis.from_url(redis_server.url), settings, engine)
     expected = sync.recall("a-1", query, k=4)
     assert [(m.tier, m.hit.key, m.exact) for m in full.merged] == [
@@ -102,4 +104,6 @@ def test_recall_is_memory_client_recall(
     narrow_sync = sync.recall("a-1", query, k=2, tiers=("stm",), step_range=(3, 7))
     assert [h.key for h in narrow.by_tier["stm"]] == [h.key for h in narrow_sync.by_tier["stm"]]
     assert all(3 <= h.step <= 7 for h in narrow.by_tier["stm"])
+    assert sorted(h.step for h in unhealthy.by_tier["stm"]) == [5, 6, 7]  # health 65, 59, 53
+    assert len(actions) == 0
     assert rebuilt.state == sync.reconstruct(expected.merged[0]).state

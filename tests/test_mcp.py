@@ -61,6 +61,20 @@ async def remember_and_recall(client: Client, agent: str, state: dict[str, Any])
     assert found["memories"][0]["entry_id"] == entry_id
     assert found["memories"][0]["state"] == state
     assert found["memories"][0]["exact_state"] is True and found["memories"][0]["step"] == 3
+    health = state["health"]
+    for where, kinds, expected in (
+        ({"health": [health - 0.5, None]}, ["state"], [entry_id]),
+        ({"health": [health + 0.5, None]}, None, []),
+        (None, ["action"], []),
+    ):
+        narrowed = await call(
+            client, "recall", agent_id=agent, state=partial, k=3, where=where, kinds=kinds
+        )
+        assert [m["entry_id"] for m in narrowed["memories"]] == expected, (where, kinds)
+    refused = await client.call_tool(
+        "recall", {"agent_id": agent, "state": partial, "where": {"mood": "calm"}}
+    )
+    assert refused.is_error and "'mood' is not a filterable field" in str(refused.content)
     rebuilt = await call(client, "reconstruct", agent_id=agent, entry_id=entry_id)
     assert rebuilt["tier"] == "stm" and rebuilt["kept_state"] == state
     assert {"health", "energy", "agent_type"} <= set(rebuilt["state"])  # decoded: approximate
