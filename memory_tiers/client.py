@@ -480,10 +480,9 @@ class MemoryClient:
         chosen candidates with their feature distances, their hits)."""
         if isinstance(query, Mapping) and (given := self._partial_fields(query)):
             query_tier = None
-            reference, chosen = self._rank_partial(
+            reference, chosen, hits = self._rank_partial(
                 store, agent_id, query, given, k, searched, step_range, filters
             )
-            hits = store.hits({tier: [c for c, _, _ in ranked] for tier, ranked in chosen.items()})
         else:
             prepared = self._prepare(query, searched)
             query_tier, reference = prepared.tier, prepared.reference
@@ -548,35 +547,38 @@ class MemoryClient:
         searched: Sequence[str],
         step_range: tuple[int, int] | None,
         filters: Any,
-    ) -> tuple[FloatArray, dict[str, list[tuple[Candidate, float, bool]]]]:
+    ) -> tuple[FloatArray, _Chosen, dict[str, list[Hit]]]:
         """Recall by the fields a partial state gives: every memory of the agent (matching the
         filters) is ranked exactly by feature distance over those fields' slots alone, read
         from its state attributes, in every tier alike. Missing fields pull toward nothing.
 
         Returns:
-            The query's features (its given fields; defaults elsewhere), and per tier the k
-            nearest as (candidate, distance, exact).
+            The query's features (its given fields; defaults elsewhere), per tier the k
+            nearest as (candidate, distance, exact), and their hits.
         """
         schema = self.engine.schema
-        slices = schema.slices()
-        slots = np.concatenate(
-            [np.arange(slices[a.field].start, slices[a.field].stop) for a in given]
-        )
-        reference = schema.extract({a.field: query[a.field] for a in given})  # (input_dim,)
-        rows = store.attribute_rows(
-            searched, agent_id, [a.name for a in given], step_range=step_range, filters=filters
-        )
-        chosen: dict[str, list[tuple[Candidate, float, bool]]] = {}
-        for tier, records in rows.items():
+        asked = {a.field: query[a.field] for a in given}
+        reference = schema.extract(asked)  # (input_dim,)
+        fields = schema.restricted_to(asked)  # the given fields' slots alone, as `schema` has them
+        queried = fields.extract(asked)
+        chosen: _Chosen = {}
+
+        def choose(tier: str, records: list[tuple[str, dict[str, str]]]) -> list[Candidate]:
             states = [_partial_state(given, values) for _, values in records]
-            features = schema.extract_batch(states) if states else np.zeros((0, len(reference)))
-            distances = np.mean((features[:, slots] - reference[slots]) ** 2, axis=1)
-            order = sorted(range(len(records)), key=lambda i: (distances[i], records[i][0]))[:k]
+            features = fields.extract_batch(states) if states else np.zeros((0, fields.input_dim))
+            distances = np.mean((features - queried) ** 2, axis=1)
+            keys = [key for key, _ in records]
+            order = np.lexsort((np.array(keys), distances))[:k].tolist()
             chosen[tier] = [
-                (Candidate(records[i][0], float(distances[i])), float(distances[i]), True)
-                for i in order
+                (Candidate(keys[i], float(distances[i])), float(distances[i]), True) for i in order
             ]
-        return reference, chosen
+            return [candidate for candidate, _, _ in chosen[tier]]
+
+        names = [a.name for a in given]
+        hits = store.attribute_round(
+            searched, agent_id, names, choose, step_range=step_range, filters=filters
+        )
+        return reference, chosen, hits
 
     def _prepare(self, query: Mapping[str, Any] | npt.ArrayLike, tiers: Sequence[str]) -> _Query:
         """The query's vector in each searched tier, and its features."""

@@ -42,7 +42,7 @@ import reprlib
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -338,6 +338,17 @@ class FeatureSchema:
     def slices(self) -> dict[str, slice]:
         """Field name -> its slots in a feature vector, in layout order; `HASHED` is last."""
         return dict(self._layout.slices)
+
+    def restricted_to(self, names: Collection[str]) -> FeatureSchema:
+        """This schema's fields named in `names` alone, without hashed slots: each is
+        featurized exactly as here, in fewer slots (a recall by a few fields ranks on them)."""
+        return FeatureSchema(
+            numeric=tuple(f for f in self.numeric if f.name in names),
+            categorical=tuple(f for f in self.categorical if f.name in names),
+            grids=tuple(f for f in self.grids if f.name in names),
+            hashed_slots=0,
+            default=self.default,
+        )
 
     def slot_names(self) -> tuple[str, ...]:
         """A readable name per feature slot: `health`, `status[idle]`, `status[other]`,

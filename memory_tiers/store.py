@@ -717,18 +717,9 @@ class TierStore:
     ) -> dict[str, list[Hit]]:
         """Per tier of `vectors`: the `n` records of one agent nearest to its vector, lean, as
         Candidates; `choose(tier, candidates)` picks and orders the ones to return; their full
-        hits (`hits`), in that order.
-
-        One connection, Redis and Python working at once: each tier's candidates are chosen
-        as its reply arrives, while Redis answers the next tier's KNN. Redis writes the
-        replies of the commands it read together only after running them all (three KNNs
-        sent together answered the first 1.7-1.8 ms after sending, one sent alone 0.7-0.85
-        ms; 100k records a tier), so the KNNs go one write apart: the first alone, then
-        `meanwhile()` (work of the caller's that needs no reply; it may run again if the
-        round is retried) while Redis answers it, then the second, and each later one as a
-        reply comes in; one KNN always waits queued behind the one Redis runs. For the same
-        reason the chosen hits are asked for once every KNN has answered (those chosen so
-        far while the last tier is chosen): sent sooner, they would hold back a KNN's reply.
+        hits, in that order. One round (`_round`): `meanwhile()` runs while Redis answers the
+        first tier (work of the caller's that needs no reply; it may run again if the round
+        is retried).
 
         A candidate of a tier in `exact` carries its state's features if the model `version`
         wrote them; one of a tier in RECONSTRUCTED_TIERS its stored reconstruction (written
@@ -745,7 +736,6 @@ class TierStore:
             StoreError: Redis failed, or a record is corrupt.
         """
         where = _filter(agent_id, step_range, filters)
-        label = f"KNN ({where})"
         measures = {tier: _measure(tier, tier in exact) for tier in vectors}
         commands = {
             tier: self._knn_command(
@@ -758,14 +748,83 @@ class TierStore:
             for tier, vector in vectors.items()
         }
 
+        def pick(tier: str, rows: list[_Row], conversation: Conversation) -> list[Candidate]:
+            settings = self._tier(tier)
+            found = _decode_candidates(settings, rows, measures[tier], version)
+            return choose(tier, self._measurable(settings, found, conversation))
+
+        return self._round(commands, pick, f"KNN ({where})", agent_id, meanwhile)
+
+    def attribute_round(
+        self,
+        tiers: Sequence[str],
+        agent_id: str,
+        names: Sequence[str],
+        choose: Callable[[str, list[tuple[str, dict[str, str]]]], list[Candidate]],
+        *,
+        step_range: tuple[int, int] | None = None,
+        filters: FilterExpression | None = None,
+        limit: int = MAX_ATTRIBUTE_ROWS,
+    ) -> dict[str, list[Hit]]:
+        """Per tier, every record of one agent that matches the filters (at most `limit`) as
+        (key, {attribute: value}) of the attributes `names` it has; `choose(tier, rows)` picks
+        and orders the ones to return; their full hits, in that order. One round (`_round`).
+
+        Raises:
+            ValueError: a bad agent_id or step_range.
+            StoreError: Redis failed, or a hit is corrupt.
+        """
+        where = str(_filter(agent_id, step_range, filters))
+        returned = ["agent_id", *names]
+        commands: dict[str, Command] = {}
+        for tier in tiers:
+            commands[tier] = (
+                "FT.SEARCH", self.keys.index(self._tier(tier).name), where,
+                "RETURN", len(returned), *returned, "LIMIT", 0, limit, "DIALECT", 2,
+            )  # fmt: skip
+        raw_names = [(name, name.encode()) for name in names]
+
+        def pick(tier: str, rows: list[_Row], _: Conversation) -> list[Candidate]:
+            records = [
+                (text(key), {name: text(fields[raw]) for name, raw in raw_names if raw in fields})
+                for key, fields in _own(agent_id, rows)
+            ]
+            return choose(tier, records)
+
+        return self._round(commands, pick, f"reading attributes ({where})", agent_id)
+
+    def _round(
+        self,
+        commands: dict[str, Command],
+        pick: Callable[[str, list[_Row], Conversation], list[Candidate]],
+        label: str,
+        agent_id: str,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> dict[str, list[Hit]]:
+        """Per tier: its search's rows, `pick`ed (the chosen candidates, in order), then the
+        full hits of those, read through the index (INKEYS, as a user allowed to search but
+        not to read records can); a record gone since the search is left out.
+
+        One connection, Redis and Python working at once: each tier's rows are picked as its
+        reply arrives, while Redis answers the next tier's search. Redis writes the replies
+        of the commands it read together only after running them all (three KNNs sent
+        together answered the first 1.7-1.8 ms after sending, one sent alone 0.7-0.85 ms;
+        100k records a tier), so the searches go one write apart: the first alone, then
+        `meanwhile()` while Redis answers it and the second after it (one search then waits
+        queued behind the one Redis runs), or with nothing to do meanwhile the second once the
+        first has answered; each later one as a reply comes in. For the same reason the
+        chosen hits are asked for once every search has answered (those chosen so far while
+        the last tier is picked): sent sooner, they would hold back a reply.
+        """
+
         def talk(conversation: Conversation) -> dict[str, list[Hit]]:
             unsent = list(commands)
-            knn: dict[str, int] = {}
+            searches: dict[str, int] = {}
 
             def send_next() -> None:
                 if unsent:
                     tier = unsent.pop(0)
-                    [knn[tier]] = conversation.send([commands[tier]])
+                    [searches[tier]] = conversation.send([commands[tier]])
 
             due: dict[str, Command] = {}
             reads: dict[str, int] = {}
@@ -777,18 +836,15 @@ class TierStore:
             send_next()
             if meanwhile is not None:
                 meanwhile()
-            send_next()
+                send_next()
             chosen: dict[str, list[Candidate]] = {}
             last = next(reversed(commands), None)
             for tier in commands:
-                reply = conversation.reply(knn[tier])
+                reply = conversation.reply(searches[tier])
                 send_next()
                 if tier == last:
                     send_reads()
-                settings = self._tier(tier)
-                rows = _search_rows(self._ok(reply, label))
-                found = _decode_candidates(settings, rows, measures[tier], version)
-                chosen[tier] = choose(tier, self._measurable(settings, found, conversation))
+                chosen[tier] = pick(tier, _search_rows(self._ok(reply, label)), conversation)
                 keys = [c.key for c in chosen[tier]]
                 if keys:
                     due[tier] = self._read_command(tier, keys, HIT_FIELDS)
@@ -847,62 +903,6 @@ class TierStore:
         except ValueError as e:
             raise StoreError(f"search hits are incomplete or corrupt: {e}") from e
         return replace(found, states=states, vectors=[*found.vectors, *vectors])
-
-    def attribute_rows(
-        self,
-        tiers: Sequence[str],
-        agent_id: str,
-        names: Sequence[str],
-        *,
-        step_range: tuple[int, int] | None = None,
-        filters: FilterExpression | None = None,
-        limit: int = MAX_ATTRIBUTE_ROWS,
-    ) -> dict[str, list[tuple[str, dict[str, str]]]]:
-        """Per tier, (key, {attribute: value}) of every record of one agent that matches the
-        filters (at most `limit`), the attributes `names` it has; one round trip.
-
-        Raises:
-            ValueError: a bad agent_id or step_range.
-            StoreError: Redis failed.
-        """
-        where = str(_filter(agent_id, step_range, filters))
-        returned = ["agent_id", *names]
-        commands: dict[str, tuple[Any, ...]] = {}
-        for tier in tiers:
-            commands[tier] = (
-                "FT.SEARCH", self.keys.index(self._tier(tier).name), where,
-                "RETURN", len(returned), *returned, "LIMIT", 0, limit, "DIALECT", 2,
-            )  # fmt: skip
-        raw_names = [(name, name.encode()) for name in names]
-        return {
-            tier: [
-                (text(key), {name: text(fields[raw]) for name, raw in raw_names if raw in fields})
-                for key, fields in _own(agent_id, rows)
-            ]
-            for tier, rows in self._search(commands, f"reading attributes ({where})").items()
-        }
-
-    def hits(self, chosen: Mapping[str, Sequence[Candidate]]) -> dict[str, list[Hit]]:
-        """Full hits (vector and state included) of each tier's chosen candidates, in their
-        order, all tiers in one round trip.
-
-        Read with FT.SEARCH (INKEYS), as the search was: a user allowed to search but not to
-        read records (README, Security) recalls all the same. A record moved or deleted since
-        the search is left out.
-
-        Raises:
-            StoreError: Redis failed, or a record is incomplete or corrupt.
-        """
-        commands = {
-            tier: self._read_command(tier, [c.key for c in candidates], HIT_FIELDS)
-            for tier, candidates in chosen.items()
-            if candidates
-        }
-        rows = self._search(commands, "reading records")
-        return {
-            tier: _hits_of(self._tier(tier), self.keys, candidates, rows.get(tier, []))
-            for tier, candidates in chosen.items()
-        }
 
     def _read_command(
         self, tier: str, keys: Sequence[str], fields: Sequence[str]

@@ -24,6 +24,7 @@ from memory_tiers.features import (
     NumericField,
     default_schema,
 )
+from memory_tiers.sampling import sample_states
 
 S = DEFAULT_SCHEMA
 SL = S.slices()
@@ -665,3 +666,20 @@ def test_batch_path_equals_per_state_path(data: st.DataObject) -> None:
         assert str(caught.value) == f"item {first}: {failures[first]}"
     else:
         assert schema.extract_batch(states).tobytes() == b"".join(rows[i] for i in good)
+
+
+@pytest.mark.parametrize(
+    "names", [("health",), ("energy", "agent_type"), ("status", "x_position", "current_action")]
+)
+def test_a_schema_restricted_to_some_fields_featurizes_them_as_the_whole_schema_does(
+    names: tuple[str, ...],
+) -> None:
+    states = sample_states(S, 300, num_agents=3, seed=7)  # values off range, others, left out
+    partial = [{name: state[name] for name in names if name in state} for state in states]
+    restricted = S.restricted_to(names)
+
+    whole = S.extract_batch(partial)
+    slots = np.concatenate([np.arange(SL[n].start, SL[n].stop) for n in S.slices() if n in names])
+    assert restricted.input_dim == len(slots)
+    np.testing.assert_array_equal(restricted.extract_batch(partial), whole[:, slots])
+    np.testing.assert_array_equal(restricted.extract(partial[0]), whole[0, slots])
