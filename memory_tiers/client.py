@@ -494,16 +494,17 @@ class MemoryClient:
                 chosen[tier] = self._rerank(prepared, tier, found, k)
                 return [c for c, _, _ in chosen[tier]]
 
+            rebuilt = [tier for tier in searched if tier not in exact]
+
             def meanwhile() -> None:
-                for tier in searched:
-                    if tier not in exact:
-                        prepared.reconstructed_reference(self.engine, tier)
+                for tier in rebuilt:
+                    prepared.reconstructed_reference(self.engine, tier)
 
             hits = store.recall_round(
                 {tier: prepared.vectors[tier] for tier in searched},
                 self.settings.candidates(k),
                 choose,
-                meanwhile=meanwhile,
+                meanwhile=meanwhile if rebuilt else None,  # None: nothing to overlap
                 agent_id=agent_id,
                 exact=exact,
                 version=self.engine.version,
