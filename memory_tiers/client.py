@@ -24,9 +24,9 @@ Recall decisions:
   the query reconstructed at the hit's tier (a memory of the query vector itself is at 0).
 - Redis and Python work at once (`TierStore.recall_round`, one connection): the tiers' KNNs
   are sent one write apart, so each tier is re-sorted as its reply arrives while Redis answers
-  the next, and its k full hits are asked for as soon as they are chosen. The query and the
-  candidates go through the model in numpy (`engine.SMALL_BATCH`), where torch would spend
-  more time dispatching than computing.
+  the next, and the k full hits of each are asked for once every KNN has answered. The query
+  (and legacy candidates) go through the model in numpy (`engine.SMALL_BATCH`), where torch
+  would spend more time dispatching than computing.
 - The merged list ranks every tier's kept hits by the same distances: tier distances
   (`Hit.distance`, squared L2 in each tier's space) are not comparable across tiers.
 - The first recall runs `TierStore.ensure_indexes`: missing indexes are created (a recall before
