@@ -75,10 +75,19 @@ def create_server(gateway: MemoryGateway, keys: ApiKeys | None = None) -> MCPSer
         importance: Annotated[
             float | None, Field(description="How much this memory matters, for filtering.")
         ] = None,
+        kind: Annotated[
+            Literal["state", "action"],
+            Field(
+                description="'action' when `state` is something the agent did instead: "
+                '{"action_type": "gather", "action_params": {"amount": 5}, "outcome": '
+                '{"gained": 5}}. recall finds actions by their kind too.'
+            ),
+        ] = "state",
     ) -> dict[str, Any]:
-        """Remember one state of an agent. Returns its entry_id; the memory is searchable once
-        the daemon stored it (usually within a second: entry_status says when)."""
-        item: dict[str, Any] = {"agent_id": agent_id, "state": state}
+        """Remember one state of an agent (or one action, with kind 'action'). Returns its
+        entry_id; the memory is searchable once the daemon stored it (usually within a second:
+        entry_status says when)."""
+        item: dict[str, Any] = {"agent_id": agent_id, "state": state, "kind": kind}
         options = {"step": step, "importance": importance}
         item.update({name: value for name, value in options.items() if value is not None})
         key = caller(ctx)

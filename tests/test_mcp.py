@@ -42,6 +42,16 @@ async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     return result.structured_content
 
 
+async def stored(client: Client, entry_id: str) -> dict[str, Any]:
+    """The entry's status once the daemon stored it (it does within a few blocks of 100 ms)."""
+    for _ in range(1500):
+        status = await call(client, "entry_status", entry_id=entry_id)
+        if status["state"] == "stored":
+            break
+        await asyncio.sleep(0.02)
+    return status
+
+
 async def remember_and_recall(client: Client, agent: str, state: dict[str, Any]) -> None:
     """The scenario of both transports: list, remember, wait until stored, recall, reconstruct."""
     tools = (await client.list_tools()).tools
@@ -49,11 +59,7 @@ async def remember_and_recall(client: Client, agent: str, state: dict[str, Any])
     assert all(tool.description and len(tool.description) > 80 for tool in tools)
     remembered = await call(client, "remember", agent_id=agent, state=state, step=3)
     entry_id = remembered["entry_id"]
-    for _ in range(1500):  # the daemon stores it within a few blocks of 100 ms
-        status = await call(client, "entry_status", entry_id=entry_id)
-        if status["state"] == "stored":
-            break
-        await asyncio.sleep(0.02)
+    status = await stored(client, entry_id)
     assert status == {"entry_id": entry_id, "state": "stored", "tier": "stm",
                       "key": f"mt:stm:{entry_id}", "agent_id": agent}  # fmt: skip
     partial = {"health": state["health"], "agent_type": state["agent_type"]}
@@ -71,6 +77,11 @@ async def remember_and_recall(client: Client, agent: str, state: dict[str, Any])
             client, "recall", agent_id=agent, state=partial, k=3, where=where, kinds=kinds
         )
         assert [m["entry_id"] for m in narrowed["memories"]] == expected, (where, kinds)
+    action = {"action_type": "gather", "action_params": {"amount": 5}}
+    done = await call(client, "remember", agent_id=agent, state=action, step=4, kind="action")
+    assert (await stored(client, done["entry_id"]))["state"] == "stored"
+    actions = await call(client, "recall", agent_id=agent, state=partial, k=3, kinds=["action"])
+    assert [m["entry_id"] for m in actions["memories"]] == [done["entry_id"]]
     refused = await client.call_tool(
         "recall", {"agent_id": agent, "state": partial, "where": {"mood": "calm"}}
     )
