@@ -16,9 +16,11 @@ ingest  The daemons: K `memory-tiers serve --no-consolidate` processes (the prod
         list are checked afterwards.
 recall  Latency at scale: --memories simulated states of --recall-agents agents, encoded by the
         model, written with `TierStore.write` into STM, IM and LTM; then --queries
-        `TierStore.search('stm', vector, k=10, agent_id=...)` (the per-tier KNN) and --recalls
-        `MemoryClient.recall(agent_id, state)` (featurize, encode, KNN in all three tiers,
-        merge), each timed alone: p50 and p99.
+        `TierStore.search('stm', vector, k=10, agent_id=...)` (the per-tier KNN), then for each
+        of --recalls held-out states, in turns: `MemoryClient.recall(agent_id, state)`
+        (featurize, encode, KNN and re-sort in all three tiers, merge), the same of STM alone,
+        and a recall by three of its fields (health, energy, agent_type: every memory of the
+        agent ranked on those), each timed alone: p50 and p99.
 
 For raw and ingest it prints states/s, their ratio (the goal: >= 0.6), the CPU microseconds per
 state of Redis, the clients (this process for raw, the daemons for ingest), the producer and
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -452,6 +454,10 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (mean {ms.mean():.2f} ms, n={len(ms):,})"
 
 
+PARTIAL_FIELDS = ("health", "energy", "agent_type")
+"""The fields of a timed recall by what an agent knows."""
+
+
 def run_recall(
     client: redis.Redis, settings: Settings, memories: int, agents: int, queries: int, recalls: int
 ) -> list[str]:
@@ -490,18 +496,26 @@ def run_recall(
         hits += len(found)
     memory = MemoryClient(client, settings, engine)
     memory.recall(probes[0]["agent_id"], probes[0])  # checks the indexes once
-    full = []
+    asks: dict[str, Callable[[dict[str, Any]], object]] = {
+        "of a state, 3 tiers": lambda p: memory.recall(p["agent_id"], p, k=10),
+        "of a state, STM only": lambda p: memory.recall(p["agent_id"], p, k=10, tiers=("stm",)),
+        "by 3 fields, 3 tiers": lambda p: memory.recall(
+            p["agent_id"], {f: p[f] for f in PARTIAL_FIELDS if f in p}, k=10
+        ),
+    }
+    timed: dict[str, list[float]] = {label: [] for label in asks}
     for probe in probes[:recalls]:
-        begin = time.perf_counter()
-        memory.recall(probe["agent_id"], probe, k=10)
-        full.append(time.perf_counter() - begin)
+        for label, ask in asks.items():
+            begin = time.perf_counter()
+            ask(dict(probe))
+            timed[label].append(time.perf_counter() - begin)
     clean(client, RECALL)
     return [
         f"recall at {memories:,} memories per tier over {len(agent_ids):,} agents "
         f"(filled STM+IM+LTM in {fill_s:.1f} s)",
         f"  KNN top-10 STM, one agent (TierStore.search):  {percentiles(knn)}; "
         f"{hits / queries:.1f} hits/query",
-        f"  MemoryClient.recall of a state, 3 tiers:      {percentiles(full)}",
+        *(f"  MemoryClient.recall {label + ':':<21} {percentiles(timed[label])}" for label in asks),
     ]
 
 
