@@ -126,8 +126,14 @@ def split_agents(
 
 
 def nearest(points: FloatArray, queries: FloatArray, k: int) -> IntArray:
-    """(q, k) indices of each query's k nearest points by L2, nearest first."""
+    """(q, k) indices of each query's k nearest points by L2, nearest first.
+
+    In float64: the expanded form's cancellation in float32 (~1e-7 of the squared norms)
+    reorders neighbours whose distances differ by less, and this is the ground truth.
+    """
     k = min(k, len(points))
+    points = np.asarray(points, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.float64)
     d = (
         (points**2).sum(1)[None, :] - 2.0 * queries @ points.T + (queries**2).sum(1)[:, None]
     )  # (q, n)
