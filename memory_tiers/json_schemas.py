@@ -33,7 +33,15 @@ from .features import (
     GridField,
     NumericField,
 )
-from .protocol import INTEGER_BOUNDS, KINDS, MAX_AGENT_ID_LENGTH, MAX_STATE_LENGTH, UNKNOWN_STEP
+from .protocol import (
+    FINITE_NUMBER,
+    INTEGER_BOUNDS,
+    KINDS,
+    MAX_AGENT_ID_LENGTH,
+    MAX_STATE_LENGTH,
+    UNKNOWN_STEP,
+    integer_pattern,
+)
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 """The JSON Schema dialect of every document here."""
@@ -43,11 +51,6 @@ CONTROL_CHARACTER = "[\\u0000-\\u001f\\u007f]"
 
 NO_EDGE_WHITESPACE = "^\\S(?:[\\s\\S]*\\S)?$"
 """Pattern of a string without leading or trailing whitespace (RediSearch trims TAG values)."""
-
-FINITE_NUMBER = "^-?(?:0|[1-9][0-9]{0,20})(?:\\.[0-9]+)?(?:[eE](?:-[0-9]{1,3}|\\+?[0-9]{1,2}))?$"
-"""Pattern of a decimal number text that is a finite double: at most 21 integer digits (what
-JavaScript's String(x) writes before switching to an exponent) and an exponent under 100, so
-never past 1e121; negative exponents to -999 (they only underflow towards 0)."""
 
 
 def entry_schema(state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -146,42 +149,6 @@ def state_schema(schema: FeatureSchema, version: str | None = None) -> dict[str,
 def _or_empty(pattern: str) -> str:
     """`pattern` (anchored) or the empty string, which the daemon reads as an absent field."""
     return f"^$|{pattern}"
-
-
-def integer_pattern(low: int, high: int) -> str:
-    """An anchored pattern of the decimal integers in [low, high], where low <= 0 <= high.
-
-    No leading zeros, no '+', no spaces (the daemon would take some of those too): what
-    JSON.stringify, String(n) and str(n) write for an integer.
-    """
-    if not low <= 0 <= high:
-        raise ValueError(f"[{low}, {high}] must hold 0")
-    if low == 0:
-        return f"^(?:{_naturals_up_to(high)})$"
-    if -low == high:
-        return f"^-?(?:{_naturals_up_to(high)})$"
-    return f"^(?:{_naturals_up_to(high)}|-(?:{_naturals_up_to(-low)}))$"
-
-
-def _naturals_up_to(n: int) -> str:
-    """Alternatives that match the decimal texts of 0..n exactly."""
-    digits = str(n)
-    if len(digits) == 1:
-        return f"[0-{n}]"
-    shorter = "0|[1-9]" + (f"[0-9]{{0,{len(digits) - 2}}}" if len(digits) > 2 else "")
-    parts = [shorter]
-    for i, digit in enumerate(digits):
-        smallest = 1 if i == 0 else 0
-        if int(digit) > smallest:
-            rest = len(digits) - i - 1
-            span = f"[{smallest}-{int(digit) - 1}]" if int(digit) - 1 > smallest else str(smallest)
-            parts.append(digits[:i] + span + _any_digits(rest))
-    parts.append(digits)
-    return "|".join(parts)
-
-
-def _any_digits(count: int) -> str:
-    return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
 
 
 def _agent_id() -> dict[str, Any]:

@@ -54,6 +54,54 @@ every value in it is an exact double."""
 INTEGER_BOUNDS = {"step": (-MAX_EXACT_INTEGER, MAX_EXACT_INTEGER), "ts": TS_RANGE}
 """The accepted range of each integer field."""
 
+FINITE_NUMBER = "^-?(?:0|[1-9][0-9]{0,20})(?:\\.[0-9]+)?(?:[eE](?:-[0-9]{1,3}|\\+?[0-9]{1,2}))?$"
+"""Pattern of a decimal number text that is a finite double: at most 21 integer digits (what
+JavaScript's String(x) writes before switching to an exponent) and an exponent under 100, so
+never past 1e121; negative exponents to -999 (they only underflow towards 0)."""
+
+
+def integer_pattern(low: int, high: int) -> str:
+    """An anchored pattern of the decimal integers in [low, high], where low <= 0 <= high.
+
+    No leading zeros, no '+', no spaces: what JSON.stringify, String(n) and str(n) write for
+    an integer, and all the daemon reads (the entry schema gives the same pattern).
+    """
+    if not low <= 0 <= high:
+        raise ValueError(f"[{low}, {high}] must hold 0")
+    if low == 0:
+        return f"^(?:{_naturals_up_to(high)})$"
+    if -low == high:
+        return f"^-?(?:{_naturals_up_to(high)})$"
+    return f"^(?:{_naturals_up_to(high)}|-(?:{_naturals_up_to(-low)}))$"
+
+
+def _naturals_up_to(n: int) -> str:
+    """Alternatives that match the decimal texts of 0..n exactly."""
+    digits = str(n)
+    if len(digits) == 1:
+        return f"[0-{n}]"
+    shorter = "0|[1-9]" + (f"[0-9]{{0,{len(digits) - 2}}}" if len(digits) > 2 else "")
+    parts = [shorter]
+    for i, digit in enumerate(digits):
+        smallest = 1 if i == 0 else 0
+        if int(digit) > smallest:
+            rest = len(digits) - i - 1
+            span = f"[{smallest}-{int(digit) - 1}]" if int(digit) - 1 > smallest else str(smallest)
+            parts.append(digits[:i] + span + _any_digits(rest))
+    parts.append(digits)
+    return "|".join(parts)
+
+
+def _any_digits(count: int) -> str:
+    return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
+
+
+_INTEGER_SPELLINGS = {
+    name: re.compile(integer_pattern(low, high)) for name, (low, high) in INTEGER_BOUNDS.items()
+}
+_FINITE_NUMBER = re.compile(FINITE_NUMBER)
+_DIGITS = re.compile("-?[0-9]+")
+
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 
 # Where orjson and json could disagree, json parses: orjson reads an integer beyond 64 bits as
@@ -268,31 +316,38 @@ def _integer(text: Mapping[str, str], name: str, default: int) -> int:
     raw = text.get(name)
     if raw is None or raw == "":
         return default
+    if _INTEGER_SPELLINGS[name].fullmatch(raw):
+        return int(raw)
     low, high = INTEGER_BOUNDS[name]
-    try:
-        value = int(raw)  # over 4300 digits: ValueError, before any slow conversion
-    except ValueError as e:
-        raise EntryError(f"{name}={_shown(raw)}: expected int in [{low}, {high}]") from e
-    if not low <= value <= high:
-        raise EntryError(f"{name}={_shown(raw)}: out of range, expected int in [{low}, {high}]")
-    return value
-
-
-def _number(name: str, raw: str, kind: type[float]) -> float:
-    try:
-        value = kind(raw)
-    except ValueError as e:
-        raise EntryError(f"{name}={_shown(raw)}: expected {kind.__name__}") from e
-    if not math.isfinite(value):
-        raise EntryError(f"{name}={_shown(raw)}: must be finite")
-    return value
+    if _DIGITS.fullmatch(raw):
+        # Only its significant digits go to int(), which refuses texts over 4300 digits.
+        significant = raw.lstrip("-").lstrip("0") or "0"
+        too_long = len(significant) > len(str(max(-low, high)))
+        value = 0 if too_long else int(significant) * (-1 if raw[0] == "-" else 1)
+        if too_long or not low <= value <= high:
+            raise EntryError(f"{name}={_shown(raw)}: out of range, expected int in [{low}, {high}]")
+    raise EntryError(
+        f"{name}={_shown(raw)}: expected int in [{low}, {high}], in plain decimal (no '+', "
+        "spaces or leading zeros)"
+    )
 
 
 def _importance(text: Mapping[str, str]) -> float:
     raw = text.get("importance")
     if raw is None or raw == "":
         return 0.0
-    return _number("importance", raw, float)
+    if _FINITE_NUMBER.fullmatch(raw):
+        return float(raw)
+    try:
+        finite = math.isfinite(float(raw))
+    except ValueError:
+        finite = True  # not a number at all: its spelling is the problem
+    if not finite:
+        raise EntryError(f"importance={_shown(raw)}: must be finite")
+    raise EntryError(
+        f"importance={_shown(raw)}: expected a decimal number (no '+', spaces or leading zeros; "
+        "under 10^21 before the point, an exponent of at most 99)"
+    )
 
 
 def _shown(raw: str) -> str:

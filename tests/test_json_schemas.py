@@ -22,8 +22,14 @@ from memory_tiers import EntryError, FeatureError, FeatureSchema
 from memory_tiers.checkpoint import load_checkpoint
 from memory_tiers.cli import main
 from memory_tiers.features import DEFAULT_SCHEMA
-from memory_tiers.json_schemas import FINITE_NUMBER, entry_schema, integer_pattern, state_schema
-from memory_tiers.protocol import INTEGER_BOUNDS, decode_entry, encode_entry
+from memory_tiers.json_schemas import entry_schema, state_schema
+from memory_tiers.protocol import (
+    FINITE_NUMBER,
+    INTEGER_BOUNDS,
+    decode_entry,
+    encode_entry,
+    integer_pattern,
+)
 from memory_tiers.sampling import sample_states
 from memory_tiers.settings import packaged_model
 from memory_tiers.sim import simulate_states
@@ -167,6 +173,20 @@ _text = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
 def test_whatever_the_entry_schema_refuses_the_daemon_refuses(fields: dict[str, str]) -> None:
     if not entries.is_valid(fields):
         assert not daemon_accepts_entry(fields)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    name=st.sampled_from(["step", "ts", "importance"]),
+    raw=st.text(st.sampled_from("0123456789-+. eE_\u0663"), max_size=8),
+)
+def test_a_number_field_is_read_exactly_when_the_schema_takes_its_spelling(
+    name: str, raw: str
+) -> None:
+    # Spellings int() and float() would read ('007', ' 1', '+1', '1_0', '.5') are refused by
+    # both: the schema and the daemon agree on every text, not only on plain ones.
+    fields = {"agent_id": "a", "state": "{}", name: raw}
+    assert entries.is_valid(fields) == daemon_accepts_entry(fields)
 
 
 # -- states ------------------------------------------------------------------------------------

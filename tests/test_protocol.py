@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from memory_tiers.errors import EntryError
@@ -60,7 +62,20 @@ def test_defaults_come_from_the_entry_id() -> None:
         ({"agent_id": "a", "state": "{}", "ts": "1" * 400}, "ts='1111.*: out of range"),
         ({"agent_id": "a", "state": "{}", "ts": "-1"}, "ts='-1': out of range"),
         ({"agent_id": "a", "state": "{}", "ts": "1732600000000000"}, "ts='1732600000000000': out"),
-        ({"agent_id": "a", "state": "{}", "ts": "9" * 5000}, "ts='9999.*: expected int"),
+        ({"agent_id": "a", "state": "{}", "ts": "9" * 5000}, "ts='9999.*: out of range"),
+        # Only the spelling the entry schema gives (str(n), String(n)): what it refuses, the
+        # daemon refuses, so a producer that validates is never surprised by the daemon.
+        *(
+            ({"agent_id": "a", "state": "{}", "step": raw}, f"'{re.escape(raw)}': expected int")
+            for raw in ("007", "-0012", " 1", "1 ", "+1", "1_000", "\u0663", "0x1f")
+        ),
+        ({"agent_id": "a", "state": "{}", "ts": "-0"}, "ts='-0': expected int.*plain"),
+        ({"agent_id": "a", "state": "{}", "step": "-" + "0" * 5000 + "1"}, "step='-000.*plain"),
+        ({"agent_id": "a", "state": "{}", "step": "0" * 5000 + "9" * 17}, "step='000.*out of"),
+        *(
+            ({"agent_id": "a", "state": "{}", "importance": raw}, "expected a decimal number")
+            for raw in (" 1", ".5", "1.", "+0.5", "05", "1e200", "1_0.5", "\u0663")
+        ),
         ({"agent_id": "a", "state": "{}", "kind": "dream"}, "kind='dream': expected one of"),
         ({b"agent_id": b"\xff\xfe", b"state": b"{}"}, "not UTF-8"),
     ],
