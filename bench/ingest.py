@@ -21,9 +21,9 @@ recall  Latency at scale: --memories simulated states of --recall-agents agents,
         turns: `MemoryClient.recall(agent_id, state)` (featurize, encode, KNN and re-sort in
         all three tiers, merge), the same of STM alone, and a recall by three of its fields
         (health, energy, agent_type: every memory of the agent ranked on those), each timed
-        alone: p50 and p99. A fixed pure-Python loop is
-        timed in the same turns: the same work every time, so its p99 over its p50 is the
-        machine's own tail (a VM whose vCPU is slowed now and then shows it there too).
+        alone: p50 and p99. A fixed pure-Python loop is timed in the same turns: the same work
+        every time, so its p99 over its p50 is the machine's own tail (a VM whose vCPU is
+        slowed now and then shows it there too).
 
 For raw and ingest it prints states/s, their ratio (the goal: >= 0.6), the CPU microseconds per
 state of Redis, the clients (this process for raw, the daemons for ingest), the producer and
