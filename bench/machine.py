@@ -33,6 +33,21 @@ def machine() -> str:
     return f"{os.cpu_count()} x {cpu_name()}"
 
 
+def cpu_budget(what: str, goal: float, raw_per_s: float, spent_us: Mapping[str, float]) -> str:
+    """What `goal` of the raw rate leaves one `what` of the machine's CPU, against what one took
+    (`spent_us`: microseconds per party). Redis and the clients share the cores, so when all
+    run at once the cost, not the latency, bounds the rate: cores / CPU per `what`."""
+    cores = os.cpu_count() or 1
+    allowed = cores / (goal * raw_per_s) * 1e6
+    spent = sum(spent_us.values())
+    parts = ", ".join(f"{party} {us:,.0f}" for party, us in spent_us.items())
+    return (
+        f"  CPU budget: {goal} of raw on {cores} cores leaves {allowed:,.0f} us per {what}; "
+        f"it took {spent:,.0f} ({parts}): at most {cores / spent * 1e6 / raw_per_s:.2f} of raw "
+        "with every core busy"
+    )
+
+
 def clean(client: redis.Redis, prefix: str) -> None:
     """Drop the indexes and keys under `prefix` (benches only: the service never scans)."""
     keys = Keys(prefix)

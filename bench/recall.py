@@ -3,7 +3,10 @@
 P client processes recall for a fixed time through `MemoryClient.recall` (one tier, then all
 three); then P processes run the raw agent-filtered KNN the recall starts from
 (`FT.SEARCH ... =>[KNN 10 ...] NOCONTENT`), which no client can beat. Printed: recalls/s and
-p50/p99 of each, and the ratio of the client to the raw rate (goal: >= 0.5 for one tier).
+p50/p99 of each, the CPU per recall of Redis (INFO cpu over the window) and of the clients,
+and the ratio of the client to the raw rate (goal: >= 0.5 for one tier). The budget line says
+what that goal leaves a recall of the box's cores (Redis and the clients share them), against
+what one took: the cost, not the latency, bounds the rate when every process runs at once.
 Then, one process: per-tier KNN through `TierStore.search` against the raw floor (goal: p99
 <= 1.3x the raw one).
 
@@ -20,13 +23,14 @@ import multiprocessing
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import redis
 import torch
-from machine import fill_tiers, machine
+from ingest import redis_cpu_s
+from machine import cpu_budget, fill_tiers, machine
 from redisvl.query.filter import Tag
 
 from memory_tiers import TIERS, EmbeddingEngine, MemoryClient, Settings
@@ -36,6 +40,8 @@ from memory_tiers.sim import simulate_states
 from memory_tiers.store import TierStore
 
 PREFIX = "rbench"
+GOAL = 0.5
+"""A single-tier recall's rate over the raw KNN's that the bench aims at."""
 
 
 def _engine(settings: Settings) -> EmbeddingEngine:
@@ -56,8 +62,9 @@ def _raw_knn(settings: Settings, agent_id: str, vector: np.ndarray) -> tuple[Any
 
 def worker(
     kind: str, settings: Settings, probes: Sequence[Mapping[str, Any]], seconds: float, start: float
-) -> list[float]:
-    """One client process: `kind` recalls in a loop from `start` for `seconds`; latencies."""
+) -> tuple[list[float], float]:
+    """One client process: `kind` recalls in a loop from `start` for `seconds`; their
+    latencies, and the CPU seconds the process spent on them."""
     torch.set_num_threads(1)
     client = connect(settings)  # as MemoryClient.from_settings connects: RESP2
     engine = _engine(settings)
@@ -77,29 +84,60 @@ def worker(
         time.sleep(0.001)
     latencies: list[float] = []
     i = 0
+    cpu = time.process_time()
     while time.time() < start + seconds:
         began = time.perf_counter()
         run(i)
         latencies.append(time.perf_counter() - began)
         i += 1
-    return latencies
+    return latencies, time.process_time() - cpu
+
+
+@dataclass(frozen=True)
+class Rate:
+    """What P processes of one kind of recall did in one timed window."""
+
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    redis_us: float
+    """Redis's CPU per recall (INFO cpu over the window: every thread of it)."""
+    clients_us: float
+    """The client processes' CPU per recall."""
+
+    def line(self) -> str:
+        return (
+            f"{self.per_s:>8,.0f} recalls/s  p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms"
+            f"  CPU per recall: redis {self.redis_us:,.0f} us, clients {self.clients_us:,.0f} us"
+        )
 
 
 def rate(
-    kind: str, settings: Settings, probes: Sequence[Mapping[str, Any]], args: argparse.Namespace
-) -> tuple[float, str]:
-    """recalls/s of `kind` from --processes processes, and a p50/p99 line."""
+    client: redis.Redis,
+    kind: str,
+    settings: Settings,
+    probes: Sequence[Mapping[str, Any]],
+    args: argparse.Namespace,
+) -> Rate:
+    """`kind` recalls from --processes processes for --seconds: their rate and cost."""
     share = [probes[i :: args.processes] for i in range(args.processes)]
     start = time.time() + 15.0  # every process loaded and warm by then
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.processes) as pool:
-        results = pool.starmap(
+        pending = pool.starmap_async(
             worker, [(kind, settings, part, args.seconds, start) for part in share]
         )
-    latencies = np.concatenate([np.array(r) for r in results]) * 1000
-    per_s = len(latencies) / args.seconds
+        time.sleep(max(0.0, start - time.time()))
+        redis_before = redis_cpu_s(client)
+        results = pending.get()
+        redis_s = redis_cpu_s(client) - redis_before
+    latencies = np.concatenate([np.array(r) for r, _ in results]) * 1000
+    count = len(latencies)
     p50, p99 = np.percentile(latencies, [50, 99])
-    return per_s, f"{per_s:>8,.0f} recalls/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+    return Rate(
+        count / args.seconds, float(p50), float(p99),
+        redis_us=redis_s / count * 1e6, clients_us=sum(cpu for _, cpu in results) / count * 1e6,
+    )  # fmt: skip
 
 
 def search_floor(settings: Settings, probes: Sequence[Mapping[str, Any]]) -> str:
@@ -157,13 +195,17 @@ def main() -> None:
             ("stm", "MemoryClient.recall, STM"),
             ("all", "MemoryClient.recall, 3 tiers"),
         ):
-            rates[kind], line = rate(kind, settings, probes, args)
-            print(f"  {label:32s} {line}", flush=True)
+            rates[kind] = rate(client, kind, settings, probes, args)
+            print(f"  {label:32s} {rates[kind].line()}", flush=True)
+        raw_per_s = rates["raw"].per_s
         print(
-            f"  ratio to raw: STM {rates['stm'] / rates['raw']:.2f} (goal >= 0.5), "
-            f"3 tiers {rates['all'] / rates['raw']:.2f}",
+            f"  ratio to raw: STM {rates['stm'].per_s / raw_per_s:.2f} (goal >= {GOAL}), "
+            f"3 tiers {rates['all'].per_s / raw_per_s:.2f}",
             flush=True,
         )
+        stm = rates["stm"]
+        spent = {"redis": stm.redis_us, "clients": stm.clients_us}
+        print(cpu_budget("STM recall", GOAL, raw_per_s, spent), flush=True)
         print(search_floor(settings, probes[:500]), flush=True)
 
 
