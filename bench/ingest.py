@@ -211,15 +211,18 @@ class Rate:
         ours = self.redis_cpu_s + self.client_cpu_s + self.producer_cpu_s + self.bench_cpu_s
         return max(0.0, self.machine_cpu_s - ours)
 
+    def cpu_us(self, client: str) -> dict[str, float]:
+        """CPU microseconds per state of each measured party: Redis, the `client` and the
+        producer (when there is one)."""
+        parties = {"redis": self.us(self.redis_cpu_s), client: self.us(self.client_cpu_s)}
+        if self.producer_cpu_s:
+            parties["producer"] = self.us(self.producer_cpu_s)
+        return parties
+
     def cpu_line(self, client: str) -> str:
         """CPU microseconds per state of each party, and how busy the cores were."""
         cores = self.machine_cpu_s / self.seconds
-        parts = [
-            f"redis {self.us(self.redis_cpu_s):.0f}",
-            f"{client} {self.us(self.client_cpu_s):.0f}",
-        ]
-        if self.producer_cpu_s:
-            parts.append(f"producer {self.us(self.producer_cpu_s):.0f}")
+        parts = [f"{party} {us:.0f}" for party, us in self.cpu_us(client).items()]
         parts.append(f"other processes {self.us(self.others_cpu_s):.0f}")
         return f"CPU us/state: {', '.join(parts)}; {cores:.2f} of {os.cpu_count()} cores busy"
 
@@ -629,12 +632,7 @@ def throughput(
         return None
     ratio, goal = ingest.per_s / raw.per_s, GOALS[args.mix]
     print(f"ratio ingest/raw: {ratio:.2f}  (goal >= {goal})", flush=True)
-    spent = {
-        "redis": ingest.us(ingest.redis_cpu_s),
-        "daemons": ingest.us(ingest.client_cpu_s),
-        "producer": ingest.us(ingest.producer_cpu_s),
-    }
-    print(cpu_budget("state", goal, raw.per_s, spent), flush=True)
+    print(cpu_budget("state", goal, raw.per_s, ingest.cpu_us("daemons")), flush=True)
     return ratio
 
 

@@ -101,15 +101,15 @@ class Rate:
     per_s: float
     p50_ms: float
     p99_ms: float
-    redis_us: float
-    """Redis's CPU per recall (INFO cpu over the window: every thread of it)."""
-    clients_us: float
-    """The client processes' CPU per recall."""
+    cpu_us: Mapping[str, float]
+    """CPU microseconds per recall of `redis` (INFO cpu over the window: every thread of it)
+    and of the `clients` (the processes')."""
 
     def line(self) -> str:
+        spent = ", ".join(f"{party} {us:,.0f} us" for party, us in self.cpu_us.items())
         return (
             f"{self.per_s:>8,.0f} recalls/s  p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms"
-            f"  CPU per recall: redis {self.redis_us:,.0f} us, clients {self.clients_us:,.0f} us"
+            f"  CPU per recall: {spent}"
         )
 
 
@@ -135,10 +135,9 @@ def rate(
     latencies = np.concatenate([np.array(r) for r, _ in results]) * 1000
     count = len(latencies)
     p50, p99 = np.percentile(latencies, [50, 99])
-    return Rate(
-        count / args.seconds, float(p50), float(p99),
-        redis_us=redis_s / count * 1e6, clients_us=sum(cpu for _, cpu in results) / count * 1e6,
-    )  # fmt: skip
+    clients_s = sum(cpu for _, cpu in results)
+    cpu_us = {"redis": redis_s / count * 1e6, "clients": clients_s / count * 1e6}
+    return Rate(count / args.seconds, float(p50), float(p99), cpu_us)
 
 
 def search_floor(settings: Settings, probes: Sequence[Mapping[str, Any]]) -> str:
@@ -205,9 +204,7 @@ def main() -> None:
             f"3 tiers {rates['all'].per_s / raw_per_s:.2f}",
             flush=True,
         )
-        stm = rates["stm"]
-        spent = {"redis": stm.redis_us, "clients": stm.clients_us}
-        print(cpu_budget("STM recall", GOAL, raw_per_s, spent), flush=True)
+        print(cpu_budget("STM recall", GOAL, raw_per_s, rates["stm"].cpu_us), flush=True)
         print(search_floor(settings, probes[:500]), flush=True)
 
 
